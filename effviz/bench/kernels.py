@@ -1,0 +1,433 @@
+"""Kernel benchmark: every op of the runtime, by backend, against sequence length.
+
+Each measurement is judged three ways: against the ``reference`` backend (the readable
+definition), against a plain sequential loop (selective_scan only: the baseline a fast backend
+has to beat), and against this machine's own limits, measured in the same run: the bandwidth of
+a large tensor copy (scans are memory-bound) and matmul GFLOP/s.
+
+Latency is timed in this process with normal malloc: median of ``repeats`` runs after one
+warm-up run. Peak memory is measured afterwards for the same calls in a child process
+(``effviz.bench.memory``), which is why ``prepare`` builds a call from plain data.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence, TextIO
+
+import torch
+import torch.nn.functional as F
+
+import effviz
+from effviz import kernels
+from effviz.bench.memory import measure_peak_memory
+
+LOOP = "sequential loop"
+DEFAULT_LENGTHS = (1024, 4096, 16384)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The reference backends of bi_wkv and retention materialise (T, T) tensors. Above this much
+# working memory they are skipped rather than swapping the machine (or the Space) to death.
+REFERENCE_MEMORY_CAP = 4 * 2**30
+# A backend whose run, extrapolated linearly from the previous length, would take longer than
+# this is skipped (the per-token Python loops at L=16384 on a small CPU).
+MAX_SECONDS_PER_RUN = 30.0
+MEMORY_TIMEOUT_S = 600.0
+
+# Shapes of the bench, the tiny-model sizes of DESIGN.md §3.
+SCAN_BATCH, SCAN_DIM, SCAN_STATE = 1, 384, 16  # Vim-Ti: expand 2 x D 192, d_state 16
+WKV_BATCH, WKV_CHANNELS = 1, 192  # VRWKV-Ti
+RET_BATCH, RET_HEADS, RET_HEAD_DIM = 1, 3, 64  # DeiT-Ti-sized ViR: 3 heads of 64
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One row group of the report: an op (and mode) at fixed sizes, varying only the length."""
+
+    name: str
+    shapes: str
+    make_inputs: Callable[[int, torch.dtype, torch.Generator], dict[str, torch.Tensor]]
+    run: Callable[[dict[str, torch.Tensor], str], torch.Tensor]
+    # Working memory of the reference backend at a length, for the ones that are O(L²).
+    reference_bytes: Callable[[int], int] | None = None
+
+
+def _scan_inputs(length: int, dtype: torch.dtype, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    b, d, n = SCAN_BATCH, SCAN_DIM, SCAN_STATE
+    # Mamba's initialisation: A = -[1..N] per channel, step sizes dt log-uniform in
+    # [1e-3, 1e-1] carried by delta_bias (the inverse softplus of dt), small raw deltas.
+    dt = torch.exp(torch.empty(d).uniform_(math.log(1e-3), math.log(1e-1), generator=gen))
+    return {
+        "u": torch.randn(b, d, length, generator=gen, dtype=dtype),
+        "delta": (0.1 * torch.randn(b, d, length, generator=gen)).to(dtype),
+        "A": -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1),
+        "B": torch.randn(b, n, length, generator=gen, dtype=dtype),
+        "C": torch.randn(b, n, length, generator=gen, dtype=dtype),
+        "D": torch.ones(d),
+        "z": torch.randn(b, d, length, generator=gen, dtype=dtype),
+        "delta_bias": dt + torch.log(-torch.expm1(-dt)),
+    }
+
+
+def _run_scan(x: dict[str, torch.Tensor], backend: str) -> torch.Tensor:
+    """The call Vision Mamba makes: D skip, SiLU(z) gate, delta bias + softplus."""
+    if backend == LOOP:
+        return sequential_loop_scan(**x)
+    return kernels.selective_scan(**x, delta_softplus=True, backend=backend)
+
+
+def sequential_loop_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    delta_bias: torch.Tensor,
+) -> torch.Tensor:
+    """The selective scan as a plain Python loop over L that keeps only the (batch, dim, N) state.
+
+    Same math as ``_run_scan`` (softplus deltas, D skip, SiLU gate), fp32 state, in-place
+    updates: the honest baseline that the fast backends are measured against.
+    """
+    u32 = u.float()
+    dt = F.softplus(delta.float() + delta_bias.float()[:, None])
+    A32, B32, C32 = A.float(), B.float(), C.float()
+    batch, dim, length = u.shape
+    h = torch.zeros(batch, dim, A.shape[1], device=u.device)
+    y = torch.empty(batch, dim, length, device=u.device)
+    for t in range(length):
+        h.mul_(torch.exp(dt[:, :, t, None] * A32))
+        h.add_((dt[:, :, t] * u32[:, :, t])[:, :, None] * B32[:, None, :, t])
+        y[:, :, t] = (h * C32[:, None, :, t]).sum(-1)
+    y = (y + D.float()[:, None] * u32) * F.silu(z.float())
+    return y.to(u.dtype)
+
+
+def _wkv_inputs(length: int, dtype: torch.dtype, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    c = WKV_CHANNELS
+    # VRWKV divides its learned decay and bonus by the token count T.
+    return {
+        "w": torch.rand(c, generator=gen) * 5 / length,
+        "u": torch.randn(c, generator=gen) / length,
+        "k": torch.randn(WKV_BATCH, length, c, generator=gen, dtype=dtype),
+        "v": torch.randn(WKV_BATCH, length, c, generator=gen, dtype=dtype),
+    }
+
+
+def _retention_inputs(length: int, dtype: torch.dtype, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    shape = (RET_BATCH, RET_HEADS, length, RET_HEAD_DIM)
+    return {
+        "q": (torch.randn(shape, generator=gen) * RET_HEAD_DIM**-0.5).to(dtype),
+        "k": torch.randn(shape, generator=gen, dtype=dtype),
+        "v": torch.randn(shape, generator=gen, dtype=dtype),
+        "gamma": 1 - 2.0 ** (-5 - torch.arange(RET_HEADS, dtype=torch.float32)),  # ViR's decays
+    }
+
+
+def _retention_case(mode: str) -> OpCase:
+    return OpCase(
+        name=f"retention ({mode})",
+        shapes=f"batch {RET_BATCH}, heads {RET_HEADS}, dk = dv = {RET_HEAD_DIM}; "
+        "the reference is the parallel form whatever the mode",
+        make_inputs=_retention_inputs,
+        run=lambda x, backend: kernels.retention(**x, mode=mode, backend=backend),
+        # Peak of the (batch, heads, T, T) decay mask, scores and masked scores: 3 fp32 copies
+        # (measured with effviz.bench.memory).
+        reference_bytes=lambda length: 3 * 4 * RET_BATCH * RET_HEADS * length**2,
+    )
+
+
+OPS: dict[str, list[OpCase]] = {
+    "selective_scan": [
+        OpCase(
+            name="selective_scan",
+            shapes=f"batch {SCAN_BATCH}, dim {SCAN_DIM}, N {SCAN_STATE}; D, z, delta_bias, softplus",
+            make_inputs=_scan_inputs,
+            run=_run_scan,
+        )
+    ],
+    "bi_wkv": [
+        OpCase(
+            name="bi_wkv",
+            shapes=f"batch {WKV_BATCH}, C {WKV_CHANNELS}",
+            make_inputs=_wkv_inputs,
+            run=lambda x, backend: kernels.bi_wkv(**x, backend=backend),
+            # Peak of the (batch, T, T, C) logits, softmax and weighted values: 3 fp32 copies
+            # (measured with effviz.bench.memory).
+            reference_bytes=lambda length: 3 * 4 * WKV_BATCH * WKV_CHANNELS * length**2,
+        )
+    ],
+    "retention": [_retention_case("chunk"), _retention_case("recurrent")],
+}
+CASES: dict[str, OpCase] = {case.name: case for group in OPS.values() for case in group}
+
+
+@dataclass
+class Row:
+    """One (op, backend, length) point; ``skipped`` says why there are no numbers."""
+
+    op: str
+    backend: str
+    length: int | None
+    median_ms: float | None = None
+    times_ms: list[float] | None = None
+    gb_per_s: float | None = None
+    peak_mib: float | None = None
+    vs_reference: float | None = None
+    vs_loop: float | None = None
+    skipped: str | None = None
+
+
+def _inputs(
+    case: OpCase, length: int, device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Drawn on the CPU from a seeded generator, so every device gets the same numbers."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v.to(device) for k, v in case.make_inputs(length, dtype, gen).items()}
+
+
+def prepare(
+    op: str, backend: str, length: int, device: str, dtype: str, seed: int = 0
+) -> Callable[[], torch.Tensor]:
+    """Build one benchmark call from plain data: inputs allocated now, the op run on each call.
+
+    This is the factory the memory child uses (``effviz.bench.kernels:prepare``).
+    """
+    case = CASES[op]
+    inputs = _inputs(case, length, torch.device(device), DTYPES[dtype], seed)
+
+    def call() -> torch.Tensor:
+        with torch.no_grad():
+            return case.run(inputs, backend)
+
+    return call
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
+    """Wall time in ms of each of ``repeats`` runs of ``fn``; the caller runs it once before
+    to warm up (Triton compiles, native kernels load, thread pools start)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _processor_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_machine(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """This machine's own limits: large-copy bandwidth (read + write) and matmul throughput."""
+    src = torch.ones(64 * 2**20, device=device)  # 256 MiB: far beyond any cache
+    dst = torch.zeros_like(src)
+    dst.copy_(src)
+    copy_ms = statistics.median(time_call(lambda: dst.copy_(src), 5, device))
+    size = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    matmul_ms = statistics.median(time_call(lambda: a @ b, 3, device))
+    return {
+        "processor": _processor_name(device),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "effviz": effviz.__version__,
+        "backends": kernels.available_backends(),
+        "copy_gb_per_s": 2 * src.nbytes / copy_ms / 1e6,
+        "matmul_gflop_per_s": 2 * size**3 / matmul_ms / 1e6,
+    }
+
+
+def candidate_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """Backends worth timing on ``device``, and the reasons the other available ones are not."""
+    names, skipped = [], {}
+    for name in kernels.available_backends():
+        if name == "triton" and device.type != "cuda":
+            skipped[name] = "needs a CUDA device (on CPU it runs only under the slow interpreter)"
+        elif name == "cpu" and device.type != "cpu":
+            skipped[name] = "runs on CPU tensors only"
+        else:
+            names.append(name)
+    return names, skipped
+
+
+def _dispatch_refusal(case: OpCase, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """The op's own reason for not running ``backend`` (e.g. no such implementation), if any."""
+    tiny = _inputs(case, 8, device, dtype)
+    try:
+        with torch.no_grad():
+            case.run(tiny, backend)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _reference_refusal(case: OpCase, length: int) -> str | None:
+    if case.reference_bytes is None or case.reference_bytes(length) <= REFERENCE_MEMORY_CAP:
+        return None
+    need = case.reference_bytes(length) / 2**30
+    return f"O(L²) reference needs ~{need:.1f} GiB at L={length} (cap {REFERENCE_MEMORY_CAP / 2**30:g} GiB)"
+
+
+def _too_slow(previous: Row | None, length: int) -> str | None:
+    if previous is None:
+        return None
+    seconds = previous.median_ms / 1e3 * length / previous.length
+    if seconds <= MAX_SECONDS_PER_RUN:
+        return None
+    return (
+        f"~{seconds:.0f} s per run (extrapolated from L={previous.length}), "
+        f"over the {MAX_SECONDS_PER_RUN:g} s cap"
+    )
+
+
+def _output_bytes(out: torch.Tensor | tuple) -> int:
+    return sum(t.nbytes for t in (out if isinstance(out, tuple) else (out,)))
+
+
+def run_bench(
+    ops: Sequence[str],
+    lengths: Sequence[int],
+    repeats: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    log: TextIO = sys.stderr,
+) -> dict[str, Any]:
+    """Time every (op, backend, length), then measure peak memory of the calls that ran."""
+    print(f"[bench] measuring copy bandwidth and matmul throughput on {device}", file=log, flush=True)
+    machine = measure_machine(device, dtype)
+    backends, unavailable = candidate_backends(device)
+    dtype_name = machine["dtype"]
+    rows: list[Row] = []
+    for case in (c for op in ops for c in OPS[op]):
+        names = ([LOOP] if case.name == "selective_scan" else []) + backends
+        refused = {b: why for b in backends if (why := _dispatch_refusal(case, b, device, dtype))}
+        refused |= unavailable
+        last_timed: dict[str, Row] = {}
+        for length in sorted(set(lengths)):
+            inputs = _inputs(case, length, device, dtype)
+            input_bytes = sum(t.nbytes for t in inputs.values())
+            by_backend: dict[str, Row] = {}
+            for backend in (b for b in names if b not in refused):
+                row = Row(case.name, backend, length)
+                rows.append(row)
+                by_backend[backend] = row
+                # The memory cap first: a linear time extrapolation understates an O(L²) reference.
+                if backend == "reference":
+                    row.skipped = _reference_refusal(case, length)
+                row.skipped = row.skipped or _too_slow(last_timed.get(backend), length)
+                if row.skipped:
+                    continue
+                print(f"[bench] {case.name} {backend} L={length}", file=log, flush=True)
+
+                def call(backend: str = backend) -> torch.Tensor:
+                    with torch.no_grad():
+                        return case.run(inputs, backend)
+
+                try:
+                    out_bytes = _output_bytes(call())  # also the warm-up run
+                    _sync(device)
+                    row.times_ms = time_call(call, repeats, device)
+                except (RuntimeError, MemoryError) as err:  # out of memory: a marker, not a crash
+                    row.skipped = f"failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+                    continue
+                row.median_ms = statistics.median(row.times_ms)
+                last_timed[backend] = row
+                row.gb_per_s = (input_bytes + out_bytes) / row.median_ms / 1e6
+            for row in by_backend.values():
+                for base, attr in (("reference", "vs_reference"), (LOOP, "vs_loop")):
+                    baseline = by_backend.get(base)
+                    if row.median_ms and baseline is not None and baseline.median_ms:
+                        setattr(row, attr, baseline.median_ms / row.median_ms)
+        rows += [Row(case.name, backend, None, skipped=reason) for backend, reason in refused.items()]
+    _measure_memory(rows, device, dtype_name, log)
+    return {"machine": machine, "rows": [asdict(r) for r in rows]}
+
+
+def _measure_memory(rows: list[Row], device: torch.device, dtype_name: str, log: TextIO) -> None:
+    timed = [r for r in rows if r.median_ms is not None]
+    if not timed:
+        return
+    print(f"[bench] measuring peak memory of {len(timed)} calls in a child process", file=log, flush=True)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    calls = [
+        {"op": r.op, "backend": r.backend, "length": r.length, "device": str(device), "dtype": dtype_name}
+        for r in timed
+    ]
+    readings = measure_peak_memory(
+        "effviz.bench.kernels:prepare", calls, device=str(device), timeout_s=MEMORY_TIMEOUT_S
+    )
+    for row, reading in zip(timed, readings):
+        row.peak_mib = reading.peak_mib
+        if reading.error:
+            print(f"[bench] peak memory of {row.op} {row.backend} L={row.length}: {reading.error}", file=log)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """Markdown: a header with the machine's limits, then one table per op (pastes into README)."""
+    m = result["machine"]
+    lines = [
+        f"**{m['processor']}** ({m['device']}, {m['threads']} threads), {m['dtype']}, "
+        f"torch {m['torch']}, effviz {m['effviz']}; backends available: {', '.join(m['backends'])}",
+        "",
+        f"Measured limits: copy bandwidth **{m['copy_gb_per_s']:.1f} GB/s** (read + write), "
+        f"matmul **{m['matmul_gflop_per_s']:.0f} GFLOP/s**.",
+    ]
+    rows = result["rows"]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        op_rows = [r for r in rows if r["op"] == op]
+        with_loop = any(r["backend"] == LOOP for r in op_rows)
+        header = ["backend", "L", "median ms", "peak MiB", "GB/s", "% of copy BW", "vs reference"]
+        header += ["vs loop"] if with_loop else []
+        lines += ["", f"### {op}", "", CASES[op].shapes, ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in op_rows:
+            length = "all" if r["length"] is None else str(r["length"])
+            if r["skipped"]:
+                cells = [r["backend"], length, f"skipped: {r['skipped']}"] + [""] * (len(header) - 3)
+            else:
+                share = None if r["gb_per_s"] is None else 100 * r["gb_per_s"] / m["copy_gb_per_s"]
+                cells = [
+                    r["backend"],
+                    length,
+                    _fmt(r["median_ms"]),
+                    _fmt(r["peak_mib"]),
+                    _fmt(r["gb_per_s"]),
+                    _fmt(share, 2),
+                    _fmt(r["vs_reference"]) + ("x" if r["vs_reference"] else ""),
+                ]
+                if with_loop:
+                    cells.append(_fmt(r["vs_loop"]) + ("x" if r["vs_loop"] else ""))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,158 @@
+"""Import the official checkpoints of Vim-Ti, VRWKV-T and DeiT-Ti into effviz models.
+
+``import_checkpoint("vim-tiny", "vim_t_midclstok_76p1acc.pth")`` (or a Hub repo id instead of a
+file) loads the official weights safely, maps every tensor onto our backbone with its key and shape
+checked (``keymaps.py``), gives the model its ImageNet-1k labels, and saves it as a bundled model
+(config.json + model.safetensors + README.md card) under ``weights/<arch>-official/``.
+CLI: ``python -m effviz.convert ARCH SOURCE [--out DIR]``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models.backbone import EffvizModel
+from ..models.registry import WEIGHTS_DIR, architecture_config
+from .keymaps import Layout, convert_state_dict, pick_layout
+from .loading import ResolvedSource, download_from_hub, is_hub_repo_id, load_tensors
+
+LABELS_FILE = Path(__file__).with_name("imagenet_labels.json")
+
+
+@dataclass(frozen=True)
+class OfficialRelease:
+    """Where an architecture's official ImageNet-1k weights are published, for downloads and cards."""
+
+    repo_id: str
+    filenames: tuple[str, ...]  # tried in order
+    model: str
+    paper: str
+    code: str
+    top1: str  # as reported by the authors
+    licence: str
+
+
+OFFICIAL: dict[str, OfficialRelease] = {
+    "vim-tiny": OfficialRelease(
+        "hustvl/Vim-tiny-midclstok", ("vim_t_midclstok_76p1acc.pth",),
+        "Vision Mamba Vim-Ti (middle class token)", "Zhu et al., ICML 2024, arXiv:2401.09417",
+        "https://github.com/hustvl/Vim", "76.1%", "apache-2.0",
+    ),
+    "vrwkv-tiny": OfficialRelease(
+        "OpenGVLab/Vision-RWKV", ("vrwkv_t_in1k_224.pth",),
+        "Vision-RWKV VRWKV-T", "Duan et al., ICLR 2025, arXiv:2403.02308",
+        "https://github.com/OpenGVLab/Vision-RWKV", "75.1%", "apache-2.0",
+    ),
+    "deit-tiny": OfficialRelease(
+        "facebook/deit-tiny-patch16-224", ("model.safetensors", "pytorch_model.bin"),
+        "DeiT-Ti", "Touvron et al., ICML 2021, arXiv:2012.12877",
+        "https://github.com/facebookresearch/deit", "72.2%", "apache-2.0",
+    ),
+}
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in class-index order (from torchvision's list)."""
+    return json.loads(LABELS_FILE.read_text(encoding="utf-8"))["labels"]
+
+
+def default_out_dir(arch: str) -> Path:
+    return WEIGHTS_DIR / f"{arch}-official"
+
+
+def resolve_source(arch: str, source: str | os.PathLike) -> ResolvedSource:
+    """A local checkpoint file, or a Hub repo id whose official file for ``arch`` is downloaded."""
+    path = Path(source)
+    if path.is_file():
+        return ResolvedSource(path)
+    if isinstance(source, str) and is_hub_repo_id(source):
+        return download_from_hub(source, OFFICIAL[arch].filenames, arch)
+    raise FileNotFoundError(
+        f"no such checkpoint file: {source} (give a .pth/.pt/.bin/.safetensors file, or a Hugging "
+        f"Face Hub repo id such as {OFFICIAL[arch].repo_id})"
+    )
+
+
+def import_checkpoint(arch: str, source: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> EffvizModel:
+    """Load an official ``arch`` checkpoint into our model, save it to ``out_dir`` and return it.
+
+    arch: "vim-tiny", "vrwkv-tiny" or "deit-tiny".
+    source: a local .pth/.pt/.bin/.safetensors file, or a Hugging Face Hub repo id (e.g.
+        "hustvl/Vim-tiny-midclstok"); offline, a repo id only works if the file is cached.
+    out_dir: where config.json, model.safetensors and README.md go; default
+        ``weights/<arch>-official/``.
+    Raises ValueError when the checkpoint does not match the architecture (listing every
+    missing, unexpected and wrong-shaped key) or holds pickled objects that are not allow-listed,
+    FileNotFoundError when the source cannot be found or downloaded.
+    """
+    if arch not in OFFICIAL:
+        raise ValueError(f"no official checkpoint import for {arch!r}; choose one of {', '.join(OFFICIAL)}")
+    resolved = resolve_source(arch, source)
+    official = load_tensors(resolved.path)
+
+    cfg = architecture_config(arch)
+    layout = pick_layout(arch, cfg, official)
+    for name, value in layout.config_overrides.items():
+        setattr(cfg, name, value)
+    cfg.labels = imagenet_labels()
+    cfg.__post_init__()
+    model = EffvizModel(cfg)
+    state = convert_state_dict(layout, cfg, official, model.state_dict(), what=f"{resolved.path} (as {arch})")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+
+    out = Path(out_dir) if out_dir is not None else default_out_dir(arch)
+    model.save_pretrained(out)
+    # save_pretrained writes a generic card when none exists; ours says where the weights came from.
+    (out / "README.md").write_text(model_card(arch, layout, resolved), encoding="utf-8")
+    return model
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_card(arch: str, layout: Layout, resolved: ResolvedSource) -> str:
+    release = OFFICIAL[arch]
+    if resolved.repo_id is not None:
+        revision = f" at revision `{resolved.commit}`" if resolved.commit else ""
+        origin = f"Hugging Face Hub repo `{resolved.repo_id}`, file `{resolved.filename}`{revision}"
+        reconvert = resolved.repo_id
+    else:
+        origin = (f"local file `{resolved.path.name}` (the official release is Hugging Face Hub repo "
+                  f"`{release.repo_id}`, file `{release.filenames[0]}`)")
+        reconvert = f"/path/to/{resolved.path.name}"
+    return f"""---
+library_name: effviz
+license: {release.licence}
+tags:
+- image-classification
+- imagenet-1k
+---
+
+# {arch}-official
+
+The official ImageNet-1k weights of {release.model} ({release.paper}), imported into effviz's
+`{arch}` architecture by `effviz.convert`. Every official tensor was mapped onto our parameters
+with its name and shape checked; none was missing or left over.
+
+- Source: {origin}
+- sha256 of the source file: `{_sha256(resolved.path)}`
+- Official layout: {layout.name}; official code: {release.code}
+- ImageNet-1k top-1 reported by the authors: {release.top1} (not re-measured here)
+- Labels: the 1000 ImageNet-1k classes in index order
+- Licence: {release.licence}, as declared for the official release; check the source before
+  redistributing these weights.
+
+Re-create: `python -m effviz.convert {arch} {reconvert}`
+"""
+
+
+__all__ = ["OFFICIAL", "default_out_dir", "imagenet_labels", "import_checkpoint"]

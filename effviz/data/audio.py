@@ -1,0 +1,194 @@
+"""Audio input: decode a sound file, bring any waveform to the model's rate, and turn it into the
+log-mel filterbank (fbank) features that AST-style audio models read.
+
+Decoding uses ``soundfile`` (libsndfile): torchaudio's own loaders need torchcodec, which effviz
+does not install. torchaudio is used for resampling and for Kaldi-compatible fbank features.
+"""
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.compliance.kaldi as kaldi
+import torchaudio.functional as audio_functional
+
+from ..models.config import ModelConfig
+
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 32
+DEFAULT_MAX_SECONDS = 30.0
+# Kaldi fbank framing used by AST and effviz: 25 ms windows every 10 ms.
+FRAME_LENGTH_MS = 25.0
+FRAME_SHIFT_MS = 10.0
+# The audio patch of every effviz model spans 16 frames: a clip must yield at least that many.
+MIN_FRAMES = 16
+# torchaudio's resampler builds a (new, old) polyphase filter from the rates divided by their
+# gcd; for a rate like 8001 Hz against 16000 Hz that is 8001 x 16000 floats. Above this many
+# entries the source rate is rounded to a multiple of RATE_ROUNDING_HZ first.
+MAX_RESAMPLE_FILTER = 1_000_000
+RATE_ROUNDING_HZ = 100
+
+
+def read_audio(data: bytes | str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode a sound file (WAV, FLAC, OGG/Vorbis, and whatever else libsndfile reads here).
+
+    Returns ``(samples, sample_rate)``: float32 in [-1, 1], shape ``(n,)`` for mono or
+    ``(n, channels)``. With ``max_seconds``, a longer file is refused from its header, before
+    its samples are decoded. Raises ``ValueError`` for an empty file, a file that is not audio in
+    a readable format (the message lists the formats), a file with no samples, or one too long;
+    ``FileNotFoundError`` for a missing path.
+    """
+    if isinstance(data, (str, Path)):
+        data = Path(data).read_bytes()
+    if len(data) == 0:
+        raise ValueError("cannot read the audio: the file is empty (0 bytes)")
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+            if max_seconds is not None:
+                _check_duration(sound.frames, sound.samplerate, max_seconds)
+            samples = sound.read(dtype="float32", always_2d=False)
+            sample_rate = sound.samplerate
+    except soundfile.SoundFileError as err:
+        formats = ", ".join(sorted(soundfile.available_formats()))
+        reason = getattr(err, "error_string", err)  # libsndfile's words, without the BytesIO repr
+        raise ValueError(
+            f"cannot read the audio: not a sound file in a format this machine reads ({reason}). "
+            f"Readable formats: {formats}"
+        ) from err
+    if samples.shape[0] == 0:
+        raise ValueError("cannot read the audio: the file contains no samples")
+    return samples, sample_rate
+
+
+def prepare_waveform(audio: np.ndarray, sample_rate: int, target_rate: int, max_seconds: float) -> torch.Tensor:
+    """A mono float32 waveform at ``target_rate``, shape ``(samples,)``, from any decoded audio.
+
+    ``audio`` is 1-D (mono) or 2-D ``(samples, channels)``; ``(channels, samples)`` is recognised
+    too when it has at most 8 rows and more columns than rows. Integer samples (int8/16/32,
+    uint8) are scaled to [-1, 1]; channels are averaged. NaN/inf samples are set to 0, and a clip
+    made only of them is refused. A clip shorter than one fbank patch (``MIN_FRAMES`` frames,
+    about 0.175 s) is zero-padded at the end to that length, so every clip yields a model input.
+
+    Raises ``ValueError`` for a sample rate outside [8000, 384000] Hz, a clip longer than
+    ``max_seconds`` (checked from its length before any conversion: never silently cut), an
+    empty clip, or an unusable shape or dtype.
+    """
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(
+            f"sample_rate {sample_rate} Hz is outside the supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
+        )
+    sample_rate = int(sample_rate)  # 44100.0 from some decoders
+    audio = np.asarray(audio)
+    if audio.size == 0:
+        raise ValueError("audio contains no samples")
+    if audio.ndim == 1:
+        audio = audio[:, None]
+    elif audio.ndim == 2:
+        rows, cols = audio.shape
+        if rows <= 8 and cols > rows:
+            # (channels, samples), as torchaudio and librosa lay audio out. A (samples, channels)
+            # array has more rows than columns unless it holds at most 8 samples, which would be
+            # padded to silence anyway.
+            audio = audio.T
+    else:
+        raise ValueError(f"audio must be 1-D (samples,) or 2-D (samples, channels), got shape {audio.shape}")
+    num_samples, num_channels = audio.shape
+    if num_channels > MAX_CHANNELS:
+        raise ValueError(f"audio has {num_channels} channels (at most {MAX_CHANNELS} are accepted)")
+    _check_duration(num_samples, sample_rate, max_seconds)
+
+    samples = _to_float(audio)
+    finite = np.isfinite(samples)
+    if not finite.any():
+        raise ValueError("audio contains only NaN/inf")
+    if not finite.all():
+        samples = np.where(finite, samples, 0.0).astype(np.float32)
+    waveform = torch.from_numpy(samples.mean(axis=1, dtype=np.float32))
+    waveform = _resample(waveform, sample_rate, target_rate)
+
+    window = round(target_rate * FRAME_LENGTH_MS / 1000)
+    shift = round(target_rate * FRAME_SHIFT_MS / 1000)
+    min_samples = window + (MIN_FRAMES - 1) * shift
+    if waveform.shape[0] < min_samples:
+        waveform = torch.nn.functional.pad(waveform, (0, min_samples - waveform.shape[0]))
+    return waveform
+
+
+def _check_duration(num_samples: int, sample_rate: int, max_seconds: float) -> None:
+    seconds = num_samples / sample_rate
+    if seconds > max_seconds:
+        raise ValueError(f"the audio is {seconds:.1f} s long; the limit is {max_seconds:g} s (cut it shorter)")
+
+
+def _to_float(audio: np.ndarray) -> np.ndarray:
+    if audio.dtype.kind == "f":
+        return audio.astype(np.float32)
+    if audio.dtype.kind in "iu":
+        full_scale = np.float32(2.0 ** (8 * audio.dtype.itemsize - 1))
+        samples = audio.astype(np.float32)
+        if audio.dtype.kind == "u":  # unsigned PCM (8-bit WAV): silence is mid-range, not 0
+            samples -= full_scale
+        return samples / full_scale
+    raise ValueError(f"audio dtype {audio.dtype} is not supported (use float, int16/int32 or uint8)")
+
+
+def _resample(waveform: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
+    if sample_rate == target_rate:
+        return waveform
+    ratio = Fraction(sample_rate, target_rate)  # reduced by the gcd, as torchaudio does
+    if ratio.numerator * ratio.denominator > MAX_RESAMPLE_FILTER:
+        # A pitch change under 0.7 % (50 Hz at 8 kHz) instead of a filter of gigabytes.
+        ratio = Fraction(round(sample_rate / RATE_ROUNDING_HZ) * RATE_ROUNDING_HZ, target_rate)
+    return audio_functional.resample(waveform, ratio.numerator, ratio.denominator)
+
+
+def fbank(waveform: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Normalised log-mel filterbank ``(frames, cfg.mel_bins)`` of a mono waveform at
+    ``cfg.sample_rate``, computed as AST computes it.
+
+    The clip's mean is removed, Kaldi fbank features are taken (Hanning window, 25 ms every
+    10 ms, no dither, HTK-compatible), and normalised as ``(x - fbank_mean) / (2 * fbank_std)``.
+    Frames are padded at the end up to a multiple of ``cfg.audio_patch_size`` with the clip's
+    smallest value, i.e. its quietest level, so that padding reads as silence rather than as
+    the mid-level sound a 0 would be.
+    """
+    if waveform.ndim != 1:
+        raise ValueError(f"waveform must be 1-D (samples,), got shape {tuple(waveform.shape)}")
+    window = round(cfg.sample_rate * FRAME_LENGTH_MS / 1000)
+    if waveform.shape[0] < window:
+        raise ValueError(
+            f"waveform has {waveform.shape[0]} samples, fewer than one {FRAME_LENGTH_MS:g} ms window "
+            f"({window}); prepare_waveform pads short clips"
+        )
+    waveform = waveform.float()
+    features = kaldi.fbank(
+        (waveform - waveform.mean()).unsqueeze(0),
+        htk_compat=True,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=cfg.mel_bins,
+        dither=0.0,
+        frame_length=FRAME_LENGTH_MS,
+        frame_shift=FRAME_SHIFT_MS,
+        sample_frequency=cfg.sample_rate,
+    )
+    features = (features - cfg.fbank_mean) / (2 * cfg.fbank_std)
+    missing = -features.shape[0] % cfg.audio_patch_size
+    if missing:
+        padding = features.min().expand(missing, features.shape[1])
+        features = torch.cat([features, padding])
+    return features
+
+
+def audio_to_tensor(
+    audio: np.ndarray, sample_rate: int, cfg: ModelConfig, max_seconds: float = DEFAULT_MAX_SECONDS
+) -> torch.Tensor:
+    """Model input ``(1, frames, cfg.mel_bins)`` from decoded audio: :func:`prepare_waveform`
+    at ``cfg.sample_rate``, then :func:`fbank`."""
+    waveform = prepare_waveform(audio, sample_rate, cfg.sample_rate, max_seconds)
+    return fbank(waveform, cfg).unsqueeze(0)

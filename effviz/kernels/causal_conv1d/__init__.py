@@ -1,0 +1,55 @@
+"""causal_conv1d: the short depthwise convolution in front of every Mamba/Vim selective scan.
+
+Vim's forward branch runs it causally; its backward branch runs it over the flipped sequence,
+which ``reverse=True`` gives without materialising the flips (paired with
+``selective_scan(reverse=True)``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..dispatch import check_tensor, pick
+from .reference import causal_conv1d_reference
+from .torch_backend import causal_conv1d_torch
+
+
+def _causal_conv1d_triton(*args, **kwargs):
+    from .triton_backend import causal_conv1d_triton
+
+    return causal_conv1d_triton(*args, **kwargs)
+
+
+IMPLS = {"reference": causal_conv1d_reference, "torch": causal_conv1d_torch, "triton": _causal_conv1d_triton}
+ACTIVATIONS = (None, "silu")
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    reverse: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """y[:, d, t] = act(bias[d] + sum_{j<K} weight[d, K-1-j] * x[:, d, t-j]), x = 0 before t = 0.
+
+    x: (batch, D, L); weight: (D, K), K >= 1 (a checkpoint's (D, 1, K) conv weight squeezed);
+    bias: (D,) or None; activation: None or "silu". Equals
+    ``F.conv1d(F.pad(x, (K-1, 0)), weight[:, None], bias, groups=D)``. ``reverse=True`` equals
+    ``causal_conv1d(x.flip(-1)).flip(-1)`` without the flips. Returns x's dtype; fp32 math.
+    """
+    check_tensor("x", x, (None, None, None))
+    dim = x.shape[1]
+    if isinstance(weight, torch.Tensor) and weight.dim() == 3 and weight.shape[1] == 1:
+        raise ValueError(f"weight must have shape ({dim}, K), got {tuple(weight.shape)}: "
+                         "squeeze the (D, 1, K) nn.Conv1d weight with weight[:, 0]")
+    check_tensor("weight", weight, (dim, None), device=x.device)
+    if weight.shape[1] == 0:
+        raise ValueError("weight must have at least one tap (K >= 1), got K = 0")
+    if bias is not None:
+        check_tensor("bias", bias, (dim,), device=x.device)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+
+    fn = pick("causal_conv1d", IMPLS, backend, x, weight, bias)
+    return fn(x, weight, bias, activation, reverse)

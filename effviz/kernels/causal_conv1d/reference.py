@@ -1,0 +1,49 @@
+"""Causal depthwise conv1d, written for reading rather than speed.
+
+    y[:, d, t] = bias[d] + sum_{j<K} weight[d, K-1-j] * x[:, d, t-j]        (x = 0 before t = 0)
+
+the cross-correlation orientation of ``nn.Conv1d``, so Mamba/Vim checkpoint weights apply as
+they are: the last tap weights the current step. ``reverse`` runs the same filter over the
+time-reversed sequence: x[:, d, t+j] in place of x[:, d, t-j] (x = 0 after t = L-1).
+All math in fp32. This is the definition every backend is tested against.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _shifted(x: torch.Tensor, steps: int, reverse: bool) -> torch.Tensor:
+    """x delayed by ``steps`` along time (advanced when ``reverse``), zero-filled, same length."""
+    if steps == 0:
+        return x
+    shifted = torch.zeros_like(x)
+    if steps < x.shape[-1]:
+        if reverse:
+            shifted[..., :-steps] = x[..., steps:]
+        else:
+            shifted[..., steps:] = x[..., :-steps]
+    return shifted
+
+
+def causal_conv1d_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None,
+    reverse: bool,
+) -> torch.Tensor:
+    """x: (batch, D, L); weight: (D, K); bias: (D,) or None; activation None or "silu".
+
+    Returns (batch, D, L) in x's dtype.
+    """
+    x32, weight = x.float(), weight.float()
+    taps = weight.shape[1]
+    y = torch.zeros_like(x32)
+    for j in range(taps):
+        y = y + weight[:, taps - 1 - j, None] * _shifted(x32, j, reverse)
+    if bias is not None:
+        y = y + bias.float()[:, None]
+    if activation == "silu":
+        y = F.silu(y)
+    return y.to(x.dtype)

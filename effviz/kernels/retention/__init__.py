@@ -1,0 +1,69 @@
+"""Retention (RetNet, Vision RetNet): o_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m per head.
+
+Causal, unscaled and unnormalised: the model applies its own scaling and group norm. The three
+forms of the paper (parallel, recurrent, chunk) give the same output; ``mode`` picks which one
+runs, so they can be compared for speed and memory.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..dispatch import check_tensor, pick
+from . import reference, torch_backend
+
+MODES = ("parallel", "recurrent", "chunk")
+
+
+def _reference(q, k, v, gamma, mode):
+    return reference.retention(q, k, v, gamma)  # the math, whatever the form
+
+
+def _torch(q, k, v, gamma, mode):
+    return torch_backend.FORMS[mode](q, k, v, gamma)
+
+
+def _triton(q, k, v, gamma, mode):
+    from . import triton_backend  # lazily: importing effviz must not import triton
+
+    return triton_backend.retention_chunk(q, k, v, gamma)
+
+
+IMPLS: dict[str, Callable] = {"reference": _reference, "torch": _torch, "triton": _triton}
+# The Triton kernel is the chunk form only (see triton_backend.py). Leaving it out of the choice
+# for the other modes lets the default fall back to torch on CUDA instead of failing.
+IMPLS_WITHOUT_TRITON: dict[str, Callable] = {"reference": _reference, "torch": _torch}
+
+
+def retention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gamma: torch.Tensor,
+    mode: str = "chunk",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Causal retention with per-head decay ``gamma``.
+
+    q, k: (batch, heads, T, dk); v: (batch, heads, T, dv); gamma: (heads,) in (0, 1).
+    mode: "parallel" (O(T²) masked matmul), "recurrent" (one state update per token) or "chunk"
+    (chunks of 64 tokens, O(T)). Returns (batch, heads, T, dv) in v's dtype; math is fp32.
+    """
+    check_tensor("q", q, (None, None, None, None))
+    batch, heads, length, dk = q.shape
+    check_tensor("k", k, (batch, heads, length, dk), device=q.device)
+    check_tensor("v", v, (batch, heads, length, None), device=q.device)
+    check_tensor("gamma", gamma, (heads,), device=q.device)
+    if not bool(((gamma > 0) & (gamma < 1)).all()):
+        raise ValueError(f"gamma must lie strictly between 0 and 1, got {gamma.tolist()}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if backend == "triton" and mode != "chunk":
+        raise ValueError(
+            f"retention: backend 'triton' implements mode='chunk' only, got mode={mode!r}; "
+            "use backend='torch' for the parallel and recurrent forms"
+        )
+    impls = IMPLS if mode == "chunk" else IMPLS_WITHOUT_TRITON
+    impl = pick("retention", impls, backend, q, k, v, gamma)
+    return impl(q, k, v, gamma, mode).to(v.dtype)

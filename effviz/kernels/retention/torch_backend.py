@@ -1,0 +1,90 @@
+"""Retention in pure PyTorch, in its three equivalent forms; any device, autograd-capable.
+
+- parallel: the masked (T, T) matmul. O(T²) time and memory; the form used for training.
+- recurrent: a state S (dk, dv) per head, S ← γS + k_nᵀv_n, o_n = q_n S. O(T) but one tiny step
+  per token, so Python-loop bound; it is the form used for token-by-token decoding.
+- chunk: the sequence cut into chunks of C tokens. Inside a chunk the parallel form runs as one
+  batched matmul; across chunks a state carries the past. Only decays γ^j with 0 ≤ j ≤ C are
+  ever formed, so nothing under- or overflows however long the sequence is.
+
+All math is fp32 whatever the input dtype; results are fp32 (the caller casts).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_SIZE = 64
+
+
+def _causal_decay(log_gamma: torch.Tensor, size: int) -> torch.Tensor:
+    """(heads, size, size) mask D[n, m] = γ^(n−m) for n ≥ m, else 0."""
+    pos = torch.arange(size, device=log_gamma.device)
+    distance = pos[:, None] - pos[None, :]
+    # Exponentiate only non-negative distances: γ^(negative) can overflow, and an inf in a
+    # masked-out entry still poisons the gradient.
+    decay = torch.exp(distance.clamp(min=0) * log_gamma[:, None, None])
+    return torch.where(distance >= 0, decay, 0.0)
+
+
+def retention_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    q, k, v = q.float(), k.float(), v.float()
+    decay = _causal_decay(gamma.float().log(), q.shape[-2])
+    return (q @ k.transpose(-1, -2) * decay) @ v
+
+
+def retention_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    q, k, v = q.float(), k.float(), v.float()
+    batch, heads, length, dk = q.shape
+    decay = gamma.float().view(1, heads, 1, 1)
+    state = q.new_zeros(batch, heads, dk, v.shape[-1])
+    out = q.new_empty(batch, heads, length, v.shape[-1])
+    for t in range(length):
+        # The state is replaced, not updated in place, so autograd keeps every step's state.
+        state = torch.addcmul(decay * state, k[:, :, t, :, None], v[:, :, t, None, :])
+        out[:, :, t] = (q[:, :, t, None, :] @ state).squeeze(-2)
+    return out
+
+
+def retention_chunk(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor, chunk_size: int = CHUNK_SIZE
+) -> torch.Tensor:
+    """Chunkwise form; ``chunk_size`` is a parameter so tests can cross chunk boundaries cheaply."""
+    q, k, v = q.float(), k.float(), v.float()
+    batch, heads, length, dk = q.shape
+    dv = v.shape[-1]
+    # Zero-pad to whole chunks: padded keys and values add nothing to the state, and the
+    # padded query rows are cut off at the end.
+    pad = -length % chunk_size
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    chunks = (length + pad) // chunk_size
+    q = q.reshape(batch, heads, chunks, chunk_size, dk)
+    k = k.reshape(batch, heads, chunks, chunk_size, dk)
+    v = v.reshape(batch, heads, chunks, chunk_size, dv)
+
+    log_gamma = gamma.float().log()
+    pos = torch.arange(chunk_size, device=q.device)
+    per_head = log_gamma[:, None]  # (heads, 1)
+    intra_decay = _causal_decay(log_gamma, chunk_size)[:, None]  # (heads, 1, C, C)
+    # γ^(i+1): from the state before the chunk to token i of the chunk.
+    query_decay = torch.exp((pos + 1) * per_head)[:, None, :, None]
+    # γ^(C−1−j): from token j to the end of its chunk.
+    key_decay = torch.exp((chunk_size - 1 - pos) * per_head)[:, None, :, None]
+    # γ^C: across one whole chunk.
+    chunk_decay = torch.exp(chunk_size * log_gamma)[:, None, None]
+
+    out = (q @ k.transpose(-1, -2) * intra_decay) @ v
+
+    # What each chunk adds to the state, all chunks at once; then the short scan over chunks.
+    chunk_states = (k * key_decay).transpose(-1, -2) @ v  # (batch, heads, chunks, dk, dv)
+    state = q.new_zeros(batch, heads, dk, dv)
+    states_before = [state]
+    for c in range(chunks - 1):
+        state = torch.addcmul(chunk_states[:, :, c], chunk_decay, state)
+        states_before.append(state)
+    out = out + (q * query_decay) @ torch.stack(states_before, dim=2)
+    return out.reshape(batch, heads, chunks * chunk_size, dv)[:, :, :length]
+
+
+FORMS = {"parallel": retention_parallel, "recurrent": retention_recurrent, "chunk": retention_chunk}

@@ -1,0 +1,77 @@
+"""selective_scan: Mamba's input-dependent state-space recurrence (S6).
+
+The public function handles the cheap per-channel parts (delta bias, softplus, the D skip and the
+SiLU(z) gate) in PyTorch for every backend; the backends implement only the recurrence
+(``scan_*(u, delta, A, B, C, reverse) -> (y, last_state)``), which is where the time goes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..dispatch import check_tensor, pick
+from .cpu_backend import scan_cpu
+from .reference import scan_reference
+from .torch_backend import scan_torch
+
+
+def _scan_triton(*args, **kwargs):
+    from .triton_backend import scan_triton
+
+    return scan_triton(*args, **kwargs)
+
+
+IMPLS = {"reference": scan_reference, "torch": scan_torch, "cpu": scan_cpu, "triton": _scan_triton}
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    reverse: bool = False,
+    return_last_state: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """y_t = C_t . h_t + D*u_t with h_t = exp(delta_t*A) h_{t-1} + delta_t*B_t*u_t; y *= silu(z).
+
+    u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L); D, delta_bias: (dim,).
+    ``reverse`` scans from t = L-1 down to 0. Returns y (batch, dim, L) in u's dtype, and with
+    ``return_last_state`` also the final state (batch, dim, N) in fp32. State math is fp32.
+    """
+    check_tensor("u", u, (None, None, None))
+    batch, dim, length = u.shape
+    device = u.device
+    check_tensor("delta", delta, (batch, dim, length), device=device)
+    check_tensor("A", A, (dim, None), device=device)
+    n_state = A.shape[1]
+    check_tensor("B", B, (batch, n_state, length), device=device)
+    check_tensor("C", C, (batch, n_state, length), device=device)
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None:
+            check_tensor(name, t, (dim,), device=device)
+    if z is not None:
+        check_tensor("z", z, (batch, dim, length), device=device)
+    if length == 0 or n_state == 0:
+        raise ValueError(f"selective_scan needs L >= 1 and N >= 1, got L={length}, N={n_state}")
+
+    fn = pick("selective_scan", IMPLS, backend, u, delta, A, B, C, D, z, delta_bias,
+              differentiable=("reference", "torch", "cpu"))
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    delta = delta.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    y, last_state = fn(u.to(compute), delta, A.to(compute), B.to(compute), C.to(compute), reverse=reverse)
+    if D is not None:
+        y = y + D.to(compute)[:, None] * u.to(compute)
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    y = y.to(u.dtype)
+    return (y, last_state) if return_last_state else y

@@ -1,0 +1,65 @@
+"""ctypes wrapper of ``cpu.c``: the selective scan compiled for this CPU, forward and backward."""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from .. import native
+
+_FWD_ARGS = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
+_BWD_ARGS = [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
+
+
+def _lib() -> ctypes.CDLL:
+    lib = native.library()
+    lib.selective_scan_fwd.argtypes, lib.selective_scan_fwd.restype = _FWD_ARGS, None
+    lib.selective_scan_bwd.argtypes, lib.selective_scan_bwd.restype = _BWD_ARGS, ctypes.c_int
+    return lib
+
+
+class SelectiveScanCPU(torch.autograd.Function):
+    """The C forward keeps no states; the C backward replays them row by row (O(L*N) scratch per
+    thread), so training memory stays O(L*dim) like the torch backend, at C speed."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, reverse: bool):
+        dtype = u.dtype
+        u, delta, A = (t.float().contiguous() for t in (u, delta, A))
+        # Time-major B and C make every step of the C loops read N contiguous floats.
+        Bt, Ct = (t.float().transpose(1, 2).contiguous() for t in (B, C))
+        batch, dim, length = u.shape
+        y = torch.empty_like(u)
+        last = u.new_empty(batch, dim, A.shape[1])
+        _lib().selective_scan_fwd(*map(native.ptr, (u, delta, A, Bt, Ct, y, last)), batch, dim, length,
+                                  A.shape[1], int(reverse), native.num_threads())
+        ctx.save_for_backward(u, delta, A, Bt, Ct)
+        ctx.reverse, ctx.dtype = reverse, dtype
+        return y.to(dtype), last.to(dtype)
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, delta, A, Bt, Ct = ctx.saved_tensors
+        batch, dim, length = u.shape
+        n_state = A.shape[1]
+        threads = max(1, min(native.num_threads(), dim, 64))  # the C side caps threads at 64 too
+        dy = torch.zeros_like(u) if dy is None else dy.float().contiguous()
+        dlast = None if dlast is None else dlast.float().contiguous()
+        du, ddelta, dA = torch.empty_like(u), torch.empty_like(delta), torch.zeros_like(A)
+        dB_parts = u.new_zeros(threads, batch, length, n_state)
+        dC_parts = u.new_zeros(threads, batch, length, n_state)
+        status = _lib().selective_scan_bwd(
+            *map(native.ptr, (u, delta, A, Bt, Ct, dy)), native.ptr(dlast) if dlast is not None else None,
+            *map(native.ptr, (du, ddelta, dA, dB_parts, dC_parts)), batch, dim, length, n_state,
+            int(ctx.reverse), threads)
+        if status != 0:
+            raise MemoryError("selective_scan (cpu backend): out of memory for the backward scratch")
+        dB = dB_parts.sum(0).transpose(1, 2)
+        dC = dC_parts.sum(0).transpose(1, 2)
+        cast = lambda t: t.to(ctx.dtype)  # noqa: E731
+        return cast(du), cast(ddelta), cast(dA), cast(dB), cast(dC), None
+
+
+def scan_cpu(u, delta, A, B, C, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as ``reference.scan_reference``; CPU tensors, fp32 math, autograd supported."""
+    return SelectiveScanCPU.apply(u, delta, A, B, C, reverse)

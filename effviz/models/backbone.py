@@ -1,0 +1,112 @@
+"""The one backbone behind every effviz model: tokenizers -> blocks of (token mixer, channel
+mixer) on a pre-norm residual stream -> final norm -> pooled token -> linear head.
+
+Models differ only in their ``ModelConfig``: which mixer, where the class token sits (DeiT first,
+Vim middle, ViR last, VRWKV none + mean pooling), norm kind, and channel mixer.
+"""
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from .config import ModelConfig
+from .layers import AddNorm, PatchTokenizer, TokenLayout
+from .mixers import build_channel_mixer, build_mixer
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.norm1 = AddNorm(cfg.embed_dim, cfg.norm, cfg.norm_eps)
+        self.mixer = build_mixer(cfg, layer_idx)
+        self.ffn = build_channel_mixer(cfg, layer_idx)
+        self.norm2 = AddNorm(cfg.embed_dim, cfg.norm, cfg.norm_eps) if self.ffn is not None else None
+
+    def forward(self, h, residual, layout: TokenLayout):
+        h, residual = self.norm1(h, residual)
+        h = self.mixer(h, layout)
+        if self.ffn is not None:
+            h, residual = self.norm2(h, residual)
+            h = self.ffn(h, layout)
+        return h, residual
+
+
+class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
+    """Classifier over image and/or audio tokens. ``forward(image=..., audio=...)`` -> logits.
+
+    image: (batch, in_chans, H, W) with H, W multiples of the patch size.
+    audio: (batch, frames, mel_bins) Kaldi fbank, frames >= the audio patch size.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = cfg = config
+        dim = cfg.embed_dim
+        self.tokenizers = nn.ModuleDict()
+        if "image" in cfg.modalities:
+            self.tokenizers["image"] = PatchTokenizer(cfg.in_chans, cfg.patch_size, dim, cfg.grid_size, cfg.stem_channels)
+        if "audio" in cfg.modalities:
+            self.tokenizers["audio"] = PatchTokenizer(1, cfg.audio_patch_size, dim, cfg.audio_grid_size)
+        self.modality_embed = (
+            nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, dim)) for m in cfg.modalities})
+            if cfg.modality_embed else None
+        )
+        if cfg.cls_token is not None:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+            self.cls_pos = nn.Parameter(torch.zeros(1, 1, dim))
+        self.input_norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.input_norm else None
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.norm_f = AddNorm(dim, cfg.norm, cfg.norm_eps)
+        self.head = nn.Linear(dim, cfg.num_classes)
+        self.apply(_init_weights)
+        for p in (getattr(self, "cls_token", None), getattr(self, "cls_pos", None)):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+
+    def tokens(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None):
+        """Embed the given modalities into one sequence; returns (tokens, layout)."""
+        groups, grids = [], []
+        for name, x in (("image", image), ("audio", audio)):
+            if x is None:
+                continue
+            if name not in self.tokenizers:
+                raise ValueError(f"this model takes {', '.join(self.tokenizers)}, not {name}")
+            if name == "audio":
+                x = x.transpose(1, 2).unsqueeze(1)  # (batch, frames, mel) -> (batch, 1, mel, frames)
+            tokens, grid = self.tokenizers[name](x)
+            if self.modality_embed is not None:
+                tokens = tokens + self.modality_embed[name]
+            groups.append(tokens)
+            grids.append(grid)
+        if not groups:
+            raise ValueError(f"no input given; this model takes {' and/or '.join(self.tokenizers)}")
+        x = torch.cat(groups, dim=1)
+        cls_index = None
+        if self.config.cls_token is not None:
+            cls = (self.cls_token + self.cls_pos).expand(x.shape[0], -1, -1).to(x.dtype)
+            cls_index = {"first": 0, "middle": x.shape[1] // 2, "last": x.shape[1]}[self.config.cls_token]
+            x = torch.cat([x[:, :cls_index], cls, x[:, cls_index:]], dim=1)
+        return x, TokenLayout(grid=grids[0] if len(grids) == 1 else None, cls_index=cls_index)
+
+    def forward_features(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled (batch, embed_dim) representation."""
+        h, layout = self.tokens(image, audio)
+        if self.input_norm is not None:
+            h = self.input_norm(h)
+        residual = None
+        for block in self.blocks:
+            h, residual = block(h, residual, layout)
+        h, _ = self.norm_f(h, residual)
+        return h[:, layout.cls_index] if layout.cls_index is not None else h.mean(dim=1)
+
+    def forward(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.forward_features(image, audio))
+
+
+def _init_weights(module: nn.Module) -> None:
+    """ViT-style init (truncated normal 0.02, zero bias) unless a mixer marked a parameter as its own."""
+    if isinstance(module, nn.Linear):
+        if not getattr(module.weight, "_no_reinit", False):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+            nn.init.zeros_(module.bias)

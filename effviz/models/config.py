@@ -1,0 +1,68 @@
+"""One config dataclass describes every model: the mixer is the only thing that must differ."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an effviz model; saved as config.json beside model.safetensors.
+
+    Token mixers: "mamba" (Vim's bidirectional Mamba, v2), "rwkv" (Vision-RWKV spatial mix),
+    "retention" (RetNet retention, ViR), "attention" (softmax attention, DeiT/AST).
+    """
+
+    mixer: str
+    embed_dim: int = 192
+    depth: int = 12
+    num_classes: int = 1000
+    labels: list[str] = field(default_factory=list)
+    # Tokenizers. Images: (in_chans, H, W) -> conv patches. Audio: a (frames, mel_bins) fbank is
+    # treated as a 1-channel (mel_bins, frames) image, as in AST and AuM.
+    modalities: tuple[str, ...] = ("image",)
+    in_chans: int = 3
+    patch_size: int = 16
+    grid_size: tuple[int, int] = (14, 14)  # image patch grid the position embedding was trained at
+    # 0: one conv patchify, as in the papers. >0: a 3x3 conv with this many channels + GELU first,
+    # which our small CIFAR models use (same for all four) so they learn in a few CPU epochs.
+    stem_channels: int = 0
+    mel_bins: int = 128
+    audio_patch_size: int = 16
+    audio_grid_size: tuple[int, int] = (8, 64)  # (mel, time) patch grid of the audio position embedding
+    # Readout: class token position ("first" as in DeiT, "middle" as in Vim, "last" as in ViR,
+    # None with mean pooling as in Vision-RWKV).
+    cls_token: str | None = "first"
+    norm: str = "layer"  # "layer" or "rms"
+    norm_eps: float = 1e-6
+    input_norm: bool = False  # Vision-RWKV normalises the embeddings before the first block (ln0)
+    # Channel mixer after every token mixer: "mlp" (transformers, ViR), "rwkv" (VRWKV), None (Vim).
+    channel_mixer: str | None = "mlp"
+    mlp_ratio: float = 4.0
+    # Mixer details.
+    num_heads: int = 3
+    attn_impl: str = "sdpa"  # "sdpa" (fused) or "eager" (materialised attention matrix)
+    d_state: int = 16
+    expand: int = 2
+    d_conv: int = 4
+    # Image preprocessing the weights expect.
+    image_size: tuple[int, int] = (224, 224)
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    image_style: str = "photo"  # "photo" (RGB, resized) or "digit" (MNIST framing: white ink on black)
+    # Audio preprocessing the weights expect (Kaldi fbank at this rate, 10 ms shift).
+    sample_rate: int = 16000
+    fbank_mean: float = 0.0
+    fbank_std: float = 1.0
+    min_audio_seconds: float = 0.0  # shorter clips are zero-padded to this (the trained clip length)
+    modality_embed: bool = False  # learned per-modality embedding (multimodal early fusion)
+
+    def __post_init__(self) -> None:
+        # JSON turns tuples into lists; restore them so configs compare equal after a round trip.
+        for name in ("modalities", "grid_size", "audio_grid_size", "image_size", "image_mean", "image_std"):
+            setattr(self, name, tuple(getattr(self, name)))
+        if self.mixer not in ("mamba", "rwkv", "retention", "attention"):
+            raise ValueError(f"unknown mixer {self.mixer!r}")
+        if self.cls_token not in ("first", "middle", "last", None):
+            raise ValueError(f"unknown cls_token position {self.cls_token!r}")
+        if self.labels and len(self.labels) != self.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")

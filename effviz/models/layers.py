@@ -1,0 +1,93 @@
+"""Pieces every model shares: patch tokenizers with resizable position embeddings, and norms
+that fold the residual add into the normalisation (Vim's fused add+norm, used by all models)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels import rms_norm
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """What a mixer may need to know about the sequence: the 2-D patch grid of its tokens (for
+    Vision-RWKV's Q-shift) when the sequence is exactly one grid, and where the class token sits."""
+
+    grid: tuple[int, int] | None
+    cls_index: int | None
+
+
+def resample_grid(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a (1, gh*gw, D) position embedding to another grid, bicubic as in DeiT and VRWKV."""
+    if tuple(grid) == tuple(new_grid):
+        return pos
+    dim = pos.shape[-1]
+    image = pos.reshape(1, grid[0], grid[1], dim).permute(0, 3, 1, 2)
+    image = F.interpolate(image.float(), size=new_grid, mode="bicubic", align_corners=False)
+    return image.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos.dtype)
+
+
+class PatchTokenizer(nn.Module):
+    """Non-overlapping conv patches plus a learned absolute position embedding.
+
+    The embedding is stored for ``grid`` and resampled for any other grid, so every model runs at
+    any resolution that is a multiple of the patch size, and any aspect ratio.
+    """
+
+    def __init__(self, in_chans: int, patch_size: int, dim: int, grid: tuple[int, int], stem_channels: int = 0):
+        super().__init__()
+        self.patch_size = patch_size
+        self.grid = tuple(grid)
+        self.stem = (
+            nn.Sequential(nn.Conv2d(in_chans, stem_channels, 3, padding=1), nn.GELU()) if stem_channels else None
+        )
+        self.proj = nn.Conv2d(stem_channels or in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        if h == 0 or w == 0:
+            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch")
+        if self.stem is not None:
+            x = self.stem(x)
+        tokens = self.proj(x).flatten(2).transpose(1, 2)
+        return tokens + resample_grid(self.pos_embed, self.grid, (h, w)), (h, w)
+
+
+class AddNorm(nn.Module):
+    """``residual = residual + x`` (kept in fp32), then ``x = norm(residual)``; returns both.
+
+    Pre-norm blocks written this way are exactly ``x = x + f(norm(x))``, but the add and the norm
+    touch memory once, which is where Vim spends its bandwidth.
+    """
+
+    def __init__(self, dim: int, kind: str, eps: float):
+        super().__init__()
+        if kind not in ("layer", "rms"):
+            raise ValueError(f"unknown norm {kind!r}")
+        self.kind, self.eps = kind, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if kind == "layer" else None
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "rms":
+            return rms_norm(x, self.weight, residual, eps=self.eps, residual_in_fp32=True)
+        residual = x.float() if residual is None else residual + x.float()
+        out = F.layer_norm(residual, (residual.shape[-1],), self.weight.float(), self.bias.float(), self.eps)
+        return out.to(x.dtype), residual
+
+
+class Mlp(nn.Module):
+    """The transformer channel mixer: Linear -> GELU -> Linear."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))

@@ -1,0 +1,39 @@
+"""Token mixers and channel mixers, by config name. Every mixer maps (batch, L, D) -> (batch, L, D)
+and takes the sequence's ``TokenLayout``."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import ModelConfig
+from ..layers import Mlp
+
+
+def build_mixer(cfg: ModelConfig, layer_idx: int) -> nn.Module:
+    if cfg.mixer == "mamba":
+        from .mamba import BiMamba
+
+        return BiMamba(cfg.embed_dim, cfg.d_state, cfg.expand, cfg.d_conv)
+    if cfg.mixer == "rwkv":
+        from .rwkv import SpatialMix
+
+        return SpatialMix(cfg.embed_dim, layer_idx, cfg.depth)
+    if cfg.mixer == "retention":
+        from .retention import MultiScaleRetention
+
+        return MultiScaleRetention(cfg.embed_dim, cfg.num_heads)
+    from .attention import Attention
+
+    return Attention(cfg.embed_dim, cfg.num_heads, cfg.attn_impl)
+
+
+def build_channel_mixer(cfg: ModelConfig, layer_idx: int) -> nn.Module | None:
+    hidden = int(cfg.embed_dim * cfg.mlp_ratio)
+    if cfg.channel_mixer == "mlp":
+        return Mlp(cfg.embed_dim, hidden)
+    if cfg.channel_mixer == "rwkv":
+        from .rwkv import ChannelMix
+
+        return ChannelMix(cfg.embed_dim, hidden, layer_idx, cfg.depth)
+    if cfg.channel_mixer is None:
+        return None
+    raise ValueError(f"unknown channel mixer {cfg.channel_mixer!r}")

@@ -1,0 +1,37 @@
+"""Softmax attention, the O(N^2) baseline (DeiT, AST)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import TokenLayout
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection.
+
+    ``impl="sdpa"`` uses torch's fused scaled_dot_product_attention (memory-efficient kernels where
+    available); ``impl="eager"`` materialises the (L, L) attention matrix, as the papers' baselines
+    did, so users can see both costs.
+    """
+
+    def __init__(self, dim: int, num_heads: int, impl: str = "sdpa"):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"unknown attention impl {impl!r}")
+        self.num_heads, self.impl = num_heads, impl
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        if self.impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+            out = scores.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))

@@ -1,0 +1,63 @@
+"""Vision Mamba's bidirectional Mamba mixer ("bimamba v2", hustvl/Vim).
+
+One shared input projection feeds a forward and a backward Mamba branch, each with its own causal
+depthwise conv, projections, A and D. The backward branch runs the same kernels with
+``reverse=True`` instead of flipping the sequence twice.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...kernels import causal_conv1d, selective_scan
+from ..layers import TokenLayout
+
+
+class MambaBranch(nn.Module):
+    """conv1d + SiLU -> x_proj -> (dt, B, C) -> selective scan with D skip and SiLU(z) gate."""
+
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, d_conv: int):
+        super().__init__()
+        self.d_state, self.dt_rank = d_state, dt_rank
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner)  # holds (d_inner, 1, k) weights
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner)
+        # S4D-real init, A = -(1..N), and dt initialised log-uniform in [1e-3, 1e-1] through the
+        # inverse softplus of the bias: the Mamba paper's choices.
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        nn.init.uniform_(self.dt_proj.weight, -(dt_rank**-0.5), dt_rank**-0.5)
+        dt = torch.exp(torch.rand(d_inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        for p in (self.A_log, self.D, self.dt_proj.weight, self.dt_proj.bias):
+            p._no_reinit = True  # the backbone's generic init must not overwrite these
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """x, z: (batch, d_inner, L) -> (batch, d_inner, L)."""
+        x = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu", reverse=reverse)
+        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        return selective_scan(
+            x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+            D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
+        )
+
+
+class BiMamba(nn.Module):
+    def __init__(self, dim: int, d_state: int = 16, expand: int = 2, d_conv: int = 4):
+        super().__init__()
+        d_inner = expand * dim
+        dt_rank = math.ceil(dim / 16)
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
+        self.fwd = MambaBranch(d_inner, d_state, dt_rank, d_conv)
+        self.bwd = MambaBranch(d_inner, d_state, dt_rank, d_conv)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+
+    def forward(self, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        y = self.fwd(x, z, reverse=False) + self.bwd(x, z, reverse=True)
+        return self.out_proj((y / 2).transpose(1, 2))  # Vim v2 averages the two directions

@@ -1,0 +1,129 @@
+"""Model ids -> configs (timm-style registry).
+
+Two kinds of entries:
+- **architectures** (``ARCHITECTURES``): the official tiny configurations of each paper, used for
+  scaling benchmarks (random weights are fine for timing) and as targets of checkpoint import.
+- **bundled models**: folders under ``weights/<model-id>/`` holding config.json, model.safetensors
+  and a card; these are ready to predict. They are found by scanning that folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .config import ModelConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def vim_tiny() -> ModelConfig:
+    """Vim-Ti (hustvl/Vim, arXiv 2401.09417): D=192, depth 24, bimamba v2, middle class token."""
+    return ModelConfig(mixer="mamba", embed_dim=192, depth=24, norm="rms", norm_eps=1e-5,
+                       cls_token="middle", channel_mixer=None)
+
+
+def vrwkv_tiny() -> ModelConfig:
+    """VRWKV-T (OpenGVLab/Vision-RWKV): D=192, depth 12, Q-shift + Bi-WKV, mean pooling."""
+    return ModelConfig(mixer="rwkv", embed_dim=192, depth=12, norm="layer", norm_eps=1e-5,
+                       cls_token=None, input_norm=True, channel_mixer="rwkv", mlp_ratio=4.0)
+
+
+def vir_tiny() -> ModelConfig:
+    """ViR-T (NVlabs ViR, arXiv 2310.19731): DeiT-Ti sized, retention mixer, class token last so
+    that under causal retention it sees every patch."""
+    return ModelConfig(mixer="retention", embed_dim=192, depth=12, num_heads=3, norm="layer",
+                       norm_eps=1e-6, cls_token="last", channel_mixer="mlp")
+
+
+def deit_tiny(attn_impl: str = "sdpa") -> ModelConfig:
+    """DeiT-Ti (facebook/deit-tiny-patch16-224): D=192, depth 12, 3 heads, class token first."""
+    return ModelConfig(mixer="attention", embed_dim=192, depth=12, num_heads=3, attn_impl=attn_impl,
+                       norm="layer", norm_eps=1e-6, cls_token="first", channel_mixer="mlp")
+
+
+def _audio(cfg: ModelConfig, num_classes: int = 527) -> ModelConfig:
+    """The same architecture over 128-bin fbank patches (AST/AuM: 10 s = 1024 frames = 8x64 patches)."""
+    cfg.modalities, cfg.num_classes = ("audio",), num_classes
+    return cfg
+
+
+ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
+    "vim-tiny": vim_tiny,
+    "vrwkv-tiny": vrwkv_tiny,
+    "vir-tiny": vir_tiny,
+    "deit-tiny": deit_tiny,
+    "deit-tiny-eager": lambda: deit_tiny("eager"),
+    "aum-tiny": lambda: _audio(vim_tiny()),
+    "audio-rwkv-tiny": lambda: _audio(vrwkv_tiny()),
+    "ast-tiny": lambda: _audio(deit_tiny()),
+    "ast-tiny-eager": lambda: _audio(deit_tiny("eager")),
+}
+
+
+def task_of(cfg: ModelConfig) -> str:
+    return "audio-visual" if len(cfg.modalities) > 1 else cfg.modalities[0]
+
+
+def architecture_config(arch: str) -> ModelConfig:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]()
+
+
+# ---- Bundled models: small enough to train on a 2-core CPU, identical except for the mixer. ----
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+DIGITS = [str(d) for d in range(10)]
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def _small(cfg: ModelConfig, depth: int) -> ModelConfig:
+    """Shrink an official tiny architecture: D=96, 3 heads. Vim has no channel mixer, so it gets
+    twice the blocks, as Vim-Ti (24) vs DeiT-Ti (12): parameter counts stay comparable."""
+    cfg.embed_dim, cfg.num_heads = 96, 3
+    cfg.depth = depth * 2 if cfg.channel_mixer is None else depth
+    return cfg
+
+
+def _cifar(cfg: ModelConfig) -> ModelConfig:
+    cfg = _small(cfg, depth=6)
+    cfg.num_classes, cfg.labels = 10, CIFAR10_CLASSES
+    cfg.patch_size, cfg.grid_size, cfg.stem_channels = 4, (8, 8), 32
+    cfg.image_size, cfg.image_mean, cfg.image_std = (32, 32), CIFAR_MEAN, CIFAR_STD
+    return cfg
+
+
+def _fsdd(cfg: ModelConfig) -> ModelConfig:
+    """Spoken digits: 1 s clips at 16 kHz -> 98 fbank frames, padded to 112 -> 8x7 patches."""
+    cfg = _small(cfg, depth=4)
+    cfg.modalities, cfg.num_classes, cfg.labels = ("audio",), 10, DIGITS
+    cfg.audio_grid_size, cfg.min_audio_seconds = (8, 7), 1.0
+    cfg.fbank_mean, cfg.fbank_std = FSDD_FBANK_MEAN, FSDD_FBANK_STD
+    return cfg
+
+
+def _digits_av(cfg: ModelConfig) -> ModelConfig:
+    """Handwritten digit (28x28, 7x7 patches -> 4x4 tokens) and/or spoken digit, one sequence."""
+    cfg = _fsdd(cfg)
+    cfg.modalities, cfg.modality_embed = ("image", "audio"), True
+    cfg.in_chans, cfg.patch_size, cfg.grid_size = 1, 7, (4, 4)
+    cfg.image_size, cfg.image_style = (28, 28), "digit"
+    cfg.image_mean, cfg.image_std = (0.1307,) * 3, (0.3081,) * 3
+    return cfg
+
+
+# Fbank statistics of the FSDD training speakers (measured by effviz.train, AST-style normalisation).
+FSDD_FBANK_MEAN, FSDD_FBANK_STD = -9.4, 5.0
+
+BUNDLED_RECIPES: dict[str, Callable[[], ModelConfig]] = {
+    "vim-cifar": lambda: _cifar(vim_tiny()),
+    "vrwkv-cifar": lambda: _cifar(vrwkv_tiny()),
+    "vir-cifar": lambda: _cifar(vir_tiny()),
+    "deit-cifar": lambda: _cifar(deit_tiny()),
+    "aum-fsdd": lambda: _fsdd(vim_tiny()),
+    "audio-rwkv-fsdd": lambda: _fsdd(vrwkv_tiny()),
+    "audio-retnet-fsdd": lambda: _fsdd(vir_tiny()),
+    "ast-fsdd": lambda: _fsdd(deit_tiny()),
+    "av-mamba-digits": lambda: _digits_av(vim_tiny()),
+    "av-transformer-digits": lambda: _digits_av(deit_tiny()),
+}

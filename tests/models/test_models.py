@@ -1,0 +1,243 @@
+"""Every registered architecture end to end on small configs, plus the Vision-RWKV and ViR mixers
+against the official model's layout and the RetNet formula."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from effviz.models import ARCHITECTURES, EffvizModel, create_model
+from effviz.models.layers import TokenLayout
+from effviz.models.mixers import retention as retention_module
+from effviz.models.mixers.retention import MultiScaleRetention
+from effviz.models.mixers.rwkv import SpatialMix, q_shift
+
+# 48 channels: divisible by the 3 heads of DeiT/ViR and by Q-shift's 4 quarters. Depth 2 puts a
+# first and a last layer (different RWKV init) in every model.
+SMALL = dict(embed_dim=48, depth=2, num_classes=10)
+# Whole small models agree across kernel backends and retention forms to ~1e-6 here; a bound this
+# much tighter than the kernels' fp32 tolerance (DESIGN.md §4) also catches a wrong gate or
+# direction that the looser one could hide.
+MODEL_TOL = dict(rtol=1e-4, atol=1e-5)
+IMAGE_ARCHS = [a for a in ARCHITECTURES if "image" in ARCHITECTURES[a]().modalities]
+AUDIO_ARCHS = [a for a in ARCHITECTURES if "audio" in ARCHITECTURES[a]().modalities]
+
+
+def small_model(arch: str) -> EffvizModel:
+    torch.manual_seed(0)
+    return create_model(arch, **SMALL).eval()
+
+
+def small_input(arch: str, batch: int = 2) -> dict[str, torch.Tensor]:
+    """A few tokens of the arch's modality on a non-square grid: 3x4 image / 8x3 audio patches."""
+    gen = torch.Generator().manual_seed(1)
+    if arch in IMAGE_ARCHS:
+        return {"image": torch.randn(batch, 3, 48, 64, generator=gen)}
+    return {"audio": torch.randn(batch, 48, 128, generator=gen)}
+
+
+def test_every_architecture_is_tested():
+    assert set(IMAGE_ARCHS) | set(AUDIO_ARCHS) == set(ARCHITECTURES)
+    assert IMAGE_ARCHS and AUDIO_ARCHS
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 64), (224, 224), (48, 112)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("arch", IMAGE_ARCHS)
+def test_image_output_shape(arch, size):
+    model = small_model(arch)
+    with torch.no_grad():
+        logits = model(image=torch.randn(2, 3, *size))
+    assert logits.shape == (2, 10)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("frames", [16, 100, 1000])
+@pytest.mark.parametrize("arch", AUDIO_ARCHS)
+def test_audio_output_shape(arch, frames):
+    model = small_model(arch)
+    with torch.no_grad():
+        logits = model(audio=torch.randn(2, frames, 128))
+    assert logits.shape == (2, 10)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_backends_agree(arch, monkeypatch):
+    """Eval-mode features with every kernel forced to torch, to reference, and left to the default
+    (the native cpu kernels where an op has them). Features, not logits: the head's 0.02-scale
+    init would shrink any difference under the tolerance."""
+    model, inputs = small_model(arch), small_input(arch)
+    features = {}
+    for backend in ("torch", "reference", None):
+        if backend is None:
+            monkeypatch.delenv("EFFVIZ_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("EFFVIZ_BACKEND", backend)
+        with torch.no_grad():
+            features[backend] = model.forward_features(**inputs)
+    assert features[None].abs().mean() > 0.05  # pooled normalised tokens: a real signal to compare
+    torch.testing.assert_close(features["torch"], features["reference"], **MODEL_TOL)
+    torch.testing.assert_close(features[None], features["reference"], **MODEL_TOL)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_gradients_reach_every_parameter(arch):
+    model = small_model(arch).train()
+    logits = model(**small_input(arch))
+    F.cross_entropy(logits, torch.tensor([1, 7])).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
+        if ".mixer." in name:
+            assert param.grad.abs().max() > 0, f"{name} has an all-zero gradient"
+
+
+def test_vir_parallel_training_form_matches_chunk_inference_form(monkeypatch):
+    """160x160 -> 101 tokens: more than one 64-token chunk, with a ragged last one."""
+    model = small_model("vir-tiny")
+    image = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(2))
+    modes, kernel = [], retention_module.retention
+
+    def recording_retention(*args, mode, **kwargs):
+        modes.append(mode)
+        return kernel(*args, mode=mode, **kwargs)
+
+    monkeypatch.setattr(retention_module, "retention", recording_retention)
+    with torch.no_grad():
+        parallel = model.train().forward_features(image=image)
+        assert modes == ["parallel"] * SMALL["depth"]
+        chunk = model.eval().forward_features(image=image)
+        assert modes[SMALL["depth"]:] == ["chunk"] * SMALL["depth"]
+    torch.testing.assert_close(parallel, chunk, **MODEL_TOL)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_input_smaller_than_a_patch_is_a_clear_error(arch):
+    model = small_model(arch)
+    too_small = {"image": torch.randn(1, 3, 16, 8)} if arch in IMAGE_ARCHS else {"audio": torch.randn(1, 10, 128)}
+    with pytest.raises(ValueError, match="smaller than one 16px patch"):
+        model(**too_small)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_save_and_load_round_trip(arch, tmp_path):
+    model, inputs = small_model(arch), small_input(arch)
+    model.save_pretrained(tmp_path)
+    loaded = EffvizModel.from_pretrained(tmp_path, strict=True).eval()
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs), model(**inputs))
+
+
+# --- Vision-RWKV -----------------------------------------------------------------------------
+
+def test_q_shift_moves_each_quarter_one_patch_with_zero_fill():
+    """Token (r, c) holds 1 + its raster index in every channel, so each output names its source."""
+    h, w, channels = 3, 4, 10  # 10 channels: official quarter bounds 2, 5, 7 -> sizes 2, 3, 2, 3
+    source = (torch.arange(h * w, dtype=torch.float32) + 1).view(1, h * w, 1).expand(1, h * w, channels)
+    shifted = q_shift(source, TokenLayout(grid=(h, w), cls_index=None)).view(h, w, channels)
+    index = (torch.arange(h * w, dtype=torch.float32) + 1).view(h, w)
+    zero_row, zero_col = torch.zeros(1, w), torch.zeros(h, 1)
+    expected = {
+        (0, 2): torch.cat([zero_col, index[:, :-1]], dim=1),  # takes the left neighbour
+        (2, 5): torch.cat([index[:, 1:], zero_col], dim=1),  # takes the right neighbour
+        (5, 7): torch.cat([zero_row, index[:-1]], dim=0),  # takes the patch above
+        (7, 10): torch.cat([index[1:], zero_row], dim=0),  # takes the patch below
+    }
+    for (start, stop), want in expected.items():
+        for channel in range(start, stop):
+            torch.testing.assert_close(shifted[..., channel], want, rtol=0, atol=0)
+
+
+def test_q_shift_needs_exactly_one_grid():
+    x = torch.randn(1, 12, 8)
+    with pytest.raises(ValueError, match="grid"):
+        q_shift(x, TokenLayout(grid=None, cls_index=None))
+    with pytest.raises(ValueError, match="class token"):
+        q_shift(torch.randn(1, 13, 8), TokenLayout(grid=(3, 4), cls_index=12))
+
+
+def test_rwkv_mixer_rejects_a_multimodal_sequence():
+    mixer = SpatialMix(8, layer_idx=0, depth=2)
+    with pytest.raises(ValueError, match="grid"):
+        mixer(torch.randn(1, 20, 8), TokenLayout(grid=None, cls_index=None))
+
+
+def test_vrwkv_tiny_has_the_official_parameters_and_init():
+    """Key names and shapes as in OpenGVLab/Vision-RWKV's VRWKV-T (layers.{i}.att / .ffn), its
+    6.2M parameters, and the official "fancy" init at the first and last layer."""
+    model = create_model("vrwkv-tiny")
+    dim, depth = 192, 12
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for i in range(depth):
+        for name, shape in {
+            "spatial_decay": (dim,), "spatial_first": (dim,), "spatial_mix_k": (1, 1, dim),
+            "spatial_mix_v": (1, 1, dim), "spatial_mix_r": (1, 1, dim), "key.weight": (dim, dim),
+            "value.weight": (dim, dim), "receptance.weight": (dim, dim), "output.weight": (dim, dim),
+        }.items():
+            assert shapes.pop(f"blocks.{i}.mixer.{name}") == shape
+        for name, shape in {
+            "spatial_mix_k": (1, 1, dim), "spatial_mix_r": (1, 1, dim), "key.weight": (4 * dim, dim),
+            "receptance.weight": (dim, dim), "value.weight": (dim, 4 * dim),
+        }.items():
+            assert shapes.pop(f"blocks.{i}.ffn.{name}") == shape
+    assert not [name for name in shapes if ".mixer." in name or ".ffn." in name]
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 6.2
+    assert model.config.cls_token is None and model.input_norm is not None  # mean pool, ln0
+
+    first, last = model.blocks[0].mixer, model.blocks[-1].mixer
+    channel = torch.arange(dim, dtype=torch.float32)
+    torch.testing.assert_close(first.spatial_decay, -5 + 8 * (channel / (dim - 1)) ** 0.7)
+    torch.testing.assert_close(last.spatial_decay, -5 + 8 * (channel / (dim - 1)) ** 2.0)
+    torch.testing.assert_close(first.spatial_first[:3], math.log(0.3) + torch.tensor([0.0, 0.5, -0.5]))
+    fraction = (channel / dim).view(1, 1, dim)
+    torch.testing.assert_close(first.spatial_mix_k, fraction)
+    torch.testing.assert_close(last.spatial_mix_v, fraction ** (1 / depth) + 0.3)
+    torch.testing.assert_close(last.spatial_mix_r, fraction ** (0.5 / depth))
+    torch.testing.assert_close(model.blocks[-1].ffn.spatial_mix_k, fraction ** (1 / depth))
+
+
+# --- Vision RetNet ---------------------------------------------------------------------------
+
+def test_retention_mixer_follows_the_retnet_formula():
+    """The module against the formula written out in float64: decayed causal q·k sums per head,
+    k scaled by head_dim^-0.5, per-head GroupNorm, swish gate, output projection."""
+    torch.manual_seed(0)
+    dim, heads, length = 12, 3, 9
+    mixer = MultiScaleRetention(dim, heads).eval()
+    with torch.no_grad():
+        for p in mixer.group_norm.parameters():
+            p.normal_()
+    x = torch.randn(2, length, dim)
+    with torch.no_grad():
+        got = mixer(x, TokenLayout(grid=None, cls_index=length - 1))
+
+    xd = x.double()
+    q, k, v, g = (F.linear(xd, proj.weight.double()) for proj in (mixer.q_proj, mixer.k_proj, mixer.v_proj, mixer.g_proj))
+    head_dim = dim // heads
+    n = torch.arange(length)
+    outs = []
+    for h in range(heads):
+        gamma = 1 - 2.0 ** (-5 - h)
+        decay = torch.where(n[:, None] >= n[None, :], gamma ** (n[:, None] - n[None, :]).double(), 0.0)
+        cols = slice(h * head_dim, (h + 1) * head_dim)
+        scores = q[..., cols] @ k[..., cols].transpose(1, 2) * head_dim**-0.5
+        head = (scores * decay) @ v[..., cols]
+        mean, var = head.mean(-1, keepdim=True), head.var(-1, unbiased=False, keepdim=True)
+        outs.append((head - mean) / torch.sqrt(var + mixer.group_norm.eps))
+    normed = torch.cat(outs, dim=-1) * mixer.group_norm.weight.double() + mixer.group_norm.bias.double()
+    want = F.linear(F.silu(g) * normed, mixer.out_proj.weight.double())
+    torch.testing.assert_close(got, want.float(), **MODEL_TOL)
+
+
+def test_retention_decays_are_retnets():
+    decay = MultiScaleRetention(12, 3).decay(torch.device("cpu"))
+    assert decay.dtype == torch.float32
+    torch.testing.assert_close(decay, torch.tensor([1 - 1 / 32, 1 - 1 / 64, 1 - 1 / 128]))
+
+
+def test_retention_heads_must_divide_the_width():
+    with pytest.raises(ValueError, match="num_heads"):
+        MultiScaleRetention(10, 3)
