@@ -30,7 +30,9 @@ def _take(x: torch.Tensor, start: int, end: int, reverse: bool) -> torch.Tensor:
     piece = x[..., start:end]
     if reverse:
         piece = piece.flip(-1)  # a chunk-sized copy; the full sequence is never flipped
-    return piece.movedim(-1, 0)
+    # Contiguous time-major pieces make every (.., N) tensor built from them contiguous too, so
+    # each per-token slice in the loops below is one dense block (strided slices are ~10x slower).
+    return piece.movedim(-1, 0).contiguous()
 
 
 def _put(out: torch.Tensor, start: int, end: int, reverse: bool, value: torch.Tensor) -> None:
