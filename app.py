@@ -1,56 +1,46 @@
-"""effviz web app: ``python app.py`` serves it on 0.0.0.0:7860 (or $GRADIO_SERVER_PORT).
-
-For now one tab shows what the shared kernel runtime can run on this machine; the model tabs
-(vision, audio, multimodal, scaling lab) will live in ``effviz/ui/`` and be assembled here.
+"""effviz web app: ``python app.py`` serves it on 0.0.0.0:7860 (or $GRADIO_SERVER_NAME and
+$GRADIO_SERVER_PORT). The tabs live in ``effviz/ui/``; this file assembles and launches them.
 """
 import os
 
 # Before gradio is imported: no usage reporting or version check leaves the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import platform  # noqa: E402
-
 import gradio as gr  # noqa: E402
-import torch  # noqa: E402
 
-import effviz  # noqa: E402
-from effviz import kernels  # noqa: E402
+from effviz.ui import PREDICT_CONCURRENCY_LIMIT, audio, kernels, models, multimodal, scaling, vision  # noqa: E402
+from effviz.ui.examples import prepare_examples  # noqa: E402
 
 DESCRIPTION = """\
 **effviz** shows why linear-time architectures matter beyond text. Vision Mamba, Vision RWKV,
 Vision RetNet, Audio Mamba, Audio RWKV and a unified audio + vision Mamba run through one shared
-kernel runtime next to transformer baselines, and their latency and memory are measured on the
-hardware you run this on: O(N) against O(N²). The kernel runtime is here today; the model tabs
-are being built.
+kernel runtime next to transformer baselines (DeiT, AST). Try the models on your own pictures,
+sounds and drawings, then measure latency and memory as the input grows on the hardware this app
+runs on: O(N) against O(N²).
 """
 
 
-def _kernels_markdown() -> str:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    lines = [
-        f"Backends available on this machine: **{', '.join(kernels.available_backends())}**.",
-        "",
-        f"Default device: `{device}`. The default backend is `triton` on CUDA, the compiled `cpu` "
-        "kernels on CPU when they build, `torch` otherwise; set `EFFVIZ_BACKEND` to override.",
-        "",
-        "| library | version |",
-        "|---|---|",
-        f"| effviz | {effviz.__version__} |",
-        f"| python | {platform.python_version()} |",
-        f"| torch | {torch.__version__} ({torch.get_num_threads()} CPU threads) |",
-        f"| gradio | {gr.__version__} |",
-    ]
-    return "\n".join(lines)
-
-
 def build_demo() -> gr.Blocks:
+    examples = prepare_examples()
     with gr.Blocks(title="effviz") as demo:
         gr.Markdown("# effviz: linear-time vision and audio models")
         gr.Markdown(DESCRIPTION)
+        with gr.Tab("Vision"):
+            vision.build(examples)
+        with gr.Tab("Audio"):
+            audio.build(examples)
+        with gr.Tab("Multimodal"):
+            multimodal.build(examples)
+        with gr.Tab("Scaling lab"):
+            scaling.build()
         with gr.Tab("Kernels"):
-            gr.Markdown(_kernels_markdown())
+            kernels.build()
+        with gr.Tab("Models"):
+            models.build()
     return demo
 
 
 if __name__ == "__main__":
-    build_demo().launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=PREDICT_CONCURRENCY_LIMIT)
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import torchaudio
 from tqdm import tqdm
 
-from .data.audio import fbank
+from .data.audio import fbank, fit_length
 from .data.datasets import load_cifar10, load_fsdd, load_mnist
 from .models import EffvizModel, ModelConfig
 from .models.registry import BUNDLED_RECIPES, WEIGHTS_DIR, task_of
@@ -112,12 +112,10 @@ class SpeechAugment:
                 wave = torchaudio.functional.resample(wave, int(self.cfg.sample_rate * factor) // 100,
                                                       self.cfg.sample_rate // 100)
             wave = wave * 10 ** (torch.empty(()).uniform_(-0.5, 0.5, generator=gen))  # +-10 dB gain
-        wave = wave[: self.length]
-        room = self.length - len(wave)
-        offset = int(torch.randint(0, room + 1, (), generator=gen)) if gen is not None else room // 2
-        wave = F.pad(wave, (offset, room - offset))
-        if gen is not None and torch.rand((), generator=gen) < 0.8:
-            wave = add_noise(wave, snr_db=float(torch.empty(()).uniform_(0, 30, generator=gen)), gen=gen)
+        wave = fit_length(wave[: self.length], self.length, gen)
+        # Mild noise only: at 0-10 dB SNR the transformers stayed at chance for 19 epochs.
+        if gen is not None and torch.rand((), generator=gen) < 0.5:
+            wave = add_noise(wave, snr_db=float(torch.empty(()).uniform_(10, 40, generator=gen)), gen=gen)
         return fbank(wave, self.cfg)
 
 
@@ -200,7 +198,8 @@ class DigitsAVTask:
             idx = order[start:start + batch_size]
             y = self.train_img_y[idx]
             image = self.train_img[idx]
-            image = image + torch.randn(image.shape, generator=gen) * torch.rand(len(idx), 1, 1, 1, generator=gen) * 1.5
+            noisy = torch.rand(len(idx), 1, 1, 1, generator=gen) < 0.5  # half the images get pixel noise
+            image = image + noisy * torch.randn(image.shape, generator=gen) * torch.rand(len(idx), 1, 1, 1, generator=gen)
             audio = torch.stack([self.speech.augment.features(clips[j][0], gen) for j in self._pair(y, clips, gen)])
             # Modality dropout: a quarter of batches see only the image, a quarter only the audio.
             r = torch.rand((), generator=gen).item()
@@ -217,8 +216,9 @@ class DigitsAVTask:
         aug = self.speech.augment
         clean_audio = torch.stack([aug.features(clips[j][0], None) for j in audio_idx])
         gen = torch.Generator().manual_seed(1234)
-        noisy_audio = torch.stack([fbank(add_noise(_fit(clips[j][0], aug.length), 0.0, gen), aug.cfg)
-                                   for j in audio_idx])
+        noisy_audio = torch.stack([
+            fbank(add_noise(fit_length(clips[j][0][: aug.length], aug.length), 0.0, gen), aug.cfg) for j in audio_idx
+        ])
         noisy_image = self.val_img + torch.randn(self.val_img.shape, generator=gen) * 2.0
         y = self.val_img_y
         yield "both", [({"image": self.val_img, "audio": clean_audio}, y)]
@@ -227,12 +227,6 @@ class DigitsAVTask:
         yield "noisy_both", [({"image": noisy_image, "audio": noisy_audio}, y)]
         yield "noisy_image_only", [({"image": noisy_image}, y)]
         yield "noisy_audio_only", [({"audio": noisy_audio}, y)]
-
-
-def _fit(wave: torch.Tensor, length: int) -> torch.Tensor:
-    wave = wave[:length]
-    room = length - len(wave)
-    return F.pad(wave, (room // 2, room - room // 2))
 
 
 TASKS = {"image": CifarTask, "audio": FsddTask, "audio-visual": DigitsAVTask}

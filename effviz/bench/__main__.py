@@ -1,4 +1,5 @@
-"""Command line: ``python -m effviz.bench kernels [--ops ...] [--lengths ...] [--json PATH]``.
+"""Command line: ``python -m effviz.bench kernels [--ops ...] [--lengths ...] [--json PATH]`` and
+``python -m effviz.bench sweep --models vim-tiny,deit-tiny --axis resolution --values 224,448``.
 
 Tables go to stdout as Markdown (ready to paste into the README); progress goes to stderr.
 """
@@ -14,6 +15,34 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
+    return items
+
+
+def _comma_numbers(text: str) -> list[float]:
+    try:
+        return [float(item) for item in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _number_range(text: str) -> tuple[float, float]:
+    numbers = _comma_numbers(text)
+    if len(numbers) != 2 or numbers[0] >= numbers[1]:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with LOW < HIGH, got {text!r}")
+    return numbers[0], numbers[1]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
@@ -42,11 +71,80 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     k.add_argument("--dtype", choices=list(DTYPES), default="float32", help="input dtype (math is fp32)")
     k.add_argument("--json", type=Path, metavar="PATH", help="also write all numbers to this JSON file")
+
+    from .sweep import AXES, DTYPES as SWEEP_DTYPES
+
+    s = commands.add_parser(
+        "sweep",
+        help="latency and peak memory of whole models as resolution, audio length or tokens grow",
+        description="Run each model at each size in its own child processes (latency with normal "
+        "malloc, peak memory in a second child), then fit scaling exponents and find where the "
+        "efficient models overtake the attention baselines. Models: official tiny architectures "
+        "or bundled recipes, randomly initialised.",
+    )
+    s.add_argument("--models", type=_comma_list, required=True, help="comma-separated model ids, e.g. vim-tiny,deit-tiny")
+    s.add_argument("--axis", choices=list(AXES), required=True,
+                   help="resolution: image side in px; seconds: audio length; tokens: fused audio-visual length")
+    s.add_argument("--values", type=_comma_numbers, required=True, help="comma-separated sizes in axis units")
+    s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
+    s.add_argument("--dtype", choices=list(SWEEP_DTYPES), default="fp32", help="model and input dtype")
+    s.add_argument("--batch", type=_positive_int, default=1)
+    s.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per point (median shown)")
+    s.add_argument("--timeout", type=_positive_float, default=120.0,
+                   help="seconds each child process may take (startup and model build included)")
+    s.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's default)")
+    s.add_argument("--fit-range", type=_number_range, metavar="LOW,HIGH",
+                   help="also fit exponents over the points with LOW <= x <= HIGH (axis units)")
+    s.add_argument("--json", type=Path, metavar="PATH", help="also write every point and the summary to this JSON file")
     return parser
 
 
+def _sweep_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from .sweep import SweepSpec, format_report, run_sweep, summarize, sweep_environment
+
+    try:
+        spec = SweepSpec(
+            models=tuple(args.models), axis=args.axis, values=tuple(args.values),
+            device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=args.dtype,
+            batch=args.batch, repeats=args.repeats, timeout_s=args.timeout, threads=args.threads,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    env = sweep_environment(spec)
+    total = len(spec.models) * len(spec.values)
+    points = []
+    interrupted = False
+    try:
+        for point in run_sweep(spec):
+            points.append(point)
+            value = f"{point.latency_ms:.1f} ms" if point.latency_ms is not None else "no latency"
+            memory = f", {point.peak_mem_mib:.1f} MiB" if point.peak_mem_mib is not None else ""
+            reason = f" ({point.reason})" if point.reason else ""
+            print(f"[{len(points)}/{total}] {point.model} at {point.x:g} {spec.unit} ({point.tokens} tokens): "
+                  f"{point.status}, {value}{memory}{reason}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # the running child was killed on the way out; report what was measured
+        interrupted = True
+        print("interrupted: reporting the points measured so far", file=sys.stderr)
+    summary = summarize(points, args.fit_range)
+    sys.stdout.write(format_report(env, points, summary, spec.unit))
+    if args.json is not None:
+        record = {
+            "environment": env,
+            "spec": {"models": list(spec.models), "axis": spec.axis, "unit": spec.unit, "values": list(spec.values)},
+            "points": [p.to_dict() for p in points],
+            "summary": summary,
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 130 if interrupted else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "sweep":
+        return _sweep_main(args, parser)
     import torch
 
     from .kernels import DTYPES, format_report, run_bench

@@ -217,6 +217,15 @@ def _measure_cuda(run, device: str) -> float:
     return (peak - baseline) / 2**20
 
 
+def peak_of_call_mib(run, device: str) -> float:
+    """Peak memory in MiB that ``run()`` adds to this process, its result included.
+
+    The CPU reading is only true in a process started with ``MALLOC_ENV`` (see the module
+    docstring); callers run it in such a child, after a warm-up call.
+    """
+    return _measure_cuda(run, device) if device.startswith("cuda") else _measure_cpu(run)
+
+
 def _child_main(results_path: str) -> None:
     spec = json.load(sys.stdin)
     sys.path[:0] = [p for p in spec["sys_path"] if p not in sys.path]
@@ -233,8 +242,7 @@ def _child_main(results_path: str) -> None:
             try:
                 run = factory(**kwargs)
                 run()  # warm-up: one-time loading and compiling is not the call's memory
-                peak = _measure_cuda(run, device) if device.startswith("cuda") else _measure_cpu(run)
-                record = {"peak_mib": peak}
+                record = {"peak_mib": peak_of_call_mib(run, device)}
             except Exception as err:  # recorded per call; the next call still runs
                 record = {"error": f"{type(err).__name__}: {err}"}
             run = None

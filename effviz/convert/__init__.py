@@ -107,7 +107,9 @@ def import_checkpoint(arch: str, source: str | os.PathLike, out_dir: str | os.Pa
     out = Path(out_dir) if out_dir is not None else default_out_dir(arch)
     model.save_pretrained(out)
     # save_pretrained writes a generic card when none exists; ours says where the weights came from.
-    (out / "README.md").write_text(model_card(arch, layout, resolved), encoding="utf-8")
+    # The line recording the weights' sha256 is what effviz.api checks before loading the folder.
+    card = model_card(arch, layout, resolved) + f"\nsha256 of model.safetensors: `{_sha256(out / 'model.safetensors')}`\n"
+    (out / "README.md").write_text(card, encoding="utf-8")
     return model
 
 

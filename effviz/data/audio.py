@@ -185,10 +185,27 @@ def fbank(waveform: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     return features
 
 
+def fit_length(waveform: torch.Tensor, num_samples: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Zero-pad a clip shorter than ``num_samples`` to exactly that length, centred; with ``gen``,
+    at a random offset instead (training's time-shift augmentation).
+
+    A longer clip comes back unchanged: training cuts it to its fixed length first, inference
+    keeps all of it (the position embedding resizes to any length).
+    """
+    room = num_samples - waveform.shape[0]
+    if room < 0:
+        return waveform
+    # Drawn even when room is 0, so that training consumes the generator as it always has.
+    offset = int(torch.randint(0, room + 1, (), generator=gen)) if gen is not None else room // 2
+    return torch.nn.functional.pad(waveform, (offset, room - offset))
+
+
 def audio_to_tensor(
     audio: np.ndarray, sample_rate: int, cfg: ModelConfig, max_seconds: float = DEFAULT_MAX_SECONDS
 ) -> torch.Tensor:
     """Model input ``(1, frames, cfg.mel_bins)`` from decoded audio: :func:`prepare_waveform`
-    at ``cfg.sample_rate``, then :func:`fbank`."""
+    at ``cfg.sample_rate``, centred in ``cfg.min_audio_seconds`` of silence when shorter (the
+    clip length the model was trained on, framed as training frames its clips), then :func:`fbank`."""
     waveform = prepare_waveform(audio, sample_rate, cfg.sample_rate, max_seconds)
+    waveform = fit_length(waveform, int(round(cfg.min_audio_seconds * cfg.sample_rate)))
     return fbank(waveform, cfg).unsqueeze(0)

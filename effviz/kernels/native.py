@@ -30,7 +30,10 @@ KERNEL_DIR = Path(__file__).parent
 # -ffast-math is what lets gcc call glibc's vector expf (the exps are most of the work). It also
 # assumes finite math: kernels must not rely on inf/NaN (use -FLT_MAX as "minus infinity").
 # Each kernel reduces in a fixed order per row, so results stay deterministic run to run.
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread"]
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread"]
+# Linked separately and without -ffast-math: linking with it adds crtfastmath.o, which would turn
+# on flush-to-zero for the whole Python process (every torch/numpy op) when the library loads.
+LDFLAGS = ["-shared", "-pthread"]
 SOURCES = ("selective_scan/cpu.c", "bi_wkv/cpu.c")
 
 
@@ -60,16 +63,20 @@ def library() -> ctypes.CDLL | None:
     digest = hashlib.sha256()
     for src in sources:
         digest.update(src.read_bytes())
-    digest.update(" ".join([compiler, *CFLAGS, _cpu_fingerprint()]).encode())
+    digest.update(" ".join([compiler, *CFLAGS, *LDFLAGS, _cpu_fingerprint()]).encode())
     target = _cache_dir() / f"effviz_kernels_{digest.hexdigest()[:16]}.so"
     if not target.exists():
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # Build beside the target then rename, so concurrent processes never load a half-written file.
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                objects = []
+                for src in sources:
+                    obj = Path(tmp) / (src.parent.name + ".o")
+                    _run([compiler, *CFLAGS, "-c", str(src), "-o", str(obj)])
+                    objects.append(str(obj))
                 out = Path(tmp) / target.name
-                cmd = [compiler, *CFLAGS, *map(str, sources), "-o", str(out), "-lm"]
-                subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+                _run([compiler, *LDFLAGS, *objects, "-o", str(out), "-lm"])
                 os.replace(out, target)
         except (OSError, subprocess.SubprocessError) as err:
             detail = getattr(err, "stderr", "") or err
@@ -80,6 +87,10 @@ def library() -> ctypes.CDLL | None:
     except OSError as err:
         log.warning("loading %s failed, using 'torch' instead: %s", target, err)
         return None
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
 
 
 def available() -> bool:

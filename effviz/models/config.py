@@ -23,8 +23,9 @@ class ModelConfig:
     in_chans: int = 3
     patch_size: int = 16
     grid_size: tuple[int, int] = (14, 14)  # image patch grid the position embedding was trained at
-    # 0: one conv patchify, as in the papers. >0: a 3x3 conv with this many channels + GELU first,
-    # which our small CIFAR models use (same for all four) so they learn in a few CPU epochs.
+    # 0: one conv patchify, as in the papers. >0: a 3x3 conv with this many channels + GELU before
+    # the patchify (image and audio tokenizers), which our small bundled models use (the same for
+    # every mixer): the locality prior lets them learn from small data in a few CPU epochs.
     stem_channels: int = 0
     mel_bins: int = 128
     audio_patch_size: int = 16

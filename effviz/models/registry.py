@@ -8,6 +8,7 @@ Two kinds of entries:
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -59,6 +60,28 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "ast-tiny": lambda: _audio(deit_tiny()),
     "ast-tiny-eager": lambda: _audio(deit_tiny("eager")),
 }
+
+
+# A model id is the name of its folder under weights/: no separators, nothing hidden.
+MODEL_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def weight_folders() -> dict[str, Path]:
+    """Model id -> folder for every model saved under ``WEIGHTS_DIR``: config.json and
+    model.safetensors with a card, card.json (trained by effviz.train) or README.md (official
+    checkpoints imported by effviz.convert)."""
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {folder.name: folder for folder in sorted(WEIGHTS_DIR.iterdir()) if _is_model_folder(folder)}
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (
+        MODEL_ID_PATTERN.fullmatch(folder.name) is not None
+        and (folder / "config.json").is_file()
+        and (folder / "model.safetensors").is_file()
+        and ((folder / "card.json").is_file() or (folder / "README.md").is_file())
+    )
 
 
 def task_of(cfg: ModelConfig) -> str:

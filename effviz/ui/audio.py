@@ -1,0 +1,104 @@
+"""Audio tab: one sound, every bundled audio model's top 5, and the log-mel spectrogram (fbank)
+that the models read."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .. import api
+from ..data.audio import FRAME_SHIFT_MS, fbank, prepare_waveform, read_audio
+from ..models import ModelConfig
+from . import (
+    ERROR_TITLE,
+    MEASUREMENT_NOTE,
+    NO_MODEL_MESSAGE,
+    PREDICT_CONCURRENCY,
+    PREDICT_CONCURRENCY_LIMIT,
+    RESULT_COLUMNS,
+    TOP_K,
+    gpu,
+    measure_peaks,
+    raise_if_all_failed,
+    reports_bad_input,
+    result_table,
+    status_line,
+    timed_predict,
+    upload_source,
+)
+from .examples import Examples
+
+# Every effviz audio model reads 128-bin Kaldi fbank at 16 kHz (AST's framing). fbank() divides
+# by 2 * fbank_std after removing fbank_mean: mean 0 and std 0.5 leave the raw log-mel energies.
+SPECTROGRAM_CONFIG = ModelConfig(mixer="attention", modalities=("audio",), fbank_mean=0.0, fbank_std=0.5)
+
+
+def spectrogram_figure(samples: np.ndarray, sample_rate: int) -> go.Figure:
+    """Log-mel filterbank of a clip as a heatmap: time in seconds across, mel bin up."""
+    waveform = prepare_waveform(samples, sample_rate, SPECTROGRAM_CONFIG.sample_rate, api.MAX_AUDIO_SECONDS)
+    features = fbank(waveform, SPECTROGRAM_CONFIG).numpy()
+    seconds = np.arange(features.shape[0]) * FRAME_SHIFT_MS / 1000
+    fig = go.Figure(go.Heatmap(z=features.T, x=seconds, colorscale="Viridis", colorbar=dict(title="log energy")))
+    fig.update_layout(
+        title=f"log-mel spectrogram ({SPECTROGRAM_CONFIG.mel_bins} bins, 25 ms windows every 10 ms)",
+        xaxis_title="time (s)", yaxis_title="mel bin", height=320, margin=dict(t=50, b=40),
+    )
+    return fig
+
+
+@gpu
+@reports_bad_input
+def classify_audio(
+    payload: Any, measure_memory: bool, models: Sequence[str]
+) -> tuple[str, go.Figure, pd.DataFrame, list[dict[str, float] | None]]:
+    """Every model in ``models`` on one sound file: (status, spectrogram, table, top-5 per model)."""
+    source = upload_source(payload)
+    if source is None:
+        raise gr.Error("No audio yet: upload a sound file or record one first.", title=ERROR_TITLE)
+    samples, sample_rate = read_audio(source, max_seconds=api.MAX_AUDIO_SECONDS)
+    figure = spectrogram_figure(samples, sample_rate)
+    if not models:
+        return NO_MODEL_MESSAGE, figure, result_table([]), []
+    results = [timed_predict(model_id, audio=samples, sample_rate=sample_rate) for model_id in models]
+    raise_if_all_failed(results)
+    if measure_memory:
+        measure_peaks(results, audio=(samples, sample_rate))
+    status = status_line(f"{samples.shape[0] / sample_rate:.2f} s at {sample_rate} Hz, {len(models)} models.", results)
+    return status, figure, result_table(results), [r.probabilities for r in results]
+
+
+def build(examples: Examples) -> None:
+    """The Audio tab's components and events (inside the caller's ``gr.Blocks``)."""
+    models = api.list_models("audio")
+    gr.Markdown(
+        "Upload or record a sound: every bundled audio model classifies it. The bundled models "
+        "recognise spoken digits (zero to nine). Each model turns the clip into a log-mel "
+        "spectrogram cut into 16x16 patches, one token per patch, so the token count grows "
+        f"with the clip's length (at most {api.MAX_AUDIO_SECONDS:g} s)."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="sound")
+            measure = gr.Checkbox(False, label="also measure peak memory (separate process, a few seconds)")
+            button = gr.Button("Classify", variant="primary")
+            if examples.spoken:
+                gr.Examples(list(examples.spoken.values()), inputs=[audio], label="spoken digits (espeak-ng)")
+        with gr.Column(scale=2):
+            status = gr.Markdown(NO_MODEL_MESSAGE if not models else "")
+            spectrogram = gr.Plot(label="spectrogram")
+            with gr.Row():
+                labels = [gr.Label(num_top_classes=TOP_K, label=model_id, min_width=200) for model_id in models]
+            table = gr.Dataframe(headers=RESULT_COLUMNS, label="per model", interactive=False)
+            gr.Markdown(MEASUREMENT_NOTE)
+
+    def on_classify(audio: Any, measure_memory: bool):
+        status_text, figure, table_value, probabilities = classify_audio(audio, measure_memory, models)
+        return status_text, figure, table_value, *(probabilities or [None] * len(models))
+
+    button.click(
+        on_classify, [audio, measure], [status, spectrogram, table, *labels], api_name="classify_audio",
+        concurrency_id=PREDICT_CONCURRENCY, concurrency_limit=PREDICT_CONCURRENCY_LIMIT,
+    )

@@ -1,0 +1,140 @@
+"""Kernels tab: each op of the shared runtime timed by backend against sequence length, with the
+achieved bandwidth drawn against this machine's own measured copy bandwidth (the scans are
+memory-bound, so that is the limit they are judged by)."""
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import gradio as gr
+import plotly.colors
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+import effviz
+from effviz import kernels
+from effviz.bench import kernels as kernel_bench
+
+from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
+
+DEFAULT_OPS = ["selective_scan", "bi_wkv"]
+DEFAULT_LENGTHS = "256, 1024, 4096"
+MAX_LENGTH = 65_536
+MAX_LENGTHS = 8
+MAX_REPEATS = 10
+
+
+def parse_lengths(text: str) -> list[int]:
+    """"256, 1024 4096" -> [256, 1024, 4096]; ValueError naming the bad entry otherwise."""
+    lengths = []
+    for item in text.replace(",", " ").split():
+        try:
+            value = int(item)
+        except ValueError:
+            raise ValueError(f"sequence length {item!r} is not a whole number") from None
+        if not 1 <= value <= MAX_LENGTH:
+            raise ValueError(f"sequence length {value} is outside 1..{MAX_LENGTH}")
+        lengths.append(value)
+    if not lengths:
+        raise ValueError("give at least one sequence length, e.g. 256, 1024, 4096")
+    if len(set(lengths)) > MAX_LENGTHS:
+        raise ValueError(f"at most {MAX_LENGTHS} different lengths per run")
+    return sorted(set(lengths))
+
+
+@gpu
+@reports_bad_input
+def run_kernels(
+    ops: list[str], lengths: str, repeats: float, device: str, dtype: str
+) -> tuple[go.Figure, str]:
+    """Run the kernel benchmark; returns the plot and the Markdown report."""
+    unknown = [op for op in ops or [] if op not in kernel_bench.OPS]
+    if not ops or unknown:
+        raise ValueError(f"choose ops among {', '.join(kernel_bench.OPS)}" + (f" (not {unknown})" if unknown else ""))
+    if device not in devices():
+        raise ValueError(f"device {device!r} is not available here; choose {' or '.join(devices())}")
+    if dtype not in kernel_bench.DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(kernel_bench.DTYPES)}")
+    repeats = int(repeats)
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise ValueError(f"repeats must be 1..{MAX_REPEATS}")
+    result = kernel_bench.run_bench(
+        ops, parse_lengths(lengths), repeats, torch.device(device), kernel_bench.DTYPES[dtype]
+    )
+    return kernels_figure(result), kernel_bench.format_report(result)
+
+
+def kernels_figure(result: dict[str, Any]) -> go.Figure:
+    """Top row: median latency vs L per backend (log-log). Bottom row: GB/s vs L, with the
+    machine's copy bandwidth as the ceiling."""
+    rows = [r for r in result["rows"] if r["median_ms"] is not None]
+    cases = list(dict.fromkeys(r["op"] for r in result["rows"]))
+    fig = make_subplots(rows=2, cols=max(len(cases), 1), subplot_titles=cases, vertical_spacing=0.12)
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    palette = plotly.colors.qualitative.Plotly  # one colour per backend, the same in every subplot
+    copy_bw = result["machine"]["copy_gb_per_s"]
+    for col, case in enumerate(cases, start=1):
+        for backend in backends:
+            points = sorted((r for r in rows if r["op"] == case and r["backend"] == backend), key=lambda r: r["length"])
+            if not points:
+                continue
+            style = dict(color=palette[backends.index(backend) % len(palette)])
+            x = [r["length"] for r in points]
+            common = dict(name=backend, legendgroup=backend, mode="lines+markers", line=style)
+            fig.add_trace(go.Scatter(x=x, y=[r["median_ms"] for r in points], showlegend=col == 1, **common), 1, col)
+            fig.add_trace(go.Scatter(x=x, y=[r["gb_per_s"] for r in points], showlegend=False, **common), 2, col)
+        lengths = sorted({r["length"] for r in rows if r["op"] == case})
+        if lengths:  # a trace rather than add_hline: plotly misplaces a shape's label on log axes
+            fig.add_trace(go.Scatter(
+                x=[lengths[0], lengths[-1]], y=[copy_bw, copy_bw], mode="lines", name=f"copy bandwidth {copy_bw:.1f} GB/s",
+                legendgroup="copy", showlegend=col == 1, line=dict(color="grey", dash="dot"),
+            ), 2, col)
+        fig.update_xaxes(type="log", title_text="sequence length L", row=2, col=col)
+        fig.update_xaxes(type="log", row=1, col=col)
+        fig.update_yaxes(type="log", row=1, col=col)
+        fig.update_yaxes(type="log", row=2, col=col)
+    fig.update_yaxes(title_text="median latency (ms)", row=1, col=1)
+    fig.update_yaxes(title_text="GB/s (inputs + outputs)", row=2, col=1)
+    m = result["machine"]
+    fig.update_layout(
+        title=f"{m['processor']} ({m['device']}, {m['threads']} threads, {m['dtype']})",
+        height=640, margin=dict(t=90), legend=dict(orientation="h", y=-0.12),
+    )
+    return fig
+
+
+def _machine_markdown() -> str:
+    return (
+        f"Backends available here: **{', '.join(kernels.available_backends())}**. "
+        "The default backend is `triton` on CUDA, the compiled `cpu` kernels on CPU when they "
+        "build, `torch` otherwise (`EFFVIZ_BACKEND` overrides). "
+        f"effviz {effviz.__version__}, python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} CPU threads), gradio {gr.__version__}."
+    )
+
+
+def build() -> None:
+    """The Kernels tab's components and events (inside the caller's ``gr.Blocks``)."""
+    gr.Markdown(
+        "Each op of the shared kernel runtime, by backend, against sequence length L: median of "
+        "the repeats after a warm-up, then peak memory per call measured in a child process. "
+        "Scans are memory-bound, so throughput (bytes of inputs and outputs per second) is drawn "
+        "against this machine's own large-copy bandwidth, measured in the same run. Points that "
+        "would take over 30 s or an O(L²) reference over 4 GiB are skipped, with the reason in "
+        "the table."
+    )
+    gr.Markdown(_machine_markdown())
+    with gr.Row():
+        ops = gr.CheckboxGroup(list(kernel_bench.OPS), value=DEFAULT_OPS, label="ops")
+        lengths = gr.Textbox(DEFAULT_LENGTHS, label="sequence lengths L", info=f"up to {MAX_LENGTH}")
+        repeats = gr.Slider(1, MAX_REPEATS, value=3, step=1, label="timed repeats")
+        device = gr.Dropdown(devices(), value=devices()[-1], label="device")
+        dtype = gr.Dropdown(list(kernel_bench.DTYPES), value="float32", label="dtype")
+    run = gr.Button("Run kernels benchmark", variant="primary")
+    plot = gr.Plot(label="latency and throughput")
+    report = gr.Markdown()
+    run.click(
+        run_kernels, [ops, lengths, repeats, device, dtype], [plot, report], api_name="kernels",
+        concurrency_limit=1, concurrency_id=BENCH_CONCURRENCY,
+    )

@@ -1,0 +1,282 @@
+"""Scaling lab: latency and peak memory of whole models as their input grows, streamed point by
+point as log-log curves against O(N) and O(N²) guides, with fitted exponents, the crossover
+where an efficient model overtakes a transformer, and markers where a point ran out of memory
+or time. The measuring is ``effviz.bench.sweep``'s (each point in its own child processes)."""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import gradio as gr
+import pandas as pd
+import plotly.colors
+import plotly.graph_objects as go
+
+from ..bench import sweep
+from ..bench.fit import Crossover
+from ..models.registry import ARCHITECTURES, BUNDLED_RECIPES
+from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
+
+# Limits of one sweep from the app: each point costs two child processes.
+MAX_MODELS, MAX_VALUES, MAX_BATCH, MAX_REPEATS, MAX_TIMEOUT_S = 8, 12, 64, 20, 600
+# Suggested values when the axis changes: from where the overheads dominate to where the
+# quadratic term of attention does, within a few minutes on a 2-core CPU.
+SUGGESTED_VALUES = {"resolution": "64, 128, 192, 256, 384", "seconds": "1, 2, 4, 8", "tokens": "64, 128, 256, 512"}
+TABLE_COLUMNS = ["model", "x", "tokens", "input", "latency ms", "peak MiB", "status", "reason"]
+METRICS = {"latency": ("latency_ms", "median latency (ms)"), "memory": ("peak_mem_mib", "peak memory (MiB)")}
+FAILED_SYMBOLS = {"oom": "x", "timeout": "hourglass", "skipped": "circle-open", "error": "diamond-x"}
+
+# Stop events of the sweeps running now, by Gradio session: Stop ends its own session's sweep only.
+_stops: dict[str | None, threading.Event] = {}
+
+
+def parse_values(text: str) -> list[float]:
+    """"64, 128 256" -> [64.0, 128.0, 256.0]; ValueError naming the bad entry otherwise."""
+    values = []
+    for item in str(text).replace(",", " ").split():
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise ValueError(f"sweep value {item!r} is not a number") from None
+    if not values:
+        raise ValueError("give at least one sweep value, e.g. 64, 128, 256")
+    if len(set(values)) > MAX_VALUES:
+        raise ValueError(f"at most {MAX_VALUES} different values per sweep")
+    return values
+
+
+def make_spec(
+    models: Sequence[str], axis: str, values: str, device: str, dtype: str, batch: float, repeats: float, timeout_s: float
+) -> sweep.SweepSpec:
+    """A validated ``SweepSpec`` from the form's fields (ValueError with the reason otherwise)."""
+    models = list(models or [])
+    if len(models) > MAX_MODELS:
+        raise ValueError(f"at most {MAX_MODELS} models per sweep (got {len(models)})")
+    if device not in devices():
+        raise ValueError(f"device {device!r} is not available here; choose {' or '.join(devices())}")
+    for name, value, limit in (("batch", batch, MAX_BATCH), ("repeats", repeats, MAX_REPEATS),
+                               ("time limit", timeout_s, MAX_TIMEOUT_S)):
+        if value is None or not 0 < float(value) <= limit:
+            raise ValueError(f"{name} must be more than 0 and at most {limit}, got {value}")
+    return sweep.SweepSpec(
+        models=tuple(models), axis=axis, values=tuple(parse_values(values)), device=device, dtype=dtype,
+        batch=int(batch), repeats=int(repeats), timeout_s=float(timeout_s),
+    )
+
+
+@gpu
+@reports_bad_input
+def stream_sweep(
+    models: Sequence[str], axis: str, values: str, device: str, dtype: str, batch: float, repeats: float,
+    timeout_s: float, session: str | None = None,
+) -> Iterator[tuple]:
+    """Run a sweep, yielding the whole view (status, latency plot, memory plot, summary, table,
+    files) at the start, after every point, and once more at the end with the downloads."""
+    spec = make_spec(models, axis, values, device, dtype, batch, repeats, timeout_s)
+    total = len(spec.models) * len(spec.values)
+    stop = _stops[session] = threading.Event()
+    points: list[sweep.PointResult] = []
+    try:
+        environment = sweep.sweep_environment(spec)
+        yield _view(spec, environment, points, f"Running {total} points, smallest first ...")
+        measured = sweep.run_sweep(spec, stop)
+        try:
+            for point in measured:
+                points.append(point)
+                yield _view(spec, environment, points, f"{len(points)} of {total} points measured ...")
+        finally:
+            measured.close()  # hands the sweep slot on even if this generator is abandoned
+    finally:
+        _stops.pop(session, None)
+    ending = f"Stopped after {len(points)} of {total} points." if stop.is_set() else f"Done: {total} points."
+    yield _view(spec, environment, points, ending, with_files=True)
+
+
+def stop_sweep(session: str | None = None) -> str:
+    stop = _stops.get(session)
+    if stop is None:
+        return "No sweep of yours is running."
+    stop.set()
+    return "Stopping: the running point is cancelled; the points measured so far stay."
+
+
+def _view(spec: sweep.SweepSpec, environment: dict, points: list[sweep.PointResult], status: str,
+          with_files: bool = False) -> tuple:
+    summary = sweep.summarize(points)
+    files = _write_files(spec, environment, points, summary) if with_files else None
+    return (
+        f"**{status}**",
+        scaling_figure(points, "latency", summary, spec.unit),
+        scaling_figure(points, "memory", summary, spec.unit),
+        sweep.format_environment(environment) + "\n" + summary_markdown(summary, spec.unit),
+        points_table(points, spec.unit),
+        files,
+    )
+
+
+def points_table(points: Sequence[sweep.PointResult], unit: str) -> pd.DataFrame:
+    rows = [[p.model, f"{p.x:g} {unit}", p.tokens, p.inputs, _round(p.latency_ms), _round(p.peak_mem_mib),
+             p.status, p.reason] for p in points]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def summary_markdown(summary: dict[str, Any], unit: str) -> str:
+    """Fitted exponents per model and crossovers per (efficient, baseline) pair, as bullet lists."""
+    lines = ["**Scaling exponents** (slope of log cost vs log tokens over the upper half of the points; "
+             "1 is linear, 2 quadratic):"]
+    for fit in summary["fits"]:
+        lines.append(f"- {fit['model']} ({fit['mixer']}): latency {_exponent(fit['latency_exponent'])}, "
+                     f"memory {_exponent(fit['memory_exponent'])}")
+    if summary["crossovers"]:
+        lines.append("\n**Crossovers** (where the efficient model becomes cheaper than the transformer):")
+        for c in summary["crossovers"]:
+            faster = Crossover(**c["latency"]).describe(f" {unit}")
+            smaller = Crossover(**c["memory"]).describe(f" {unit}")
+            lines.append(f"- {c['efficient']} vs {c['baseline']}: faster {faster}; smaller {smaller}")
+    return "\n".join(lines)
+
+
+def _exponent(value: float | None) -> str:
+    return "—" if value is None else f"N^{value:.2f}"
+
+
+def scaling_figure(points: Sequence[sweep.PointResult], metric: str, summary: dict[str, Any], unit: str) -> go.Figure:
+    """Log-log cost against token count per model, O(N) and O(N²) guides through the smallest
+    measured point, markers at the top edge for points with no value (out of memory, timed out,
+    skipped, failed), and dotted lines at the crossovers."""
+    field, title = METRICS[metric]
+    fig = go.Figure()
+    measured = [p for p in points if (getattr(p, field) or 0) > 0]
+    top = max((getattr(p, field) for p in measured), default=1.0) * 2
+    exponents = {f["model"]: f[f"{metric}_exponent"] for f in summary["fits"]}
+    palette = plotly.colors.qualitative.Plotly
+    models = list(dict.fromkeys(p.model for p in points))
+    for i, model in enumerate(models):
+        colour = palette[i % len(palette)]
+        ok = sorted((p for p in measured if p.model == model), key=lambda p: p.tokens)
+        exponent = exponents.get(model)
+        fig.add_trace(go.Scatter(
+            x=[p.tokens for p in ok], y=[getattr(p, field) for p in ok], mode="lines+markers",
+            name=model + ("" if exponent is None else f" (N^{exponent:.2f})"), legendgroup=model,
+            line=dict(color=colour), customdata=[f"{p.x:g} {unit}: {p.inputs}" for p in ok],
+            hovertemplate="%{customdata}<br>%{x} tokens: %{y:.3g}<extra>" + model + "</extra>",
+        ))
+        failed = [p for p in points if p.model == model and getattr(p, field) is None and p.status != "ok"]
+        if failed:
+            fig.add_trace(go.Scatter(
+                x=[p.tokens for p in failed], y=[top] * len(failed), mode="markers+text",
+                marker=dict(color=colour, size=12, symbol=[FAILED_SYMBOLS.get(p.status, "x") for p in failed]),
+                text=[p.status for p in failed], textposition="bottom center", legendgroup=model,
+                name=f"{model}: no value", showlegend=False, customdata=[p.reason for p in failed],
+                hovertemplate="%{x} tokens: %{text}<br>%{customdata}<extra>" + model + "</extra>",
+            ))
+    _add_guides(fig, measured, field)
+    bottom = min((getattr(p, field) for p in measured), default=0.5) / 2
+    for c in summary["crossovers"]:
+        found = Crossover(**c[metric])
+        if found.kind == "crossover" and found.tokens:
+            # A trace rather than add_vline: plotly places a shape's annotation wrongly on log axes.
+            label = f"{c['efficient']} < {c['baseline']}" + ("" if found.exact else " (by here)")
+            fig.add_trace(go.Scatter(
+                x=[found.tokens, found.tokens], y=[bottom, top], mode="lines+text", text=["", label],
+                textposition="bottom right", line=dict(color="black", dash="dot", width=1),
+                name=f"crossover: {label}", hovertemplate=f"crossover at ~%{{x:.0f}} tokens<extra>{label}</extra>",
+            ))
+    fig.update_xaxes(type="log", title_text="tokens N")
+    fig.update_yaxes(type="log", title_text=title)
+    fig.update_layout(title=f"{title} vs tokens", height=420, margin=dict(t=50), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def _add_guides(fig: go.Figure, measured: Sequence[sweep.PointResult], field: str) -> None:
+    """Dashed O(N) and O(N²) lines from the cheapest smallest point across the measured range."""
+    if len({p.tokens for p in measured}) < 2:
+        return
+    n0 = min(p.tokens for p in measured)
+    n1 = max(p.tokens for p in measured)
+    y0 = min(getattr(p, field) for p in measured if p.tokens == n0)
+    steps = [n0 * (n1 / n0) ** (i / 20) for i in range(21)]
+    for power, name in ((1, "O(N)"), (2, "O(N²)")):
+        fig.add_trace(go.Scatter(
+            x=steps, y=[y0 * (n / n0) ** power for n in steps], mode="lines", name=name,
+            line=dict(color="grey", dash="dash" if power == 1 else "dot", width=1), hoverinfo="skip",
+        ))
+
+
+def _write_files(spec: sweep.SweepSpec, environment: dict, points: Sequence[sweep.PointResult],
+                 summary: dict[str, Any]) -> list[str]:
+    """The raw points as CSV, and everything (spec, environment, points, fits) as JSON."""
+    folder = Path(tempfile.mkdtemp(prefix="effviz-sweep-"))
+    csv_path, json_path = folder / f"sweep-{spec.axis}.csv", folder / f"sweep-{spec.axis}.json"
+    pd.DataFrame([p.to_dict() for p in points], columns=list(sweep.PointResult.__dataclass_fields__)).to_csv(
+        csv_path, index=False
+    )
+    record = {"spec": asdict(spec), "environment": environment, "points": [p.to_dict() for p in points],
+              "summary": summary}
+    json_path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    return [str(csv_path), str(json_path)]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def build() -> None:
+    """The Scaling lab's components and events (inside the caller's ``gr.Blocks``)."""
+    spec = sweep.default_spec()
+    gr.Markdown(
+        "Pick models and an axis; each point runs alone in fresh processes (latency: median "
+        "after a warm-up; peak memory: the kernel's high-water mark, in a second process) and the "
+        "curves grow as points finish. Weights are random: timing does not depend on them. "
+        "Sweeps run one at a time for everyone (overlapping timings would measure each other); "
+        "a waiting sweep shows its place in the queue. Predictions in the other tabs keep running."
+    )
+    with gr.Row():
+        models = gr.CheckboxGroup(list(ARCHITECTURES) + list(BUNDLED_RECIPES), value=list(spec.models),
+                                  label="models", info="official tiny architectures, then our bundled recipes")
+    with gr.Row():
+        axis = gr.Radio(list(sweep.AXES), value=spec.axis, label="axis",
+                        info="resolution: image side in px; seconds: audio length; tokens: fused audio + image")
+        values = gr.Textbox(", ".join(f"{v:g}" for v in spec.values), label="values", info="comma separated")
+        device = gr.Dropdown(devices(), value=spec.device, label="device")
+        dtype = gr.Dropdown(list(sweep.DTYPES), value=spec.dtype, label="dtype")
+    with gr.Row():
+        batch = gr.Number(spec.batch, precision=0, label="batch", minimum=1, maximum=MAX_BATCH)
+        repeats = gr.Number(spec.repeats, precision=0, label="timed repeats", minimum=1, maximum=MAX_REPEATS)
+        timeout = gr.Number(spec.timeout_s, label="time limit per run (s)", minimum=1, maximum=MAX_TIMEOUT_S)
+        run = gr.Button("Run sweep", variant="primary")
+        stop = gr.Button("Stop", variant="stop")
+    status = gr.Markdown()
+    with gr.Row():
+        latency_plot = gr.Plot(label="latency")
+        memory_plot = gr.Plot(label="peak memory")
+    summary = gr.Markdown()
+    table = gr.Dataframe(headers=TABLE_COLUMNS, label="raw points", interactive=False)
+    files = gr.File(label="download the raw points (CSV, JSON)", file_count="multiple", interactive=False)
+
+    axis.change(lambda a: SUGGESTED_VALUES[a], axis, values, api_visibility="private")
+
+    def on_run(models, axis, values, device, dtype, batch, repeats, timeout, request: gr.Request):
+        yield from stream_sweep(models, axis, values, device, dtype, batch, repeats, timeout, request.session_hash)
+
+    def on_stop(request: gr.Request) -> str:
+        return stop_sweep(request.session_hash)
+
+    run.click(
+        on_run, [models, axis, values, device, dtype, batch, repeats, timeout],
+        [status, latency_plot, memory_plot, summary, table, files], api_name="sweep",
+        concurrency_limit=1, concurrency_id=BENCH_CONCURRENCY,
+    )
+    # Not queued behind the sweep it stops.
+    stop.click(on_stop, None, status, api_name="stop_sweep", concurrency_limit=None)

@@ -1,0 +1,84 @@
+"""Vision tab: one picture, every bundled image model's top 5 side by side, with each model's
+latency and memory for that input."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gradio as gr
+import pandas as pd
+
+from .. import api
+from ..data.image import open_image
+from . import (
+    MEASUREMENT_NOTE,
+    NO_MODEL_MESSAGE,
+    PREDICT_CONCURRENCY,
+    PREDICT_CONCURRENCY_LIMIT,
+    RESULT_COLUMNS,
+    ERROR_TITLE,
+    TOP_K,
+    gpu,
+    measure_peaks,
+    raise_if_all_failed,
+    reports_bad_input,
+    result_table,
+    status_line,
+    timed_predict,
+    upload_source,
+)
+from .examples import Examples
+
+
+@gpu
+@reports_bad_input
+def classify_image(
+    payload: Any, measure_memory: bool, models: Sequence[str]
+) -> tuple[str, pd.DataFrame, list[dict[str, float] | None]]:
+    """Every model in ``models`` on one uploaded picture: (status Markdown, table, top-5
+    probabilities per model). The picture is decoded once, here, so a bad file gets our message."""
+    source = upload_source(payload)
+    if source is None:
+        raise gr.Error("No image yet: upload, paste or capture one first.", title=ERROR_TITLE)
+    image = open_image(source, max_pixels=api.MAX_IMAGE_PIXELS)
+    if not models:
+        return NO_MODEL_MESSAGE, result_table([]), []
+    results = [timed_predict(model_id, image=image) for model_id in models]
+    raise_if_all_failed(results)
+    if measure_memory:
+        measure_peaks(results, image=image)
+    status = status_line(f"{image.width}x{image.height} picture, {len(models)} models.", results)
+    return status, result_table(results), [r.probabilities for r in results]
+
+
+def build(examples: Examples) -> None:
+    """The Vision tab's components and events (inside the caller's ``gr.Blocks``)."""
+    models = api.list_models("image")
+    gr.Markdown(
+        "Upload, paste or capture a picture: every bundled image model classifies it, side by "
+        "side. The models differ only in their token mixer (Mamba, RWKV, RetNet or attention). "
+        f"Pictures up to {api.MAX_IMAGE_PIXELS / 1e6:g} megapixels."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="picture")
+            measure = gr.Checkbox(False, label="also measure peak memory (separate process, a few seconds)")
+            button = gr.Button("Classify", variant="primary")
+            if examples.photos:
+                gr.Examples(examples.photos, inputs=[image], label="photos from scikit-image")
+        with gr.Column(scale=2):
+            status = gr.Markdown(NO_MODEL_MESSAGE if not models else "")
+            with gr.Row():
+                labels = [gr.Label(num_top_classes=TOP_K, label=model_id, min_width=200) for model_id in models]
+            table = gr.Dataframe(headers=RESULT_COLUMNS, label="per model", interactive=False)
+            gr.Markdown(MEASUREMENT_NOTE)
+
+    def on_classify(image: Any, measure_memory: bool):
+        status_text, table_value, probabilities = classify_image(image, measure_memory, models)
+        return status_text, table_value, *(probabilities or [None] * len(models))
+
+    # preprocess=False: Gradio would open the picture with PIL before our code and answer a
+    # damaged file with a generic error; classify_image decodes it and says what is wrong.
+    button.click(
+        on_classify, [image, measure], [status, table, *labels], api_name="classify_image",
+        preprocess=False, concurrency_id=PREDICT_CONCURRENCY, concurrency_limit=PREDICT_CONCURRENCY_LIMIT,
+    )

@@ -1,0 +1,277 @@
+"""The app: ``python app.py`` serves its page offline, and every stable API name answers a
+Gradio client (one launch for the module); the tab functions also work in-process with real
+(tiny, randomly initialised) bundled models."""
+import base64
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import effviz
+from effviz.models import EffvizModel
+from effviz.models import registry
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 120
+
+pytestmark = pytest.mark.timeout(STARTUP_TIMEOUT_S + 180)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_page(url: str, proc: subprocess.Popen) -> str:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited with code {proc.returncode} before serving")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    raise AssertionError(f"app.py did not serve {url} within {STARTUP_TIMEOUT_S} s")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app in a subprocess on a free port: (url, page HTML, process)."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",  # two training runs share this machine
+        # An empty Hub cache: an import of an official checkpoint can only fail, never write weights/.
+        "HF_HOME": str(tmp_path_factory.mktemp("hf-home")),
+    }
+    log_path = tmp_path_factory.mktemp("app") / "app.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            yield url, _wait_for_page(url, proc), proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    print(log_path.read_text(errors="replace")[-3000:])  # shown by pytest only on failure
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    url, _, _ = app
+    return Client(url, analytics_enabled=False, verbose=False, download_files=False)
+
+
+def _png(path: Path, size=(64, 48)) -> Path:
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _wav(path: Path, seconds: float = 0.6, rate: int = 16000) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(samples.tobytes())
+    return path
+
+
+def test_page_serves_every_tab_offline(app, client):
+    _, page, proc = app
+    # The page embeds the app's config: our title, and analytics switched off.
+    assert '"title":"effviz"' in page and '"analytics_enabled":false' in page
+    rendered = str(client.config["components"])
+    for tab in ("Vision", "Audio", "Multimodal", "Scaling lab", "Kernels", "Models"):
+        assert f"'label': '{tab}'" in rendered, tab
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/classify_image", "/classify_audio", "/classify_av", "/sweep", "/kernels"):
+        assert name in endpoints, name
+    assert proc.poll() is None
+
+
+def test_classify_image_answers_with_labels_or_says_no_model(client, tmp_path):
+    from gradio_client import handle_file
+
+    status, table, *labels = client.predict(handle_file(str(_png(tmp_path / "noise.png"))), False,
+                                            api_name="/classify_image")
+    models = effviz.list_models("image")  # the app reads the same weights/ folder
+    if not models:
+        assert "No bundled model for this task yet" in status
+        assert labels == [] and table["data"] == []
+        return
+    assert len(labels) == len(models) and len(table["data"]) == len(models)
+    for label in labels:
+        confidences = label["confidences"]
+        assert 1 <= len(confidences) <= 5
+        assert 0 < sum(c["confidence"] for c in confidences) <= 1 + 1e-6
+
+
+def test_damaged_image_gets_our_message_not_a_generic_error(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(_png(tmp_path / "whole.png").read_bytes()[:60])
+    with pytest.raises(AppError, match="truncated or corrupt"):
+        client.predict(handle_file(str(damaged)), False, api_name="/classify_image")
+
+
+def test_classify_audio_shows_the_spectrogram(client, tmp_path):
+    from gradio_client import handle_file
+
+    status, plot, table, *labels = client.predict(handle_file(str(_wav(tmp_path / "tone.wav"))), False,
+                                                  api_name="/classify_audio")
+    figure = json.loads(plot["plot"])
+    heatmap = figure["data"][0]
+    assert heatmap["type"] == "heatmap"
+    z = heatmap["z"]  # plotly sends numpy arrays as base64 with their shape
+    assert (int(z["shape"].split(",")[0]) if isinstance(z, dict) else len(z)) == 128  # mel bins
+    if not effviz.list_models("audio"):
+        assert "No bundled model for this task yet" in status and labels == []
+    else:
+        assert len(labels) == len(table["data"]) == len(effviz.list_models("audio"))
+
+
+def test_classify_av_without_any_input_is_a_clear_error(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Nothing to recognise"):
+        client.predict(None, None, api_name="/classify_av")
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), "white").save(blank)
+    sketch = {"background": None, "layers": [], "composite": handle_file(str(blank))}
+    with pytest.raises(AppError, match="Nothing to recognise"):
+        client.predict(sketch, None, api_name="/classify_av")
+
+
+def test_sweep_streams_points_and_stops(client):
+    from effviz.bench.sweep import default_spec
+
+    job = client.submit(api_name="/sweep")  # no arguments: effviz.bench.sweep.default_spec()
+    deadline = time.monotonic() + 150
+    # The start, then three measured points: vim-tiny and deit-tiny at 64 px, vim-tiny at 128 px
+    # (two token counts, enough for the guide lines).
+    while len(job.outputs()) < 4:
+        assert not job.done(), f"sweep ended early: {job.outputs()}"
+        assert time.monotonic() < deadline, "the sweep streamed fewer than three points in time"
+        time.sleep(0.5)
+    assert "No sweep" not in client.predict(api_name="/stop_sweep")
+    final = job.result(timeout=60)
+    updates = job.outputs()
+    assert len(updates) >= 5  # intermediate updates before the final one
+    status, latency_plot, memory_plot, summary, table, files = final
+    spec = default_spec()
+    measured = len(table["data"])
+    assert measured >= 3 and f"Stopped after {measured} of {len(spec.models) * len(spec.values)} points" in status
+    assert {row[0] for row in table["data"]} <= set(spec.models)
+    assert all(row[6] in ("ok", "oom", "timeout", "skipped", "error") for row in table["data"])
+    assert len(files) == 2  # CSV and JSON of the raw points
+    traces = json.loads(latency_plot["plot"])["data"]
+    assert {"O(N)", "O(N²)"} <= {t.get("name") for t in traces}
+    # Intermediate updates grow one point at a time.
+    sizes = [len(update[4]["data"]) for update in updates[:-1]]
+    assert sizes == sorted(sizes) and sizes[0] == 0
+
+
+def test_kernels_benchmark_returns_plot_and_report(client):
+    plot, report = client.predict(["bi_wkv"], "64, 128", 1, "cpu", "float32", api_name="/kernels")
+    assert "### bi_wkv" in report and "Measured limits" in report
+    traces = json.loads(plot["plot"])["data"]
+    assert {"reference", "torch"} <= {t["name"] for t in traces}
+    assert all(y > 0 for t in traces for y in t["y"])
+
+
+def test_import_checkpoint_offline_says_why(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="offline"):
+        client.predict("vim-tiny", "hustvl/Vim-tiny-midclstok", api_name="/import_checkpoint")
+
+
+# ---- tab functions in-process, with tiny bundled models ------------------------------------------
+
+
+def _save_tiny(folder: Path, recipe: str) -> None:
+    torch.manual_seed(0)
+    cfg = registry.BUNDLED_RECIPES[recipe]()
+    cfg.depth, cfg.embed_dim = 2, 48
+    EffvizModel(cfg).save_pretrained(folder)
+    sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "card.json").write_text(json.dumps({"sha256": sha, "params": 0, "metrics": {}}))
+
+
+@pytest.fixture
+def tiny_weights(tmp_path, monkeypatch):
+    for recipe in ("vim-cifar", "deit-cifar", "av-mamba-digits"):
+        _save_tiny(tmp_path / f"tiny-{recipe}", recipe)
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    return tmp_path
+
+
+def test_tabs_run_every_model_on_one_input(tiny_weights):
+    import gradio as gr
+
+    from effviz.ui import multimodal, vision
+    from effviz.ui.examples import prepare_examples
+
+    torch.set_num_threads(1)
+    examples = prepare_examples(tiny_weights / "examples")
+    models = effviz.list_models("image")
+    assert models == ["tiny-deit-cifar", "tiny-vim-cifar"]
+
+    status, table, labels = vision.classify_image({"path": str(_png(tiny_weights / "x.png"))}, False, models)
+    assert list(table["model"]) == models and all(table["latency ms"] > 0) and all(table["weights MiB"] > 0)
+    assert all(len(p) == 5 and 0 < sum(p.values()) <= 1 + 1e-6 for p in labels)
+    # Peak memory is measured in a child process, which reads the real weights/ folder, where these
+    # tiny models are not: the table stays empty there and the status says why.
+    status, table, _ = vision.classify_image({"path": str(_png(tiny_weights / "x.png"))}, True, models)
+    assert table["peak MiB"].isna().all() and "Peak memory not measured for tiny-vim-cifar" in status
+
+    av = effviz.list_models("audio-visual")
+    status, table, fused = multimodal.classify_av(
+        {"composite": {"path": examples.digits["7"]}}, {"path": examples.spoken["7"]}, av
+    )
+    assert list(table["input"]) == ["drawing + sound", "drawing only", "sound only"]
+    assert fused[0] is not None and len(fused[0]) == 5
+    blank = tiny_weights / "blank.png"
+    Image.new("RGBA", (50, 50), (0, 0, 0, 0)).save(blank)  # a transparent canvas reads as white
+    with pytest.raises(gr.Error, match="Nothing to recognise"):
+        multimodal.classify_av({"composite": {"path": str(blank)}}, None, av)
+    with pytest.raises(gr.Error, match="not an image"):
+        vision.classify_image({"path": str(examples.spoken["1"])}, False, models)
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(png, format="PNG")
+    inline = {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}
+    status, table, labels = vision.classify_image(inline, False, models)
+    assert "8x8 picture" in status

@@ -1,0 +1,260 @@
+"""Scaling sweeps: records, fits, crossovers, memory estimate, time limits, stopping, and the CLI.
+
+Every point costs two child processes that each import torch, so the sweeps here are a handful
+of bundled-config models at their smallest sizes, one timed run each, one thread.
+"""
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from effviz.bench import sweep
+from effviz.bench.__main__ import main
+from effviz.bench.fit import crossover, loglog_slope, upper_half
+from effviz.bench.sweep import PointResult, SweepSpec, plan_input, run_sweep, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def tiny_spec(models, axis, values, **kw) -> SweepSpec:
+    return SweepSpec(models=tuple(models), axis=axis, values=tuple(values), repeats=1, threads=1, **kw)
+
+
+@pytest.fixture
+def spawned(monkeypatch):
+    """Every point's child process the sweep starts, to check none is left running."""
+    procs = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(args, *rest, **kwargs):
+        proc = real_popen(args, *rest, **kwargs)
+        if "effviz.bench.sweep" in args:  # not a compiler run building the native kernels
+            procs.append(proc)
+        return proc
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", recording_popen)
+    return procs
+
+
+@pytest.fixture
+def no_children(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("this point should not have started a child process")
+
+    monkeypatch.setattr(sweep, "_run_child", refuse)
+
+
+# ---- real measurements -----------------------------------------------------------------------
+
+
+def test_tiny_sweep_gives_well_formed_records(spawned):
+    # The tokens axis runs end to end in the CLI test below.
+    cases = [("deit-cifar", "resolution", 16), ("aum-fsdd", "seconds", 0.32)]
+    for model, axis, x in cases:
+        points = list(run_sweep(tiny_spec([model], axis, [x])))
+        assert len(points) == 1
+        p = points[0]
+        assert (p.model, p.axis, p.x) == (model, axis, x)
+        assert p.status == "ok", p.reason
+        assert p.tokens == plan_input(model, axis, x).tokens
+        assert p.latency_ms > 0 and p.peak_mem_mib >= 0
+        assert set(p.to_dict()) >= {"model", "axis", "x", "tokens", "latency_ms", "peak_mem_mib", "status", "reason"}
+    # deit-cifar: 4x4 patches of a 16 px image + class token; aum-fsdd: 32 frames = 8 mel x 2 time patches + cls
+    assert plan_input("deit-cifar", "resolution", 16).tokens == 17
+    assert plan_input("aum-fsdd", "seconds", 0.32).tokens == 17
+    assert len(spawned) == 2 * len(cases)  # a latency child and a memory child per point
+    assert all(proc.poll() is not None for proc in spawned)
+
+
+def test_timeout_is_recorded_and_larger_points_of_that_model_are_skipped(spawned):
+    points = list(run_sweep(tiny_spec(["vim-cifar"], "resolution", [32, 16, 64], timeout_s=0.2)))
+    assert [p.x for p in points] == [16, 32, 64]  # smallest first
+    assert points[0].status == "timeout" and "0.2 s" in points[0].reason
+    assert [p.status for p in points[1:]] == ["skipped", "skipped"]
+    assert all("timeout at 16 px" in p.reason for p in points[1:])
+    assert len(spawned) == 1 and spawned[0].poll() is not None  # killed, and only the first ran
+
+
+def test_stop_event_kills_the_running_child_and_waiting_sweeps_are_counted(spawned):
+    stop_first, stop_second = threading.Event(), threading.Event()
+    got_first, got_second = [], []
+    first = threading.Thread(target=lambda: got_first.extend(run_sweep(tiny_spec(["vim-cifar"], "resolution", [16, 32]), stop_first)))
+    second = threading.Thread(target=lambda: got_second.extend(run_sweep(tiny_spec(["deit-cifar"], "resolution", [16]), stop_second)))
+    first.start()
+    deadline = time.monotonic() + 30
+    while not spawned and time.monotonic() < deadline:  # the first sweep holds the slot, its child runs
+        time.sleep(0.01)
+    assert sweep.sweep_running()
+    second.start()
+    while sweep.sweeps_waiting() != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sweep.sweeps_waiting() == 1
+    stop_second.set()  # a waiting sweep can be called off before it starts
+    second.join(timeout=5)
+    assert not second.is_alive() and got_second == [] and sweep.sweeps_waiting() == 0
+    stopped_at = time.monotonic()
+    stop_first.set()
+    first.join(timeout=10)
+    assert not first.is_alive()
+    assert time.monotonic() - stopped_at < 2  # promptly, not after the point finished
+    assert got_first == []  # the interrupted point is not reported
+    assert all(proc.poll() is not None for proc in spawned)
+    assert not sweep.sweep_running()
+
+
+def test_cli_sweep_end_to_end_on_the_tokens_axis_writes_parseable_json(tmp_path):
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "effviz.bench", "sweep", "--models", "av-mamba-digits,av-transformer-digits",
+         "--axis", "tokens", "--values", "40", "--device", "cpu", "--repeats", "1", "--threads", "1",
+         "--timeout", "120", "--fit-range", "20,80", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["environment"]["device"] == "cpu" and record["environment"]["threads"] == 1
+    assert set(record["environment"]["kernel_backends"]) == set(sweep.KERNEL_OPS)
+    points = record["points"]
+    assert [(p["model"], p["status"]) for p in points] == [("av-mamba-digits", "ok"), ("av-transformer-digits", "ok")]
+    # 40 tokens asked: a 4x4 image grid, 3 audio time steps of 8 mel patches, and the class token.
+    assert all(p["x"] == 40 and p["tokens"] == 41 for p in points)
+    assert points[0]["inputs"] == "image 28x28 + audio 0.48 s (48 frames)"
+    assert all(p["latency_ms"] > 0 and p["peak_mem_mib"] >= 0 for p in points)
+    (pair,) = record["summary"]["crossovers"]
+    assert (pair["efficient"], pair["baseline"]) == ("av-mamba-digits", "av-transformer-digits")
+    assert pair["latency"]["kind"] in ("always", "never in range")  # one common point: no crossing inside
+    assert "| av-mamba-digits | 40 tokens | 41 |" in proc.stdout  # the table
+    assert "[2/2] av-transformer-digits" in proc.stderr  # progress
+
+
+# ---- no child processes ----------------------------------------------------------------------
+
+
+def test_absurd_size_is_refused_by_the_estimate_without_running(no_children):
+    points = list(run_sweep(tiny_spec(["deit-tiny-eager"], "resolution", [100_000, 200_000])))
+    assert points[0].status == "oom" and "estimated to need" in points[0].reason
+    assert points[0].latency_ms is None and points[0].peak_mem_mib is None
+    assert points[1].status == "skipped" and "oom at 100000 px" in points[1].reason
+
+
+def test_memory_estimate_grows_quadratically_only_for_eager_attention():
+    def growth(model):
+        small = sweep.estimate_memory_mib(model, "resolution", 2048)
+        return sweep.estimate_memory_mib(model, "resolution", 4096) / small
+
+    assert growth("deit-tiny-eager") > 10  # 4x the tokens: ~16x the scores
+    assert growth("vim-tiny") < 4.5 and growth("deit-tiny") < 4.5
+
+
+def test_model_axis_mismatch_is_a_clear_error_before_anything_runs(no_children, capsys):
+    with pytest.raises(ValueError, match="'vim-tiny' takes image input, but the seconds axis needs"):
+        tiny_spec(["vim-tiny"], "seconds", [1])
+    with pytest.raises(ValueError, match="'aum-tiny' takes audio .* resolution axis needs .* image"):
+        tiny_spec(["deit-tiny", "aum-tiny"], "resolution", [224])
+    with pytest.raises(ValueError, match="tokens axis needs a model that takes image and audio"):
+        tiny_spec(["deit-tiny"], "tokens", [200])
+    with pytest.raises(ValueError, match="unknown model 'no-such-model'"):
+        tiny_spec(["no-such-model"], "resolution", [224])
+    with pytest.raises(ValueError, match="smaller than one 16 px patch"):
+        tiny_spec(["vim-tiny"], "resolution", [8])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--models", "vim-tiny", "--axis", "seconds", "--values", "1,2"])
+    assert exit_info.value.code == 2
+    assert "takes image input, but the seconds axis needs" in capsys.readouterr().err
+
+
+def test_tokens_axis_grows_image_and_audio_together():
+    for target in (40, 200, 1000, 5000):
+        point = plan_input("av-mamba-digits", "tokens", target)
+        assert abs(point.tokens - target) <= 0.1 * target
+        assert point.image_side is not None and point.audio_frames is not None
+    small, large = plan_input("av-mamba-digits", "tokens", 200), plan_input("av-mamba-digits", "tokens", 5000)
+    assert large.image_side > small.image_side and large.audio_frames > small.audio_frames
+
+
+def test_default_spec_is_small_and_valid():
+    spec = sweep.default_spec()
+    assert spec.repeats == 1 and len(spec.models) * len(spec.values) <= 6
+    assert {sweep.model_config(m).mixer for m in spec.models} >= {"mamba", "attention"}
+
+
+# ---- fits --------------------------------------------------------------------------------------
+
+
+def test_exponent_fit_recovers_linear_and_quadratic_scaling():
+    ns = [100, 400, 1600, 6400]
+    assert loglog_slope(ns, [3.0 * n for n in ns]) == pytest.approx(1.0)
+    assert loglog_slope(ns, [0.5 * n**2 for n in ns]) == pytest.approx(2.0)
+    # A fixed overhead flattens the small sizes; the upper half sees the asymptotic exponent.
+    with_overhead = [1e5 + n**2 for n in ns]
+    full = loglog_slope(ns, with_overhead)
+    upper = loglog_slope(*upper_half(ns, with_overhead))
+    assert full < upper and upper == pytest.approx(2.0, abs=0.1)
+    with pytest.raises(ValueError, match="positive"):
+        loglog_slope([1, 2], [0, 1])
+
+
+def test_crossover_interpolates_in_log_space():
+    xs = [250, 500, 2000, 4000]
+    efficient = [10.0 * x for x in xs]
+    baseline = [0.01 * x**2 for x in xs]  # equal at x = 1000, cheaper above
+    found = crossover(xs, efficient, baseline, tokens=[x / 4 for x in xs])
+    assert found.kind == "crossover" and found.exact
+    assert found.x == pytest.approx(1000) and found.tokens == pytest.approx(250)
+    assert crossover(xs, [1.0] * 4, [2.0] * 4).kind == "always"
+    assert crossover(xs, [3.0] * 4, [2.0] * 4).kind == "never in range"
+    assert crossover(xs, [None] * 4, [2.0] * 4).kind == "no common points"
+    # The baseline ran out of memory at 2000: the efficient model is cheaper by then.
+    failed = crossover(xs, [5.0, 5.0, 5.0, 5.0], [9.0 / 2, 4.0, math.inf, math.inf])
+    assert (failed.kind, failed.x, failed.exact) == ("crossover", 2000, False)
+    assert failed.describe(" px") == "by 2000 px"
+
+
+def test_summary_fits_each_model_and_pairs_efficient_models_with_baselines():
+    def point(model, x, tokens, latency, memory, status="ok"):
+        return PointResult(model, "resolution", x, tokens, latency, memory, status, "", "")
+
+    xs = [224, 448, 896, 1792]
+    tokens = [(x // 16) ** 2 + 1 for x in xs]
+    points = [point("vim-tiny", x, n, 0.1 * n, 0.01 * n) for x, n in zip(xs, tokens)]
+    points += [point("deit-tiny-eager", x, n, 1e-4 * n**2, 1e-5 * n**2) for x, n in zip(xs[:3], tokens)]
+    points.append(point("deit-tiny-eager", 1792, tokens[3], None, None, status="oom"))
+    summary = summarize(points, fit_range=(448, 896))
+    fits = {f["model"]: f for f in summary["fits"]}
+    assert fits["vim-tiny"]["latency_exponent"] == pytest.approx(1.0)
+    assert fits["deit-tiny-eager"]["memory_exponent"] == pytest.approx(2.0)
+    assert fits["deit-tiny-eager"]["latency_exponent_in_range"] == pytest.approx(2.0)
+    (pair,) = summary["crossovers"]
+    assert (pair["efficient"], pair["baseline"]) == ("vim-tiny", "deit-tiny-eager")
+    # 0.1 n = 1e-4 n^2 at n = 1000 tokens: between 448 px (785 tokens) and 896 px (3137).
+    assert pair["latency"]["kind"] == "crossover" and 448 < pair["latency"]["x"] < 896
+    assert pair["latency"]["tokens"] == pytest.approx(1000, rel=0.05)
+    report = sweep.format_report(
+        {"device_name": "cpu", "device": "cpu", "threads": 1, "dtype": "fp32", "batch": 1, "repeats": 1,
+         "timeout_s": 1, "python": "3", "torch": "2", "triton": None, "effviz": "0", "kernel_backends": {},
+         "memory_available_mib": None},
+        points, summary, "px",
+    )
+    assert "| vim-tiny | deit-tiny-eager |" in report and "| deit-tiny-eager | 1792 px |" in report
+
+
+def test_out_of_memory_is_told_apart_from_other_failures():
+    # What the latency/memory child reports when torch's CPU allocator fails, or CUDA runs out.
+    cpu_alloc = {"error": "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB",
+                 "type": "RuntimeError"}
+    assert sweep._outcome_from_result(cpu_alloc, "latency").status == "oom"
+    cuda = {"error": "OutOfMemoryError: CUDA out of memory.", "type": "OutOfMemoryError"}
+    assert sweep._outcome_from_result(cuda, "memory").status == "oom"
+    bug = {"error": "ValueError: bad shape", "type": "ValueError"}
+    assert sweep._outcome_from_result(bug, "latency").status == "error"
+    # A child that vanishes with SIGKILL (we only kill on timeout or stop, handled before) met the OOM killer.
+    assert sweep._outcome_from_death(-9, "", "memory").status == "oom"
+    crashed = sweep._outcome_from_death(1, "Traceback ...\nImportError: boom", "latency")
+    assert crashed.status == "error" and "ImportError: boom" in crashed.reason
