@@ -8,8 +8,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from effviz.ui import PREDICT_CONCURRENCY_LIMIT, audio, kernels, models, multimodal, scaling, vision  # noqa: E402
+from effviz.ui import MAX_UPLOAD_MB, PREDICT_CONCURRENCY_LIMIT, audio, kernels, models, multimodal, scaling, vision  # noqa: E402
 from effviz.ui.examples import prepare_examples  # noqa: E402
+
+# Uploads (and sweep downloads) sit in Gradio's cache ($GRADIO_TEMP_DIR, /tmp/gradio by default):
+# every hour, files older than an hour are deleted, and all of them when the app restarts.
+DELETE_CACHE = (3600, 3600)
 
 DESCRIPTION = """\
 **effviz** shows why linear-time architectures matter beyond text. Vision Mamba, Vision RWKV,
@@ -22,7 +26,7 @@ runs on: O(N) against O(N²).
 
 def build_demo() -> gr.Blocks:
     examples = prepare_examples()
-    with gr.Blocks(title="effviz") as demo:
+    with gr.Blocks(title="effviz", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# effviz: linear-time vision and audio models")
         gr.Markdown(DESCRIPTION)
         with gr.Tab("Vision"):
@@ -43,4 +47,7 @@ def build_demo() -> gr.Blocks:
 if __name__ == "__main__":
     demo = build_demo()
     demo.queue(default_concurrency_limit=PREDICT_CONCURRENCY_LIMIT)
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+        max_file_size=int(MAX_UPLOAD_MB * 1024 * 1024),
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 from dataclasses import asdict
@@ -34,9 +35,27 @@ from .models.registry import MODEL_ID_PATTERN, task_of
 log = logging.getLogger("effviz.api")
 
 TASKS = ("image", "audio", "audio-visual")
-# Input limits, shown by the app next to its upload boxes.
-MAX_AUDIO_SECONDS = DEFAULT_MAX_SECONDS
-MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def limit_from_env(name: str, default: float) -> float:
+    """A positive number from environment variable ``name``, or ``default`` when it is unset.
+    Read once, at import: a deployment sizes its limits to its machine before starting."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name}={text!r}: expected a positive number (unset it for the default {default:g})")
+    return value
+
+
+# Input limits, shown by the app next to its upload boxes. A Pillow hard limit (~179 MP) caps the
+# pixels whatever EFFVIZ_MAX_IMAGE_PIXELS says (see effviz.data.image.MAX_PIXELS).
+MAX_AUDIO_SECONDS = limit_from_env("EFFVIZ_MAX_AUDIO_SECONDS", DEFAULT_MAX_SECONDS)
+MAX_IMAGE_PIXELS = int(limit_from_env("EFFVIZ_MAX_IMAGE_PIXELS", MAX_PIXELS))
 # effviz.train's README card ends with this line; imported official checkpoints, which have no
 # card.json, record the sha256 of their weights the same way.
 _README_SHA256 = re.compile(r"sha256 of model\.safetensors: `([0-9a-f]{64})`")

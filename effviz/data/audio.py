@@ -22,6 +22,7 @@ MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 32
 DEFAULT_MAX_SECONDS = 30.0
+MAX_FLOAT_SAMPLE = 2.0**31  # int32 full scale; see _to_float
 # Kaldi fbank framing used by AST and effviz: 25 ms windows every 10 ms.
 FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
@@ -76,7 +77,7 @@ def prepare_waveform(audio: np.ndarray, sample_rate: int, target_rate: int, max_
 
     Raises ``ValueError`` for a sample rate outside [8000, 384000] Hz, a clip longer than
     ``max_seconds`` (checked from its length before any conversion: never silently cut), an
-    empty clip, or an unusable shape or dtype.
+    empty clip, float samples beyond ``MAX_FLOAT_SAMPLE`` (±2**31), or an unusable shape or dtype.
     """
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise ValueError(
@@ -127,6 +128,15 @@ def _check_duration(num_samples: int, sample_rate: int, max_seconds: float) -> N
 
 def _to_float(audio: np.ndarray) -> np.ndarray:
     if audio.dtype.kind == "f":
+        # Float audio lies in [-1, 1]. Integer-scaled floats (up to +-2**31) still work, but much
+        # larger values overflow float32 in the channel average, the resampler and fbank's power
+        # spectrum, and every probability would come out NaN.
+        peak = float(np.max(np.abs(audio), where=np.isfinite(audio), initial=0.0))
+        if peak > MAX_FLOAT_SAMPLE:
+            raise ValueError(
+                f"audio samples reach {peak:.3g}: float audio should lie in [-1, 1] "
+                f"(at most {MAX_FLOAT_SAMPLE:.3g} is accepted)"
+            )
         return audio.astype(np.float32)
     if audio.dtype.kind in "iu":
         full_scale = np.float32(2.0 ** (8 * audio.dtype.itemsize - 1))

@@ -8,13 +8,15 @@ Two kinds of entries:
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Callable
 
 from .config import ModelConfig
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+# $EFFVIZ_WEIGHTS_DIR points a deployment (or a test's app) at another folder of saved models.
+WEIGHTS_DIR = Path(os.environ.get("EFFVIZ_WEIGHTS_DIR") or Path(__file__).resolve().parents[2] / "weights")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

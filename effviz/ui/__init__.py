@@ -44,6 +44,9 @@ NO_MODEL_MESSAGE = (
 )
 TOP_K = 5
 PEAK_MEMORY_TIMEOUT_S = 120.0
+# Largest file one upload may be; app.py hands it to Gradio, which refuses bigger ones before
+# they reach our code. 100 MB holds a 48 MP phone photo or minutes of studio-quality WAV.
+MAX_UPLOAD_MB = api.limit_from_env("EFFVIZ_MAX_UPLOAD_MB", 100.0)
 MEASUREMENT_NOTE = (
     "**latency**: wall time of one `effviz.predict` call on the already decoded input (framing "
     "it to the model's input size, then the forward), after one untimed warm-up call per model. "
@@ -68,6 +71,14 @@ def gpu(fn: F) -> F:
 def devices() -> list[str]:
     """Devices a benchmark can run on here: the CPU, and CUDA when torch sees a GPU."""
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def limits_line() -> str:
+    """The input limits as one line of Markdown, shown under each tab's introduction."""
+    return (
+        f"Limits: pictures up to {api.MAX_IMAGE_PIXELS:,} pixels, sounds up to {api.MAX_AUDIO_SECONDS:g} s, "
+        f"files up to {MAX_UPLOAD_MB:g} MB per upload."
+    )
 
 
 def reports_bad_input(fn: F) -> F:

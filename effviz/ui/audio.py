@@ -21,6 +21,7 @@ from . import (
     RESULT_COLUMNS,
     TOP_K,
     gpu,
+    limits_line,
     measure_peaks,
     raise_if_all_failed,
     reports_bad_input,
@@ -77,8 +78,9 @@ def build(examples: Examples) -> None:
         "Upload or record a sound: every bundled audio model classifies it. The bundled models "
         "recognise spoken digits (zero to nine). Each model turns the clip into a log-mel "
         "spectrogram cut into 16x16 patches, one token per patch, so the token count grows "
-        f"with the clip's length (at most {api.MAX_AUDIO_SECONDS:g} s)."
+        "with the clip's length."
     )
+    gr.Markdown(limits_line())
     with gr.Row():
         with gr.Column(scale=1):
             audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="sound")

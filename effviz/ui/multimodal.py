@@ -19,6 +19,7 @@ from . import (
     PREDICT_CONCURRENCY_LIMIT,
     TOP_K,
     gpu,
+    limits_line,
     raise_if_all_failed,
     reports_bad_input,
     sketch_source,
@@ -90,6 +91,7 @@ def build(examples: Examples) -> None:
         "missing. The table asks each model three ways, so you can see what each modality adds; "
         "try a drawing and a spoken digit that disagree."
     )
+    gr.Markdown(limits_line())
     white = Image.new("RGB", CANVAS_SIZE, "white")
     with gr.Row():
         with gr.Column(scale=1):

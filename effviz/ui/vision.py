@@ -18,6 +18,7 @@ from . import (
     ERROR_TITLE,
     TOP_K,
     gpu,
+    limits_line,
     measure_peaks,
     raise_if_all_failed,
     reports_bad_input,
@@ -55,9 +56,9 @@ def build(examples: Examples) -> None:
     models = api.list_models("image")
     gr.Markdown(
         "Upload, paste or capture a picture: every bundled image model classifies it, side by "
-        "side. The models differ only in their token mixer (Mamba, RWKV, RetNet or attention). "
-        f"Pictures up to {api.MAX_IMAGE_PIXELS / 1e6:g} megapixels."
+        "side. The models differ only in their token mixer (Mamba, RWKV, RetNet or attention)."
     )
+    gr.Markdown(limits_line())
     with gr.Row():
         with gr.Column(scale=1):
             image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="picture")

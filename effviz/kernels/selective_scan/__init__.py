@@ -69,9 +69,15 @@ def selective_scan(
     if delta_softplus:
         delta = F.softplus(delta)
     y, last_state = fn(u.to(compute), delta, A.to(compute), B.to(compute), C.to(compute), reverse=reverse)
+    del delta  # no longer needed: free it before the epilogue's temporaries exist
+    # In inference, apply the D skip and the gate in place on y (ours), so peak memory stays within
+    # twice the inputs + outputs; under autograd, out of place keeps the values backward needs.
+    in_place = not (torch.is_grad_enabled() and y.requires_grad)
     if D is not None:
-        y = y + D.to(compute)[:, None] * u.to(compute)
+        skip = (D.to(compute)[:, None], u.to(compute))
+        y = y.addcmul_(*skip) if in_place else torch.addcmul(y, *skip)
     if z is not None:
-        y = y * F.silu(z.to(compute))
+        gate = F.silu(z.to(compute))
+        y = y.mul_(gate) if in_place else y * gate
     y = y.to(u.dtype)
     return (y, last_state) if return_last_state else y
