@@ -33,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FP32_TOL = dict(rtol=6e-4, atol=2e-3)  # DESIGN.md §4
 DIM, DEPTH, GRID = 48, 2, 4  # small: 48 channels split into 3 heads and 4 Q-shift quarters
 CLASSES = 1000  # the imported models carry the 1000 ImageNet labels
+AUDIOSET_CLASSES = 527
+AUDIO_GRID = (3, 5)  # (mel, time) patches of the small AuM: an odd count, so "middle" is 15 // 2 = 7
 
 
 @pytest.fixture
@@ -42,6 +44,9 @@ def small_archs(monkeypatch):
         make = registry.ARCHITECTURES[arch]
         monkeypatch.setitem(registry.ARCHITECTURES, arch, lambda make=make: dataclasses.replace(
             make(), embed_dim=DIM, depth=DEPTH, grid_size=(GRID, GRID), image_size=(16 * GRID, 16 * GRID)))
+    make_aum = registry.ARCHITECTURES["aum-tiny"]
+    monkeypatch.setitem(registry.ARCHITECTURES, "aum-tiny", lambda: dataclasses.replace(
+        make_aum(), embed_dim=DIM, depth=DEPTH, mel_bins=16 * AUDIO_GRID[0], audio_grid_size=AUDIO_GRID))
 
 
 def image(batch: int = 2, grid: int = GRID) -> torch.Tensor:
@@ -84,6 +89,20 @@ def vim_shapes(dim: int, depth: int, patches: int, d_state: int = 16) -> dict[st
                        f"{m}.A{s}_log": (inner, d_state), f"{m}.D{s}": (inner,)}
         shapes[f"{m}.out_proj.weight"] = (dim, inner)
     return shapes | {"norm_f.weight": (dim,), "head.weight": (CLASSES, dim), "head.bias": (CLASSES,)}
+
+
+def aum_shapes(dim: int, depth: int, patches: int) -> dict[str, tuple[int, ...]]:
+    """kaistmm/Audio-Mamba-AuM, Bi-Bi (bimamba v2): Vim's block names, a 1-channel patch embedding,
+    the position embedding inside FlexiPosEmbed, 527 AudioSet classes."""
+    shapes = vim_shapes(dim, depth, patches)
+    del shapes["pos_embed"]
+    return shapes | {"patch_embed.proj.weight": (dim, 1, 16, 16), "pos_embed.pos_embed": (1, patches + 1, dim),
+                     "head.weight": (AUDIOSET_CLASSES, dim), "head.bias": (AUDIOSET_CLASSES,)}
+
+
+def save_aum_checkpoint(state, path):
+    """As AuM's traintest.py saves it: a raw state_dict(), "module."-prefixed under DataParallel."""
+    torch.save({f"module.{name}": tensor for name, tensor in state.items()}, path)
 
 
 def deit_timm_shapes(dim: int, depth: int, patches: int) -> dict[str, tuple[int, ...]]:
@@ -175,6 +194,21 @@ def vim_reference(sd, x, depth):
     x = patches(sd, "patch_embed.proj", x)
     mid = x.shape[1] // 2
     x = torch.cat([x[:, :mid], sd["cls_token"].expand(x.shape[0], -1, -1), x[:, mid:]], dim=1) + sd["pos_embed"]
+    return vim_blocks_and_head(sd, x, depth, mid)
+
+
+def aum_reference(sd, fbank, depth):
+    """AuM's forward_features: (batch, frames, mel) -> (batch, 1, mel, frames) patches, class token
+    inserted at N // 2; FlexiPosEmbed moves it to the front, adds pos_embed, moves it back."""
+    x = patches(sd, "patch_embed.proj", fbank.transpose(1, 2).unsqueeze(1))
+    mid = x.shape[1] // 2
+    x = torch.cat([x[:, :mid], sd["cls_token"].expand(x.shape[0], -1, -1), x[:, mid:]], dim=1)
+    front = torch.cat([x[:, mid:mid + 1], x[:, :mid], x[:, mid + 1:]], dim=1) + sd["pos_embed.pos_embed"]
+    x = torch.cat([front[:, 1:mid + 1], front[:, :1], front[:, mid + 1:]], dim=1)
+    return vim_blocks_and_head(sd, x, depth, mid)
+
+
+def vim_blocks_and_head(sd, x, depth, cls_index):
     residual, hidden = None, x
     for i in range(depth):
         residual = hidden if residual is None else residual + hidden
@@ -185,7 +219,7 @@ def vim_reference(sd, x, depth):
         backward = mamba_direction(sd, m, "_b", xs.flip(-1), z.flip(-1)).flip(-1)
         hidden = ((forward + backward) / 2).transpose(1, 2) @ sd[f"{m}.out_proj.weight"].T
     out = rms_norm(residual + hidden, sd["norm_f.weight"])
-    return F.linear(out[:, mid], sd["head.weight"], sd["head.bias"])
+    return F.linear(out[:, cls_index], sd["head.weight"], sd["head.bias"])
 
 
 def deit_reference(sd, x, depth, heads, eps):
@@ -278,7 +312,7 @@ def saved_model(out_dir: Path) -> tuple[ModelConfig, EffvizModel]:
 # --- imports at small size, against the official forward ----------------------------------------
 
 def test_every_importable_architecture_has_a_layout_and_a_release():
-    assert set(OFFICIAL) == set(LAYOUTS) == {"vim-tiny", "vrwkv-tiny", "deit-tiny"}
+    assert set(OFFICIAL) == set(LAYOUTS) == {"vim-tiny", "vrwkv-tiny", "deit-tiny", "aum-tiny"}
 
 
 def save_vim_training_checkpoint(state, path):
@@ -308,6 +342,40 @@ def test_vim_import_matches_official_forward(small_archs, tmp_path):
         assert torch.equal(tensor, model.state_dict()[name]), name
     card = (tmp_path / "out" / "README.md").read_text()
     assert "vim.pth" in card and "hustvl/Vim-tiny-midclstok" in card and "apache-2.0" in card
+
+
+def test_aum_import_matches_official_forward(small_archs, tmp_path):
+    patch_count = AUDIO_GRID[0] * AUDIO_GRID[1]
+    state = random_state(aum_shapes(DIM, DEPTH, patch_count))
+    save_aum_checkpoint(state, tmp_path / "best_audio_model.pth")
+    model = import_checkpoint("aum-tiny", tmp_path / "best_audio_model.pth", tmp_path / "out")
+
+    params = dict(model.named_parameters())
+    assert torch.equal(params["cls_pos"], state["pos_embed.pos_embed"][:, :1])  # row 0, not the middle
+    assert torch.equal(params["tokenizers.audio.pos_embed"], state["pos_embed.pos_embed"][:, 1:])
+    assert torch.equal(params["tokenizers.audio.proj.weight"], state["patch_embed.proj.weight"])
+    assert torch.equal(params["blocks.1.mixer.bwd.dt_proj.bias"], state["layers.1.mixer.dt_proj_b.bias"])
+    fbank = torch.randn(2, 16 * AUDIO_GRID[1], 16 * AUDIO_GRID[0], generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = model(audio=fbank)
+        expected = aum_reference({k: v.double() for k, v in state.items()}, fbank.double(), depth=DEPTH)
+    assert got.shape == (2, AUDIOSET_CLASSES)
+    torch.testing.assert_close(got, expected.float(), **FP32_TOL)
+
+    cfg, reloaded = saved_model(tmp_path / "out")
+    assert cfg.modalities == ("audio",) and (cfg.fbank_mean, cfg.fbank_std) == (-4.2677393, 4.5689974)
+    assert cfg.min_audio_seconds == 10.24  # 1022 fbank frames, padded to AuM's 1024: the 8x64 grid
+    assert cfg.labels[:2] == ["Speech", "Male speech, man speaking"] and len(cfg.labels) == AUDIOSET_CLASSES
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "best_audio_model.pth" in card and "kaistmm/Audio-Mamba-AuM" in card and "bsd-3-clause" in card
+    assert "audio-classification" in card and "class_labels_indices.csv" in card
+
+
+def test_aum_from_a_hub_repo_id_says_the_weights_are_not_on_the_hub():
+    with pytest.raises(FileNotFoundError, match="aum-tiny weights are not on the Hugging Face Hub.*Google Drive"):
+        import_checkpoint("aum-tiny", "kaistmm/Audio-Mamba-AuM")
 
 
 @pytest.mark.parametrize("layout", ["huggingface", "timm"])
@@ -369,6 +437,28 @@ def test_mismatched_checkpoint_is_a_clear_error_naming_the_key(small_archs, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_aum_fo_bi_checkpoint_lists_the_backward_branch_it_lacks(small_archs, tmp_path):
+    """AuM-B's Fo-Bi variant (bimamba v1) shares conv1d/x_proj/dt_proj/D between directions and
+    has only A_b_log of its own: our Bi-Bi blocks cannot take it, and every absent tensor is named."""
+    state = random_state(aum_shapes(DIM, DEPTH, AUDIO_GRID[0] * AUDIO_GRID[1]))
+    v2_only = [name for name in state if "_b." in name or name.endswith(".D_b")]
+    for name in v2_only:
+        del state[name]
+    save_aum_checkpoint(state, tmp_path / "fo_bi.pth")
+    with pytest.raises(ValueError, match=rf"{len(v2_only)} missing, 0 unexpected, 0 wrong shape") as error:
+        import_checkpoint("aum-tiny", tmp_path / "fo_bi.pth", tmp_path / "out")
+    assert all(name in str(error.value) for name in v2_only)
+    assert not (tmp_path / "out").exists()
+
+
+def test_vim_imagenet_checkpoint_given_as_aum_is_refused_with_its_differences(small_archs, tmp_path):
+    state = random_state(vim_shapes(DIM, DEPTH, AUDIO_GRID[0] * AUDIO_GRID[1]))
+    save_vim_training_checkpoint(state, tmp_path / "vim.pth")
+    with pytest.raises(ValueError, match=r"(?s)1 missing, 1 unexpected, 3 wrong shape.*pos_embed[.]pos_embed.*"
+                       r"patch_embed[.]proj[.]weight: checkpoint \[48, 3, 16, 16\], expected \[48, 1, 16, 16\]"):
+        import_checkpoint("aum-tiny", tmp_path / "vim.pth", tmp_path / "out")
+
+
 def test_wrong_shape_reports_both_shapes(small_archs, tmp_path):
     state = random_state(deit_timm_shapes(DIM, DEPTH, GRID * GRID + 1))  # one patch too many
     torch.save({"model": state}, tmp_path / "deit.pth")
@@ -411,7 +501,7 @@ def test_unreadable_or_missing_files_are_clear_errors(tmp_path):
         import_checkpoint("vim-tiny", tmp_path / "junk.pth", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
         import_checkpoint("vim-tiny", tmp_path / "absent.pth", tmp_path / "out")
-    with pytest.raises(ValueError, match="choose one of vim-tiny, vrwkv-tiny, deit-tiny"):
+    with pytest.raises(ValueError, match="choose one of vim-tiny, vrwkv-tiny, deit-tiny, aum-tiny"):
         import_checkpoint("vim-small", tmp_path / "junk.pth")
 
 
@@ -449,7 +539,8 @@ def test_hub_unreachable_fails_fast_with_a_clear_message(empty_hub_cache, monkey
 @pytest.mark.parametrize("arch, shapes, save", [
     ("vim-tiny", vim_shapes(192, 24, 196), save_vim_training_checkpoint),
     ("vrwkv-tiny", vrwkv_shapes(192, 12, 196), lambda state, path: torch.save({"state_dict": state}, path)),
-], ids=["vim-tiny", "vrwkv-tiny"])
+    ("aum-tiny", aum_shapes(192, 24, 8 * 64), save_aum_checkpoint),
+], ids=["vim-tiny", "vrwkv-tiny", "aum-tiny"])
 def test_real_tiny_checkpoints_import(tmp_path, arch, shapes, save):
     state = random_state(shapes)
     save(state, tmp_path / "official.pth")
@@ -458,6 +549,9 @@ def test_real_tiny_checkpoints_import(tmp_path, arch, shapes, save):
     if arch == "vim-tiny":  # the class token's slot is the middle of the 196 patches: 98
         assert torch.equal(model.cls_pos, state["pos_embed"][:, 98:99])
         assert torch.equal(model.tokenizers.image.pos_embed[:, 98], state["pos_embed"][:, 99])
+    if arch == "aum-tiny":  # 10 s of fbank: the 8x64 grid, the class token's row first
+        assert model.config.audio_grid_size == (8, 64)
+        assert torch.equal(model.cls_pos, state["pos_embed.pos_embed"][:, :1])
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 

@@ -10,12 +10,13 @@ from . import OFFICIAL, default_out_dir, import_checkpoint
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m effviz.convert",
-        description="Import an official ImageNet-1k checkpoint into an effviz model and save it as a "
-                    "bundled model (config.json, model.safetensors, README.md).",
+        description="Import an official checkpoint (ImageNet-1k, or AudioSet for aum-tiny) into an effviz "
+                    "model and save it as a bundled model (config.json, model.safetensors, README.md).",
     )
     parser.add_argument("arch", choices=sorted(OFFICIAL), help="architecture")
-    parser.add_argument("source", help="checkpoint file (.pth/.pt/.bin/.safetensors) or Hugging Face Hub repo id "
-                        f"({'; '.join(f'{a}: {r.repo_id}' for a, r in sorted(OFFICIAL.items()))})")
+    hub_ids = "; ".join(f"{a}: {r.repo_id or 'local file only'}" for a, r in sorted(OFFICIAL.items()))
+    parser.add_argument("source", help=f"checkpoint file (.pth/.pt/.bin/.safetensors) or Hugging Face Hub "
+                        f"repo id ({hub_ids})")
     parser.add_argument("--out", default=None, help="output folder (default: weights/<arch>-official)")
     args = parser.parse_args(argv)
     try:

@@ -3,7 +3,7 @@
 A layout is a list of ``Transfer`` entries, each tying some of our parameters to some official
 tensors with a conversion both ways. Most are plain renames; two are not:
 - the official models keep the class token's position embedding inside one ``pos_embed``
-  (at the class token's slot), where we keep ``cls_pos`` apart from the patch grid's embedding;
+  (at the class token's slot, or first), where we keep ``cls_pos`` apart from the patch grid's;
 - Hugging Face's ViT stores separate query/key/value projections where we have one fused ``qkv``.
 
 Both directions are needed: ``to_ours`` converts a checkpoint, ``to_official`` turns our model's
@@ -41,9 +41,9 @@ def rename(ours: str, official: str) -> Transfer:
     return Transfer((ours,), (official,))
 
 
-def class_position_split(official: str, cls_index: int) -> Transfer:
+def class_position_split(official: str, cls_index: int, tokenizer: str = "image") -> Transfer:
     """One official (1, 1 + N, D) position embedding with the class token's row at ``cls_index``
-    <-> our ``cls_pos`` (1, 1, D) and the patch grid's ``tokenizers.image.pos_embed`` (1, N, D)."""
+    <-> our ``cls_pos`` (1, 1, D) and the patch grid's ``tokenizers.<tokenizer>.pos_embed`` (1, N, D)."""
 
     def to_ours(tensors: Tensors) -> Tensors:
         (pos,) = tensors
@@ -54,7 +54,7 @@ def class_position_split(official: str, cls_index: int) -> Transfer:
         cls_pos, patches = tensors
         return [torch.cat([patches[:, :cls_index], cls_pos, patches[:, cls_index:]], dim=1)]
 
-    return Transfer(("cls_pos", "tokenizers.image.pos_embed"), (official,), to_ours, to_official)
+    return Transfer(("cls_pos", f"tokenizers.{tokenizer}.pos_embed"), (official,), to_ours, to_official)
 
 
 def fused_qkv(ours: str, query: str, key: str, value: str) -> Transfer:
@@ -75,11 +75,34 @@ def vim_transfers(cfg: ModelConfig) -> list[Transfer]:
     """hustvl/Vim (``ckpt["model"]``): ``layers.{i}`` blocks of RMSNorm + bimamba v2 mixer whose
     backward branch is named with a ``_b`` suffix; class token in the middle of the patches
     (slot M // 2 of ``pos_embed``, M = patch count)."""
-    transfers = [
+    return [
         rename("tokenizers.image.proj.weight", "patch_embed.proj.weight"),
         rename("tokenizers.image.proj.bias", "patch_embed.proj.bias"),
         rename("cls_token", "cls_token"),
         class_position_split("pos_embed", _patch_count(cfg) // 2),
+        *_vim_head_and_blocks(cfg),
+    ]
+
+
+def aum_transfers(cfg: ModelConfig) -> list[Transfer]:
+    """kaistmm/Audio-Mamba-AuM, Bi-Bi variant (a raw ``state_dict()``, ``module.`` prefixed when
+    saved from DataParallel): Vim's blocks and names, a 1-channel ``patch_embed.proj`` over the
+    (mel, frames) fbank, and the position embedding in a ``FlexiPosEmbed`` module
+    (``pos_embed.pos_embed``). The class token sits in the middle of the sequence, as in Vim, but
+    its position embedding is row 0: FlexiPosEmbed moves the class token to the front, adds
+    ``pos_embed``, and moves it back."""
+    return [
+        rename("tokenizers.audio.proj.weight", "patch_embed.proj.weight"),
+        rename("tokenizers.audio.proj.bias", "patch_embed.proj.bias"),
+        rename("cls_token", "cls_token"),
+        class_position_split("pos_embed.pos_embed", 0, tokenizer="audio"),
+        *_vim_head_and_blocks(cfg),
+    ]
+
+
+def _vim_head_and_blocks(cfg: ModelConfig) -> list[Transfer]:
+    """What Vim and AuM name alike: final RMSNorm, head, and the bimamba v2 blocks."""
+    transfers = [
         rename("norm_f.weight", "norm_f.weight"),
         rename("head.weight", "head.weight"),
         rename("head.bias", "head.bias"),
@@ -205,6 +228,11 @@ LAYOUTS: dict[str, tuple[Layout, ...]] = {
         Layout("timm VisionTransformer (facebookresearch/deit)", deit_timm_transfers, {"norm_eps": 1e-6}),
     ),
     "vrwkv-tiny": (Layout("OpenGVLab/Vision-RWKV (mmcls)", vrwkv_transfers),),
+    # AuM's AudioSet recipe: fbank normalised with the AudioSet statistics of its scripts
+    # (dataset_mean, dataset_std), clips framed to audio_length 1024 frames; 10.24 s of audio gives
+    # 1022 frames, padded to 1024, i.e. exactly the 8x64 patch grid its position embedding has.
+    "aum-tiny": (Layout("kaistmm/Audio-Mamba-AuM (Bi-Bi)", aum_transfers,
+                        {"fbank_mean": -4.2677393, "fbank_std": 4.5689974, "min_audio_seconds": 10.24}),),
 }
 
 
