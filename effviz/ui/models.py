@@ -17,7 +17,7 @@ from . import reports_bad_input
 
 CARD_COLUMNS = ["model", "task", "mixer", "params", "forward FLOPs", "held-out accuracy", "weights"]
 ARCH_COLUMNS = ["architecture", "mixer", "input", "depth", "width", "params", "official weights",
-                "reported ImageNet-1k top-1", "paper"]
+                "reported result", "paper"]
 
 
 def cards_table() -> pd.DataFrame:
@@ -49,7 +49,7 @@ def architectures_table() -> pd.DataFrame:
         rows.append([
             arch, cfg.mixer + (f" ({cfg.attn_impl})" if cfg.mixer == "attention" else ""),
             " + ".join(cfg.modalities), cfg.depth, cfg.embed_dim, f"{parameter_count(arch) / 1e6:.2f} M",
-            release.repo_id if release else "none published", release.top1 if release else "—",
+            (release.repo_id or "local file only") if release else "none published", release.top1 if release else "—",
             release.paper if release else _paper(cfg.mixer),
         ])
     return pd.DataFrame(rows, columns=ARCH_COLUMNS)
@@ -94,7 +94,7 @@ def build() -> None:
     architectures = gr.Dataframe(headers=ARCH_COLUMNS, interactive=False, wrap=True)
     show.click(architectures_table, None, architectures, api_visibility="private")
 
-    gr.Markdown("### Import an official checkpoint\nLoads the official ImageNet-1k weights into our "
+    gr.Markdown("### Import an official checkpoint\nLoads the official weights into our "
                 "architecture with every key and shape checked, then saves them under `weights/`. "
                 "Needs the Hugging Face Hub (or the file in its local cache), or a local checkpoint path.")
     with gr.Row():
@@ -102,5 +102,5 @@ def build() -> None:
         source = gr.Textbox(OFFICIAL[next(iter(OFFICIAL))].repo_id, label="Hub repo id or local file")
         run = gr.Button("Import")
     result = gr.Markdown()
-    arch.change(lambda a: OFFICIAL[a].repo_id, arch, source, api_visibility="private")
+    arch.change(lambda a: OFFICIAL[a].repo_id or "", arch, source, api_visibility="private")
     run.click(import_official, [arch, source], result, api_name="import_checkpoint", concurrency_limit=1)
