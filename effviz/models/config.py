@@ -27,6 +27,9 @@ class ModelConfig:
     # the patchify (image and audio tokenizers), which our small bundled models use (the same for
     # every mixer): the locality prior lets them learn from small data in a few CPU epochs.
     stem_channels: int = 0
+    # 2: the stem adds a stride-2 3x3 conv to 2*stem_channels (patch_size stays the total stride),
+    # so fewer, richer tokens reach the mixers: what made CIFAR training fit a 2-core CPU.
+    stem_stride: int = 1
     mel_bins: int = 128
     audio_patch_size: int = 16
     audio_grid_size: tuple[int, int] = (8, 64)  # (mel, time) patch grid of the audio position embedding

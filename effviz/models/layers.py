@@ -37,14 +37,25 @@ class PatchTokenizer(nn.Module):
     any resolution that is a multiple of the patch size, and any aspect ratio.
     """
 
-    def __init__(self, in_chans: int, patch_size: int, dim: int, grid: tuple[int, int], stem_channels: int = 0):
+    def __init__(self, in_chans: int, patch_size: int, dim: int, grid: tuple[int, int], stem_channels: int = 0,
+                 stem_stride: int = 1):
         super().__init__()
+        if stem_stride not in (1, 2) or patch_size % stem_stride or (stem_stride == 2 and not stem_channels):
+            raise ValueError(f"stem_stride {stem_stride} needs stem channels and must be 1 or 2 dividing the patch size")
         self.patch_size = patch_size
         self.grid = tuple(grid)
-        self.stem = (
-            nn.Sequential(nn.Conv2d(in_chans, stem_channels, 3, padding=1), nn.GELU()) if stem_channels else None
-        )
-        self.proj = nn.Conv2d(stem_channels or in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.stem = None
+        out_chans = in_chans
+        if stem_channels:
+            layers = [nn.Conv2d(in_chans, stem_channels, 3, padding=1), nn.GELU()]
+            out_chans = stem_channels
+            if stem_stride == 2:  # a second conv that halves the resolution and doubles the channels
+                layers += [nn.Conv2d(stem_channels, 2 * stem_channels, 3, stride=2, padding=1), nn.GELU()]
+                out_chans = 2 * stem_channels
+            self.stem = nn.Sequential(*layers)
+        # patch_size is the total stride from pixels to tokens; the stem has taken stem_stride of it.
+        kernel = patch_size // stem_stride
+        self.proj = nn.Conv2d(out_chans, dim, kernel_size=kernel, stride=kernel)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 

@@ -111,9 +111,14 @@ def _small(cfg: ModelConfig, depth: int) -> ModelConfig:
 
 
 def _cifar(cfg: ModelConfig) -> ModelConfig:
+    """32x32 photos: a 2-conv stem (32 then 64 channels, stride 2) and 4x4 patches of its output,
+    i.e. 4x4 tokens of 8x8 pixels. With 8x8 tokens a Vim training step took ~4 s on one core,
+    and the shared recipe would not fit a session; Vim gets 8 blocks, parameter-matched."""
     cfg = _small(cfg, depth=6)
+    if cfg.channel_mixer is None:
+        cfg.depth = 8
     cfg.num_classes, cfg.labels = 10, CIFAR10_CLASSES
-    cfg.patch_size, cfg.grid_size, cfg.stem_channels = 4, (8, 8), 32
+    cfg.patch_size, cfg.grid_size, cfg.stem_channels, cfg.stem_stride = 8, (4, 4), 32, 2
     cfg.image_size, cfg.image_mean, cfg.image_std = (32, 32), CIFAR_MEAN, CIFAR_STD
     return cfg
 

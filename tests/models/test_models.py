@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from effviz.models import ARCHITECTURES, EffvizModel, create_model
-from effviz.models.layers import TokenLayout
+from effviz.models.registry import BUNDLED_RECIPES
+from effviz.models.layers import PatchTokenizer, TokenLayout
 from effviz.models.mixers import retention as retention_module
 from effviz.models.mixers.retention import MultiScaleRetention
 from effviz.models.mixers.rwkv import SpatialMix, q_shift
@@ -241,3 +242,38 @@ def test_retention_decays_are_retnets():
 def test_retention_heads_must_divide_the_width():
     with pytest.raises(ValueError, match="num_heads"):
         MultiScaleRetention(10, 3)
+
+
+# --- Bundled recipes and the tokenizer stem ------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", list(BUNDLED_RECIPES))
+def test_bundled_recipes_run_at_and_beyond_their_training_size(recipe):
+    cfg = BUNDLED_RECIPES[recipe]()
+    model = EffvizModel(cfg).eval()
+    inputs = {}
+    if "image" in cfg.modalities:
+        h, w = cfg.image_size
+        inputs["image"] = torch.randn(1, cfg.in_chans, h, w)
+    if "audio" in cfg.modalities:
+        inputs["audio"] = torch.randn(1, int(cfg.min_audio_seconds * 100) + 3, cfg.mel_bins)
+    with torch.no_grad():
+        assert model(**inputs).shape == (1, cfg.num_classes)
+        if "image" in cfg.modalities:  # twice the side, another aspect ratio
+            bigger = torch.randn(1, cfg.in_chans, 2 * h, h + cfg.patch_size)
+            assert model(image=bigger).shape == (1, cfg.num_classes)
+
+
+def test_stride_two_stem_gives_one_token_per_patch_size_of_pixels():
+    tokenizer = PatchTokenizer(3, patch_size=8, dim=24, grid=(4, 4), stem_channels=8, stem_stride=2)
+    tokens, grid = tokenizer(torch.randn(2, 3, 32, 48))
+    assert grid == (4, 6) and tokens.shape == (2, 24, 24)
+    assert tokenizer.stem[2].stride == (2, 2) and tokenizer.proj.kernel_size == (4, 4)
+
+
+@pytest.mark.parametrize("kwargs", [dict(stem_channels=0, stem_stride=2), dict(stem_channels=8, stem_stride=3),
+                                    dict(stem_channels=8, stem_stride=2, patch_size=7)])
+def test_impossible_stems_are_refused(kwargs):
+    kwargs = {"patch_size": 8, **kwargs}
+    with pytest.raises(ValueError, match="stem_stride"):
+        PatchTokenizer(3, dim=24, grid=(4, 4), **kwargs)

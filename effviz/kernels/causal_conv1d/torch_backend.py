@@ -1,5 +1,7 @@
-"""Causal depthwise conv1d via ``F.conv1d``: any device, autograd.
+"""Causal depthwise conv1d as K shifted multiply-adds: any device, autograd.
 
+With K=4 taps, K fused multiply-adds (and their elementwise backward) beat ``F.conv1d(groups=D)``,
+whose depthwise backward on CPU cost Vim's training step 2-3x more at CIFAR's 17-65 tokens.
 The causal form pads K-1 zeros on the left. The reverse form pads on the right and flips the
 (D, K) taps instead of flipping the (batch, D, L) sequence twice: flipping the weight is free.
 """
@@ -17,14 +19,18 @@ def causal_conv1d_torch(
     reverse: bool,
 ) -> torch.Tensor:
     """Same contract as ``reference.causal_conv1d_reference``."""
-    dim, taps = weight.shape
+    taps, length = weight.shape[1], x.shape[-1]
     weight = weight.float()
     if reverse:
         padded = F.pad(x.float(), (0, taps - 1))
         weight = weight.flip(-1)
     else:
         padded = F.pad(x.float(), (taps - 1, 0))
-    y = F.conv1d(padded, weight[:, None, :], bias.float() if bias is not None else None, groups=dim)
+    y = weight[:, 0, None] * padded[..., :length]
+    if bias is not None:
+        y = y + bias.float()[:, None]
+    for k in range(1, taps):
+        y = torch.addcmul(y, weight[:, k, None], padded[..., k:k + length])
     if activation == "silu":
         y = F.silu(y)
     return y.to(x.dtype)
