@@ -5,13 +5,7 @@ import base64
 import hashlib
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import wave
 from pathlib import Path
 
@@ -24,69 +18,9 @@ import effviz
 from effviz.models import EffvizModel
 from effviz.models import registry
 
-REPO = Path(__file__).resolve().parents[1]
-STARTUP_TIMEOUT_S = 120
+from .conftest import STARTUP_TIMEOUT_S
 
 pytestmark = pytest.mark.timeout(STARTUP_TIMEOUT_S + 180)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_page(url: str, proc: subprocess.Popen) -> str:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"app.py exited with code {proc.returncode} before serving")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    raise AssertionError(f"app.py did not serve {url} within {STARTUP_TIMEOUT_S} s")
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """The app in a subprocess on a free port: (url, page HTML, process)."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",  # two training runs share this machine
-        # An empty Hub cache: an import of an official checkpoint can only fail, never write weights/.
-        "HF_HOME": str(tmp_path_factory.mktemp("hf-home")),
-    }
-    log_path = tmp_path_factory.mktemp("app") / "app.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            yield url, _wait_for_page(url, proc), proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    print(log_path.read_text(errors="replace")[-3000:])  # shown by pytest only on failure
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    from gradio_client import Client
-
-    url, _, _ = app
-    return Client(url, analytics_enabled=False, verbose=False, download_files=False)
 
 
 def _png(path: Path, size=(64, 48)) -> Path:

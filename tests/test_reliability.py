@@ -23,7 +23,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.test_api import save_card, tiny_recipe
-from tests.test_app import REPO, _free_port, _png, _wait_for_page, _wav
+from tests.conftest import REPO, _free_port, _wait_for_page
+from tests.test_app import _png, _wav
 
 MAX_AUDIO_SECONDS = 2
 MAX_IMAGE_PIXELS = 20_000

@@ -243,26 +243,27 @@ def build() -> None:
         "a waiting sweep shows its place in the queue. Predictions in the other tabs keep running."
     )
     with gr.Row():
-        models = gr.CheckboxGroup(list(ARCHITECTURES) + list(BUNDLED_RECIPES), value=list(spec.models),
+        models = gr.CheckboxGroup(list(ARCHITECTURES) + list(BUNDLED_RECIPES), value=list(spec.models), elem_id="sweep-models",
                                   label="models", info="official tiny architectures, then our bundled recipes")
     with gr.Row():
         axis = gr.Radio(list(sweep.AXES), value=spec.axis, label="axis",
                         info="resolution: image side in px; seconds: audio length; tokens: fused audio + image")
-        values = gr.Textbox(", ".join(f"{v:g}" for v in spec.values), label="values", info="comma separated")
+        values = gr.Textbox(", ".join(f"{v:g}" for v in spec.values), label="values", info="comma separated",
+                            elem_id="sweep-values")
         device = gr.Dropdown(devices(), value=spec.device, label="device")
         dtype = gr.Dropdown(list(sweep.DTYPES), value=spec.dtype, label="dtype")
     with gr.Row():
         batch = gr.Number(spec.batch, precision=0, label="batch", minimum=1, maximum=MAX_BATCH)
         repeats = gr.Number(spec.repeats, precision=0, label="timed repeats", minimum=1, maximum=MAX_REPEATS)
         timeout = gr.Number(spec.timeout_s, label="time limit per run (s)", minimum=1, maximum=MAX_TIMEOUT_S)
-        run = gr.Button("Run sweep", variant="primary")
+        run = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
         stop = gr.Button("Stop", variant="stop")
     status = gr.Markdown()
     with gr.Row():
-        latency_plot = gr.Plot(label="latency")
+        latency_plot = gr.Plot(label="latency", elem_id="sweep-latency")
         memory_plot = gr.Plot(label="peak memory")
     summary = gr.Markdown()
-    table = gr.Dataframe(headers=TABLE_COLUMNS, label="raw points", interactive=False)
+    table = gr.Dataframe(headers=TABLE_COLUMNS, label="raw points", interactive=False, elem_id="sweep-table")
     files = gr.File(label="download the raw points (CSV, JSON)", file_count="multiple", interactive=False)
 
     axis.change(lambda a: SUGGESTED_VALUES[a], axis, values, api_visibility="private")

@@ -61,16 +61,17 @@ def build(examples: Examples) -> None:
     gr.Markdown(limits_line())
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="picture")
+            image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="picture", elem_id="vision-image")
             measure = gr.Checkbox(False, label="also measure peak memory (separate process, a few seconds)")
-            button = gr.Button("Classify", variant="primary")
+            button = gr.Button("Classify", variant="primary", elem_id="vision-classify")
             if examples.photos:
                 gr.Examples(examples.photos, inputs=[image], label="photos from scikit-image")
         with gr.Column(scale=2):
             status = gr.Markdown(NO_MODEL_MESSAGE if not models else "")
             with gr.Row():
-                labels = [gr.Label(num_top_classes=TOP_K, label=model_id, min_width=200) for model_id in models]
-            table = gr.Dataframe(headers=RESULT_COLUMNS, label="per model", interactive=False)
+                labels = [gr.Label(num_top_classes=TOP_K, label=model_id, min_width=200, elem_classes="vision-label")
+                          for model_id in models]
+            table = gr.Dataframe(headers=RESULT_COLUMNS, label="per model", interactive=False, elem_id="vision-table")
             gr.Markdown(MEASUREMENT_NOTE)
 
     def on_classify(image: Any, measure_memory: bool):

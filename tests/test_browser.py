@@ -1,0 +1,104 @@
+"""A person's path through the launched app, in headless Chromium: upload a picture, get labels
+from every image model, run a small sweep in the Scaling lab and see its plot.
+
+Uses Debian's ``chromium`` (installed by ``.ci/run``) through Playwright's ``executable_path``;
+Playwright's own browser download is not used. Screenshots go to ``$EFFVIZ_SCREENSHOT_DIR``
+(default ``test-artifacts/browser/``): the README's screenshots come from this test.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from effviz import api
+
+from .conftest import REPO, STARTUP_TIMEOUT_S
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = Path(os.environ.get("EFFVIZ_SCREENSHOT_DIR") or REPO / "test-artifacts" / "browser")
+UI_TIMEOUT_MS = 120_000
+
+if CHROMIUM is None and os.environ.get("CI"):
+    raise RuntimeError("CI must install Debian's chromium for the browser test (see .ci/run)")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium"),
+    pytest.mark.timeout(STARTUP_TIMEOUT_S + 400),
+]
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    from playwright.sync_api import sync_playwright
+
+    url, _, _ = app
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+            tab.set_default_timeout(UI_TIMEOUT_MS)
+            tab.goto(url)
+            yield tab
+        finally:
+            browser.close()
+
+
+def _wait_for_text(page, selector: str, text: str) -> None:
+    """Until the element's rendered text contains ``text`` (Gradio's tables keep hidden copies of
+    their cells, so visibility of one cell says nothing)."""
+    page.wait_for_function(
+        "([selector, text]) => (document.querySelector(selector)?.innerText || '').includes(text)",
+        arg=[selector, text], timeout=UI_TIMEOUT_MS,
+    )
+
+
+def _photo(path: Path) -> Path:
+    """A 96x64 picture: a warm blob on a blue background (any picture works; labels are checked
+    against the models' label sets, not for being right)."""
+    y, x = np.mgrid[0:64, 0:96]
+    pixels = np.zeros((64, 96, 3), np.uint8)
+    pixels[..., 2] = 200
+    blob = (x - 48) ** 2 + (y - 32) ** 2 < 300
+    pixels[blob] = (220, 120, 40)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_upload_a_picture_and_get_labels_from_every_image_model(page, tmp_path):
+    page.locator("#vision-image input[type=file]").set_input_files(str(_photo(tmp_path / "blob.png")))
+    page.locator("#vision-image img").first.wait_for()  # the upload is shown before we classify
+    page.locator("#vision-classify").click()
+    models = api.list_models("image")
+    if not models:
+        page.get_by_text("No bundled model for this task yet").first.wait_for()
+        return
+    for model_id in models:
+        _wait_for_text(page, "#vision-table", model_id)
+    labels = page.locator(".vision-label")
+    assert labels.count() == len(models)
+    for i, model_id in enumerate(models):
+        known = set(api.load_model(model_id).config.labels)
+        shown = labels.nth(i).inner_text()
+        assert any(label in shown for label in known), f"{model_id} shows no label of its own: {shown!r}"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "vision.png"), full_page=True)
+
+
+def test_run_a_small_sweep_and_see_the_plot(page):
+    page.get_by_role("tab", name="Scaling lab").click()
+    values = page.locator("#sweep-values textarea")
+    values.fill("32, 64")
+    page.locator("#sweep-run").click()
+    # Both models at both sizes: four rows in the raw-points table, and curves in the plot.
+    _wait_for_text(page, "body", "Done: 4 points.")
+    for model_id in ("vim-tiny", "deit-tiny"):
+        _wait_for_text(page, "#sweep-table", model_id)
+    assert page.locator("#sweep-table").inner_text().count("64 px") == 2
+    plot = page.locator("#sweep-latency .js-plotly-plot")
+    plot.wait_for()
+    assert page.locator("#sweep-latency .scatterlayer .trace").count() >= 2  # one curve per model
+    assert "ok" in page.locator("#sweep-table").inner_text()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "scaling-lab.png"), full_page=True)
