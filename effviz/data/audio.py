@@ -57,6 +57,13 @@ def read_audio(data: bytes | str | Path, max_seconds: float | None = None) -> tu
     except soundfile.SoundFileError as err:
         formats = ", ".join(sorted(soundfile.available_formats()))
         reason = getattr(err, "error_string", err)  # libsndfile's words, without the BytesIO repr
+        container = _sniff_container(data)
+        if container is not None:
+            raise ValueError(
+                f"cannot read the audio: this looks like {container}, and this machine's libsndfile "
+                f"({soundfile.__libsndfile_version__}) has no decoder for it ({reason}). Convert it to "
+                f"WAV, FLAC or OGG. Readable formats: {formats}"
+            ) from err
         raise ValueError(
             f"cannot read the audio: not a sound file in a format this machine reads ({reason}). "
             f"Readable formats: {formats}"
@@ -64,6 +71,18 @@ def read_audio(data: bytes | str | Path, max_seconds: float | None = None) -> tu
     if samples.shape[0] == 0:
         raise ValueError("cannot read the audio: the file contains no samples")
     return samples, sample_rate
+
+
+def _sniff_container(data: bytes) -> str | None:
+    """Name the compressed format of ``data`` from its first bytes, for formats libsndfile may
+    lack (MP3 needs libsndfile >= 1.1 built with mpg123; AAC and WebM it never reads)."""
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06):
+        return "an MP3 file"
+    if data[4:8] == b"ftyp":
+        return "an MP4/M4A (AAC) file"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "a WebM/Matroska file"
+    return None
 
 
 def prepare_waveform(audio: np.ndarray, sample_rate: int, target_rate: int, max_seconds: float) -> torch.Tensor:

@@ -77,6 +77,38 @@ def test_read_audio_non_audio_named_wav_lists_readable_formats(tmp_path):
     assert "WAV" in str(info.value) and "FLAC" in str(info.value) and "OGG" in str(info.value)
 
 
+@pytest.mark.skipif("MP3" not in soundfile.available_formats(), reason="this libsndfile has no MP3 codec")
+def test_read_audio_decodes_mp3_where_libsndfile_can():
+    samples = tone(0.5, 16000)
+    decoded, rate = read_audio(encode(samples, 16000, "MP3"))
+    assert rate == 16000 and decoded.ndim == 1
+    assert decoded.shape[0] == pytest.approx(samples.shape[0], rel=0.1)  # MP3 adds encoder padding
+
+
+class _NoDecoder:
+    """What libsndfile without an MP3 codec does with MP3 bytes."""
+
+    def __init__(self, *args, **kwargs):
+        raise soundfile.SoundFileError("Format not recognised.")
+
+
+def test_mp3_without_a_decoder_says_so_and_how_to_fix_it(monkeypatch):
+    mp3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(400)
+    monkeypatch.setattr(soundfile, "SoundFile", _NoDecoder)
+    monkeypatch.setattr(soundfile, "available_formats", lambda: {"WAV": "", "FLAC": "", "OGG": ""})
+    with pytest.raises(ValueError, match="looks like an MP3 file.*no decoder.*Convert it to WAV, FLAC or OGG"):
+        read_audio(mp3)
+    frame_sync_only = b"\xff\xfb\x90\x64" + bytes(400)  # an MP3 without an ID3 tag
+    with pytest.raises(ValueError, match="MP3"):
+        read_audio(frame_sync_only)
+
+
+@pytest.mark.parametrize("head, name", [(b"\x00\x00\x00\x20ftypM4A ", "MP4/M4A"), (b"\x1a\x45\xdf\xa3", "WebM")])
+def test_containers_libsndfile_never_reads_are_named(head, name):
+    with pytest.raises(ValueError, match=f"looks like an? {name}"):
+        read_audio(head + bytes(600))
+
+
 def test_read_audio_zero_samples():
     with pytest.raises(ValueError, match="no samples"):
         read_audio(encode(np.zeros(0, dtype=np.float32), RATE, "WAV"))
