@@ -52,7 +52,7 @@ class Recipe:
 
 
 RECIPES = {
-    "image": Recipe(epochs=6, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
+    "image": Recipe(epochs=8, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
     "audio": Recipe(epochs=30, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=2, label_smoothing=0.1),
     "audio-visual": Recipe(epochs=10, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
 }
