@@ -66,6 +66,25 @@ _CONFIG_SUMMARY = {
     "audio": ("sample_rate", "mel_bins", "audio_patch_size", "min_audio_seconds"),
 }
 
+
+
+def prediction_device() -> torch.device:
+    """Where predictions run: ``$EFFVIZ_DEVICE`` (``cpu``, ``cuda``, ``cuda:1`` ...) when set, else
+    the GPU when there is one (the kernels then use Triton), else the CPU."""
+    name = os.environ.get("EFFVIZ_DEVICE", "").strip()
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"EFFVIZ_DEVICE={name!r} is not a device name (try cpu or cuda)") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"EFFVIZ_DEVICE={name!r}: effviz runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"EFFVIZ_DEVICE={name!r} but this machine has no usable CUDA GPU")
+    return device
+
+
 _models: dict[Path, EffvizModel] = {}
 _load_locks: dict[Path, threading.Lock] = {}
 _cache_lock = threading.Lock()  # guards the two dicts above, never held while loading
@@ -90,7 +109,8 @@ def list_models(task: str | None = None) -> list[str]:
 
 
 def load_model(model_id: str) -> EffvizModel:
-    """The model saved under ``weights/<model_id>/``, in eval mode, loaded once and cached.
+    """The model saved under ``weights/<model_id>/``, in eval mode on ``prediction_device()``,
+    loaded once and cached.
 
     Raises ValueError for an invalid or unknown id, and for weights whose sha256 does not match
     the recorded one (or has none recorded).
@@ -103,7 +123,7 @@ def load_model(model_id: str) -> EffvizModel:
     with load_lock:  # callers of other models are not held up while this one loads
         if folder not in _models:  # another caller may have loaded it while this one waited
             _verify_weights(folder)
-            model = EffvizModel.from_pretrained(str(folder), strict=True).eval()
+            model = EffvizModel.from_pretrained(str(folder), strict=True).eval().to(prediction_device())
             with _cache_lock:
                 _models[folder] = model
     return _models[folder]
@@ -141,8 +161,9 @@ def predict(
         inputs["image"] = _image_input(image, cfg)
     if audio is not None:
         inputs["audio"] = _audio_input(audio, sample_rate, cfg)
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        probabilities = model(**inputs)[0].float().softmax(-1)
+        probabilities = model(**{k: v.to(device) for k, v in inputs.items()})[0].float().softmax(-1).cpu()
     labels = cfg.labels or [f"class {i}" for i in range(cfg.num_classes)]
     order = probabilities.argsort(descending=True)[:top_k].tolist()
     return {labels[i]: float(probabilities[i]) for i in order}

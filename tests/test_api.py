@@ -372,3 +372,27 @@ def test_every_real_bundled_model_predicts_on_an_example(monkeypatch):
             inputs.update(audio=tone(1.0, 16000), sample_rate=16000)
         labels = cfg.labels or [f"class {i}" for i in range(cfg.num_classes)]
         assert_distribution(effviz.predict(model_id, **inputs), labels)
+
+
+def test_prediction_device_follows_the_machine_and_the_environment(monkeypatch):
+    monkeypatch.delenv("EFFVIZ_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert api.prediction_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert api.prediction_device() == torch.device("cuda")  # a GPU, when present, is used
+    monkeypatch.setenv("EFFVIZ_DEVICE", "cpu")
+    assert api.prediction_device() == torch.device("cpu")  # ...unless the deployment says otherwise
+
+
+@pytest.mark.parametrize("name, message", [("tpu", "not a device name|runs on cpu or cuda"), ("meta", "runs on cpu or cuda")])
+def test_unusable_prediction_devices_are_clear_errors(monkeypatch, name, message):
+    monkeypatch.setenv("EFFVIZ_DEVICE", name)
+    with pytest.raises(ValueError, match=message):
+        api.prediction_device()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("EFFVIZ_DEVICE", "cuda")
+    with pytest.raises(ValueError, match="no usable CUDA GPU"):
+        api.prediction_device()

@@ -47,7 +47,7 @@ def triton_inputs_ok(backend, dtype, length, dim):
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("shape", [(1, 3, 1, 4), (2, 5, 7, 16), (1, 4, 33, 8), (3, 2, 300, 16), (1, 1, 129, 3)])
+@pytest.mark.parametrize("shape", [(1, 3, 1, 4), (2, 5, 7, 16), (1, 4, 33, 8), (3, 2, 300, 16), (1, 1, 129, 3), (2, 19, 40, 16)])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("extras", [False, True])
 def test_matches_reference_fp32(backend, shape, reverse, extras):
