@@ -133,6 +133,25 @@ def test_cli_sweep_end_to_end_on_the_tokens_axis_writes_parseable_json(tmp_path)
     assert "| av-mamba-digits | 40 tokens | 41 |" in proc.stdout  # the table
     assert "[2/2] av-transformer-digits" in proc.stderr  # progress
 
+    # The same sweep drawn as the Scaling lab's two plots in an offline page.
+    html = tmp_path / "sweep.html"
+    drawn = subprocess.run([sys.executable, "-m", "effviz.bench", "figure", str(out), "--html", str(html)],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert drawn.returncode == 0, drawn.stderr
+    page = html.read_text()
+    assert page.count("median latency (ms) vs tokens") == 1 and page.count("peak memory (MiB) vs tokens") == 1
+    assert "av-mamba-digits" in page and "device: cpu" in page
+    # plotly.js embedded, nothing fetched: the page draws offline.
+    assert 'src="http' not in page and len(page) > 1_000_000
+
+
+def test_cli_figure_of_a_file_that_is_not_a_sweep_is_a_clear_error(tmp_path):
+    bad = tmp_path / "not-a-sweep.json"
+    bad.write_text('{"points": 3}')
+    proc = subprocess.run([sys.executable, "-m", "effviz.bench", "figure", str(bad), "--html", str(tmp_path / "x.html")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "cannot draw" in proc.stderr
+
 
 # ---- no child processes ----------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """Command line: ``python -m effviz.bench kernels [--ops ...] [--lengths ...] [--json PATH]`` and
-``python -m effviz.bench sweep --models vim-tiny,deit-tiny --axis resolution --values 224,448``.
+``python -m effviz.bench sweep --models vim-tiny,deit-tiny --axis resolution --values 224,448``
+and ``python -m effviz.bench figure SWEEP.json --html OUT.html`` (the Scaling lab's plots of a
+saved sweep).
 
 Tables go to stdout as Markdown (ready to paste into the README); progress goes to stderr.
 """
@@ -96,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fit-range", type=_number_range, metavar="LOW,HIGH",
                    help="also fit exponents over the points with LOW <= x <= HIGH (axis units)")
     s.add_argument("--json", type=Path, metavar="PATH", help="also write every point and the summary to this JSON file")
+    f = commands.add_parser(
+        "figure",
+        help="draw a sweep saved with --json as the Scaling lab's plots, in an offline HTML page",
+    )
+    f.add_argument("sweep_json", type=Path, help="file written by `sweep --json`")
+    f.add_argument("--html", type=Path, required=True, metavar="PATH", help="HTML page to write")
     return parser
 
 
@@ -145,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "sweep":
         return _sweep_main(args, parser)
+    if args.command == "figure":
+        from .figure import write_html
+
+        try:
+            write_html(args.sweep_json, args.html)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            parser.error(f"cannot draw {args.sweep_json}: {err}")
+        return 0
     import torch
 
     from .kernels import DTYPES, format_report, run_bench

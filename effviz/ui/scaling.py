@@ -14,10 +14,9 @@ from typing import Any, Iterator, Sequence
 
 import gradio as gr
 import pandas as pd
-import plotly.colors
-import plotly.graph_objects as go
 
 from ..bench import sweep
+from ..bench.figure import scaling_figure
 from ..bench.fit import Crossover
 from ..models.registry import ARCHITECTURES, BUNDLED_RECIPES
 from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
@@ -28,8 +27,6 @@ MAX_MODELS, MAX_VALUES, MAX_BATCH, MAX_REPEATS, MAX_TIMEOUT_S = 8, 12, 64, 20, 6
 # quadratic term of attention does, within a few minutes on a 2-core CPU.
 SUGGESTED_VALUES = {"resolution": "64, 128, 192, 256, 384", "seconds": "1, 2, 4, 8", "tokens": "64, 128, 256, 512"}
 TABLE_COLUMNS = ["model", "x", "tokens", "input", "latency ms", "peak MiB", "status", "reason"]
-METRICS = {"latency": ("latency_ms", "median latency (ms)"), "memory": ("peak_mem_mib", "peak memory (MiB)")}
-FAILED_SYMBOLS = {"oom": "x", "timeout": "hourglass", "skipped": "circle-open", "error": "diamond-x"}
 
 # Stop events of the sweeps running now, by Gradio session: Stop ends its own session's sweep only.
 _stops: dict[str | None, threading.Event] = {}
@@ -147,69 +144,6 @@ def summary_markdown(summary: dict[str, Any], unit: str) -> str:
 
 def _exponent(value: float | None) -> str:
     return "—" if value is None else f"N^{value:.2f}"
-
-
-def scaling_figure(points: Sequence[sweep.PointResult], metric: str, summary: dict[str, Any], unit: str) -> go.Figure:
-    """Log-log cost against token count per model, O(N) and O(N²) guides through the smallest
-    measured point, markers at the top edge for points with no value (out of memory, timed out,
-    skipped, failed), and dotted lines at the crossovers."""
-    field, title = METRICS[metric]
-    fig = go.Figure()
-    measured = [p for p in points if (getattr(p, field) or 0) > 0]
-    top = max((getattr(p, field) for p in measured), default=1.0) * 2
-    exponents = {f["model"]: f[f"{metric}_exponent"] for f in summary["fits"]}
-    palette = plotly.colors.qualitative.Plotly
-    models = list(dict.fromkeys(p.model for p in points))
-    for i, model in enumerate(models):
-        colour = palette[i % len(palette)]
-        ok = sorted((p for p in measured if p.model == model), key=lambda p: p.tokens)
-        exponent = exponents.get(model)
-        fig.add_trace(go.Scatter(
-            x=[p.tokens for p in ok], y=[getattr(p, field) for p in ok], mode="lines+markers",
-            name=model + ("" if exponent is None else f" (N^{exponent:.2f})"), legendgroup=model,
-            line=dict(color=colour), customdata=[f"{p.x:g} {unit}: {p.inputs}" for p in ok],
-            hovertemplate="%{customdata}<br>%{x} tokens: %{y:.3g}<extra>" + model + "</extra>",
-        ))
-        failed = [p for p in points if p.model == model and getattr(p, field) is None and p.status != "ok"]
-        if failed:
-            fig.add_trace(go.Scatter(
-                x=[p.tokens for p in failed], y=[top] * len(failed), mode="markers+text",
-                marker=dict(color=colour, size=12, symbol=[FAILED_SYMBOLS.get(p.status, "x") for p in failed]),
-                text=[p.status for p in failed], textposition="bottom center", legendgroup=model,
-                name=f"{model}: no value", showlegend=False, customdata=[p.reason for p in failed],
-                hovertemplate="%{x} tokens: %{text}<br>%{customdata}<extra>" + model + "</extra>",
-            ))
-    _add_guides(fig, measured, field)
-    bottom = min((getattr(p, field) for p in measured), default=0.5) / 2
-    for c in summary["crossovers"]:
-        found = Crossover(**c[metric])
-        if found.kind == "crossover" and found.tokens:
-            # A trace rather than add_vline: plotly places a shape's annotation wrongly on log axes.
-            label = f"{c['efficient']} < {c['baseline']}" + ("" if found.exact else " (by here)")
-            fig.add_trace(go.Scatter(
-                x=[found.tokens, found.tokens], y=[bottom, top], mode="lines+text", text=["", label],
-                textposition="bottom right", line=dict(color="black", dash="dot", width=1),
-                name=f"crossover: {label}", hovertemplate=f"crossover at ~%{{x:.0f}} tokens<extra>{label}</extra>",
-            ))
-    fig.update_xaxes(type="log", title_text="tokens N")
-    fig.update_yaxes(type="log", title_text=title)
-    fig.update_layout(title=f"{title} vs tokens", height=420, margin=dict(t=50), legend=dict(orientation="h", y=-0.2))
-    return fig
-
-
-def _add_guides(fig: go.Figure, measured: Sequence[sweep.PointResult], field: str) -> None:
-    """Dashed O(N) and O(N²) lines from the cheapest smallest point across the measured range."""
-    if len({p.tokens for p in measured}) < 2:
-        return
-    n0 = min(p.tokens for p in measured)
-    n1 = max(p.tokens for p in measured)
-    y0 = min(getattr(p, field) for p in measured if p.tokens == n0)
-    steps = [n0 * (n1 / n0) ** (i / 20) for i in range(21)]
-    for power, name in ((1, "O(N)"), (2, "O(N²)")):
-        fig.add_trace(go.Scatter(
-            x=steps, y=[y0 * (n / n0) ** power for n in steps], mode="lines", name=name,
-            line=dict(color="grey", dash="dash" if power == 1 else "dot", width=1), hoverinfo="skip",
-        ))
 
 
 def _write_files(spec: sweep.SweepSpec, environment: dict, points: Sequence[sweep.PointResult],
