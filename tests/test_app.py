@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from PIL import Image
 
@@ -78,6 +79,56 @@ def test_damaged_image_gets_our_message_not_a_generic_error(client, tmp_path):
     damaged.write_bytes(_png(tmp_path / "whole.png").read_bytes()[:60])
     with pytest.raises(AppError, match="truncated or corrupt"):
         client.predict(handle_file(str(damaged)), False, api_name="/classify_image")
+
+
+def _bad_image(kind: str, path: Path) -> Path:
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text named .png":
+        path.write_text("not a picture\n" * 50)
+    elif kind == "decompression bomb":  # 30000 x 30000 pixels in a few KB
+        Image.new("1", (30000, 30000)).save(path, optimize=True)
+    return path
+
+
+def _bad_sound(kind: str, path: Path) -> Path:
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text named .wav":
+        path.write_text("not a sound\n" * 50)
+    elif kind == "1 Hz rate":
+        _wav(path, seconds=20, rate=1)  # 20 samples
+    elif kind == "3 hours":  # 3 h of silence: a 270 KB FLAC, refused from its header
+        path = path.with_suffix(".flac")
+        with soundfile.SoundFile(path, "w", 8000, 1, format="FLAC") as f:
+            for _ in range(18):
+                f.write(np.zeros(8000 * 600, dtype=np.int16))
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "empty"), ("text named .png", "not an image"), ("decompression bomb", "pixels"),
+])
+def test_bad_pictures_get_our_message_and_the_app_stays_up(app, client, tmp_path, kind, message):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(_bad_image(kind, tmp_path / "bad.png"))), False, api_name="/classify_image")
+    assert app[2].poll() is None
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "empty"), ("text named .wav", "not a sound file"), ("1 Hz rate", "1 Hz is outside the supported"),
+    ("3 hours", "10800.0 s long; the limit is"),
+])
+def test_bad_sounds_get_our_message_and_the_app_stays_up(app, client, tmp_path, kind, message):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(_bad_sound(kind, tmp_path / "bad.wav"))), False, api_name="/classify_audio")
+    assert app[2].poll() is None
 
 
 def test_classify_audio_shows_the_spectrogram(client, tmp_path):
