@@ -91,10 +91,13 @@ def write_html(sweep_json: Path, out: Path) -> None:
     figures = [scaling_figure(points, metric, record["summary"], unit) for metric in METRICS]
     for fig in figures:
         fig.update_layout(width=680)
-    caption = ", ".join(f"{k}: {v}" for k, v in env.items() if not isinstance(v, (dict, list)))
+    caption = ", ".join(f"{k}: {v:.0f}" if isinstance(v, float) else f"{k}: {v}"
+                        for k, v in env.items() if not isinstance(v, (dict, list)))
     body = "".join(
-        f'<div style="display:inline-block">{fig.to_html(full_html=False, include_plotlyjs=i == 0)}</div>'
+        '<div style="display:inline-block">'
+        + fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displayModeBar": False}) + "</div>"
         for i, fig in enumerate(figures)
     )
-    out.write_text(f"<!doctype html><html><body style='margin:0;font-family:sans-serif'>{body}"
+    out.write_text("<!doctype html><html><head><meta charset='utf-8'></head>"
+                   f"<body style='margin:0;font-family:sans-serif'>{body}"
                    f"<p style='font-size:12px;margin:4px 12px'>{caption}</p></body></html>\n")
