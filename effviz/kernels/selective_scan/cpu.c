@@ -40,8 +40,10 @@ static inline void scan_row(const scan_job *job, int64_t row, const int64_t N) {
 
 static void *scan_rows(void *arg) {
     const scan_job *job = arg;
+    // A constant N=16 (Mamba's and Vim's d_state) lets gcc keep the state in two registers.
     for (int64_t row = job->row_begin; row < job->row_end; row++) {
-        scan_row(job, row, job->N);
+        if (job->N == 16) scan_row(job, row, 16);
+        else scan_row(job, row, job->N);
     }
     return 0;
 }
@@ -77,7 +79,7 @@ void selective_scan_fwd(const float *u, const float *delta, const float *A, cons
 // Backward. Threads own disjoint channel ranges (all batch rows of a channel), so dA needs no
 // locking; dB and dC sum over channels, so each thread accumulates into its own (batch, L, N)
 // buffer and the caller adds the buffers up. Each row first replays the forward pass, keeping
-// its L x N states in a per-thread scratch buffer, then walks back in time.
+// its L x N states and decays in a per-thread scratch buffer, then walks back in time.
 #include <stdlib.h>
 
 typedef struct {
@@ -88,15 +90,16 @@ typedef struct {
 } scan_bwd_job;
 
 // One backward time step over the N states. Separate, with restrict pointers, so gcc can prove
-// the arrays do not overlap and vectorise the loop (including expf).
-static inline void scan_bwd_step(const int64_t N, const float *restrict A, const float *restrict Bt,
+// the arrays do not overlap and vectorise the loop. ``at`` holds exp(dt*A), kept by the replay.
+static inline void scan_bwd_step(const int64_t N, const float *restrict A, const float *restrict at,
+                                 const float *restrict Bt,
                                  const float *restrict Ct, const float *restrict ht,
                                  const float *restrict hp, float *restrict dBt, float *restrict dCt,
                                  float *restrict g, float *restrict dA_acc, const float dt,
                                  const float ut, const float dyt, float *d_delta, float *gB_sum) {
     float dd = 0.0f, gb = 0.0f;
     for (int64_t n = 0; n < N; n++) {
-        const float a = expf(dt * A[n]);
+        const float a = at[n];
         const float gn = g[n] + dyt * Ct[n];  // dL/dh_t
         const float ga = gn * hp[n] * a;      // dL/d(dt*A) for this n
         dCt[n] += dyt * ht[n];
@@ -115,15 +118,18 @@ static inline void scan_bwd_row(const scan_bwd_job *job, int64_t b, int64_t d, c
     const float *u = job->u + row * L, *delta = job->delta + row * L, *dy = job->dy + row * L;
     const float *A = job->A + d * N, *B = job->B + b * L * N, *C = job->C + b * L * N;
     float *du = job->du + row * L, *ddelta = job->ddelta + row * L, *dA = job->dA + d * N;
-    float *dB = job->dB + b * L * N, *dC = job->dC + b * L * N, *H = job->scratch;
+    // Scratch: the L x N states, then the L x N decays exp(dt*A) (one expf per element, not two).
+    float *dB = job->dB + b * L * N, *dC = job->dC + b * L * N, *H = job->scratch, *E = H + L * N;
     float h[N], g[N], dA_acc[N], zero[N];
     for (int64_t n = 0; n < N; n++) { h[n] = 0.0f; dA_acc[n] = 0.0f; zero[n] = 0.0f; }
     for (int64_t i = 0; i < L; i++) {
         const int64_t t = job->reverse ? L - 1 - i : i;
         const float dt = delta[t], dtu = dt * u[t];
         for (int64_t n = 0; n < N; n++) {
-            h[n] = expf(dt * A[n]) * h[n] + dtu * B[t * N + n];
+            const float a = expf(dt * A[n]);
+            h[n] = a * h[n] + dtu * B[t * N + n];
             H[i * N + n] = h[n];
+            E[i * N + n] = a;
         }
     }
     for (int64_t n = 0; n < N; n++) g[n] = job->dlast ? job->dlast[row * N + n] : 0.0f;
@@ -132,7 +138,7 @@ static inline void scan_bwd_row(const scan_bwd_job *job, int64_t b, int64_t d, c
         const float dt = delta[t], ut = u[t], dyt = dy[t];
         const float *Bt = B + t * N, *Ct = C + t * N, *ht = H + i * N, *hp = i > 0 ? H + (i - 1) * N : zero;
         float d_delta, gB_sum;
-        scan_bwd_step(N, A, Bt, Ct, ht, hp, dB + t * N, dC + t * N, g, dA_acc, dt, ut, dyt, &d_delta, &gB_sum);
+        scan_bwd_step(N, A, E + i * N, Bt, Ct, ht, hp, dB + t * N, dC + t * N, g, dA_acc, dt, ut, dyt, &d_delta, &gB_sum);
         du[t] = gB_sum * dt;
         ddelta[t] = d_delta + gB_sum * ut;
     }
@@ -143,7 +149,10 @@ static void *scan_bwd_rows(void *arg) {
     const scan_bwd_job *job = arg;
     // Batch outer: consecutive rows share B[b], C[b], dB[b], dC[b], which then stay in cache.
     for (int64_t b = 0; b < job->batch; b++)
-        for (int64_t d = job->d_begin; d < job->d_end; d++) scan_bwd_row(job, b, d, job->N);
+        for (int64_t d = job->d_begin; d < job->d_end; d++) {
+            if (job->N == 16) scan_bwd_row(job, b, d, 16);  // constant N: see scan_rows
+            else scan_bwd_row(job, b, d, job->N);
+        }
     return 0;
 }
 
@@ -161,7 +170,7 @@ int selective_scan_bwd(const float *u, const float *delta, const float *A, const
     pthread_t threads[MAX_THREADS];
     int started[MAX_THREADS] = {0}, status = 0;
     for (int i = 0; i < nthreads; i++) {
-        float *scratch = malloc(sizeof(float) * L * N);
+        float *scratch = malloc(sizeof(float) * 2 * L * N);
         if (!scratch) status = -1;
         jobs[i] = (scan_bwd_job){u, delta, A, B, C, dy, dlast, du, ddelta, dA,
                                  dB_parts + i * batch * L * N, dC_parts + i * batch * L * N, scratch,
