@@ -54,8 +54,12 @@ class Recipe:
 RECIPES = {
     "image": Recipe(epochs=8, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
     "audio": Recipe(epochs=30, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=2, label_smoothing=0.1),
-    "audio-visual": Recipe(epochs=10, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
+    "audio-visual": Recipe(epochs=4, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
 }
+# Audio-visual models start from the bundled speech model with the same mixer: same blocks, audio
+# tokenizer and digit head, so only the image tokenizer and the modality embeddings start fresh.
+# Speech is the slow modality to learn on a CPU (30 epochs alone); images then come in a few.
+WARM_START = {"av-mamba-digits": "aum-fsdd", "av-transformer-digits": "ast-fsdd"}
 VAL_SPEAKER = "theo"  # FSDD speaker held out from training: validation is speaker-independent
 
 
@@ -268,6 +272,7 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
     random.seed(recipe.seed)
     task = TASKS[task_name](cfg, data, recipe.seed)
     model = EffvizModel(cfg)
+    warm_start(model, model_id)  # a resumed run then overwrites it with its checkpoint
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos_embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
@@ -337,12 +342,31 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
         "threads": torch.get_num_threads(),
         "recipe": asdict(recipe),
         "data": task.data_note,
+        "initialised_from": WARM_START.get(model_id),
         "metrics": {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds")},
         "history": history,
         "weights": "trained by effviz.train on this project's machines",
     }
     save_bundled(model, card, out_dir or WEIGHTS_DIR / model_id)
     return card
+
+
+def warm_start(model: EffvizModel, model_id: str) -> None:
+    """Load the weights of ``WARM_START[model_id]`` (from weights/) into every matching parameter.
+    Refuses a source with a parameter the model lacks or shapes that differ: the architectures
+    must agree everywhere but in what the multimodal model adds."""
+    source = WARM_START.get(model_id)
+    if source is None:
+        return
+    from .api import load_model
+
+    state = load_model(source).state_dict()
+    own = model.state_dict()
+    foreign = [k for k in state if k not in own or own[k].shape != state[k].shape]
+    if foreign:
+        raise ValueError(f"cannot start {model_id} from {source}: no matching parameter for {foreign}")
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    log.info("%s starts from %s; new parameters: %s", model_id, source, ", ".join(missing))
 
 
 def _train_size(task) -> int:
@@ -366,6 +390,8 @@ def render_card(card: dict) -> str:
     m = card["metrics"]
     metric_lines = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items())
     r = card["recipe"]
+    source = card.get("initialised_from")
+    warm = f"\n| initialised from | `weights/{source}` (trained by the same script), then trained on the data above |" if source else ""
     return f"""# {card['model_id']}
 
 Bundled effviz model ({card['task']}, **{card['mixer']}** token mixer), trained from scratch by
@@ -376,7 +402,7 @@ Bundled effviz model ({card['task']}, **{card['mixer']}** token mixer), trained 
 | parameters | {card['params']:,} |
 | forward FLOPs (one input at training size; matmuls+convs) | {card['forward_flops'] / 1e6:.1f} M |
 | training time | {card['train_seconds'] / 60:.1f} min on {card['threads']} CPU threads |
-| data | {card['data']} |
+| data | {card['data']} |{warm}
 | recipe | {r['epochs']} epochs, AdamW lr {r['lr']} wd {r['weight_decay']}, batch {r['batch_size']}, warmup {r['warmup_epochs']} epochs + cosine, label smoothing {r['label_smoothing']}, seed {r['seed']} |
 
 ## Held-out accuracy (last epoch)

@@ -56,7 +56,7 @@ def no_children(monkeypatch):
 
 def test_tiny_sweep_gives_well_formed_records(spawned):
     # The tokens axis runs end to end in the CLI test below.
-    cases = [("deit-cifar", "resolution", 16), ("aum-fsdd", "seconds", 0.32)]
+    cases = [("deit-cifar", "resolution", 32), ("aum-fsdd", "seconds", 0.32)]
     for model, axis, x in cases:
         points = list(run_sweep(tiny_spec([model], axis, [x])))
         assert len(points) == 1
@@ -66,8 +66,8 @@ def test_tiny_sweep_gives_well_formed_records(spawned):
         assert p.tokens == plan_input(model, axis, x).tokens
         assert p.latency_ms > 0 and p.peak_mem_mib >= 0
         assert set(p.to_dict()) >= {"model", "axis", "x", "tokens", "latency_ms", "peak_mem_mib", "status", "reason"}
-    # deit-cifar: 4x4 patches of a 16 px image + class token; aum-fsdd: 32 frames = 8 mel x 2 time patches + cls
-    assert plan_input("deit-cifar", "resolution", 16).tokens == 17
+    # deit-cifar: 4x4 tokens of 8 px from a 32 px image + class token; aum-fsdd: 32 frames = 8 mel x 2 time patches + cls
+    assert plan_input("deit-cifar", "resolution", 32).tokens == 17
     assert plan_input("aum-fsdd", "seconds", 0.32).tokens == 17
     assert len(spawned) == 2 * len(cases)  # a latency child and a memory child per point
     assert all(proc.poll() is not None for proc in spawned)

@@ -247,14 +247,14 @@ def estimate_memory_mib(model_id: str, axis: str, x: float, batch: int = 1, dtyp
     total += ACTIVATION_VALUES[cfg.mixer] * batch * length * cfg.embed_dim * 4
     if cfg.mixer == "attention" and cfg.attn_impl == "eager":
         total += EAGER_SCORE_COPIES * batch * cfg.num_heads * length**2 * item
-    # Stem: conv + GELU at full resolution; a stride-2 stem adds 2x the channels at 1/4 of the cells.
+    # Image stem: conv + GELU at full resolution; a stride-2 stem adds 2x the channels at 1/4 of the pixels.
     stem = 2 * cfg.stem_channels + (cfg.stem_channels if cfg.stem_stride == 2 else 0)
     if point.image_side is not None:
         pixels = batch * point.image_side**2
         total += pixels * (cfg.in_chans + stem) * item  # input, stem
     if point.audio_frames is not None:
         cells = batch * point.audio_frames * cfg.mel_bins
-        total += cells * (2 + stem) * item  # fbank, its transpose, stem
+        total += cells * 2 * item  # fbank and its transpose
     return total / MIB
 
 

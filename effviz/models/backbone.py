@@ -47,8 +47,7 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
             self.tokenizers["image"] = PatchTokenizer(cfg.in_chans, cfg.patch_size, dim, cfg.grid_size, cfg.stem_channels,
                                                       cfg.stem_stride)
         if "audio" in cfg.modalities:
-            self.tokenizers["audio"] = PatchTokenizer(1, cfg.audio_patch_size, dim, cfg.audio_grid_size,
-                                                      cfg.stem_channels, cfg.stem_stride)
+            self.tokenizers["audio"] = PatchTokenizer(1, cfg.audio_patch_size, dim, cfg.audio_grid_size)
         self.modality_embed = (
             nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, dim)) for m in cfg.modalities})
             if cfg.modality_embed else None

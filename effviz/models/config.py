@@ -24,8 +24,9 @@ class ModelConfig:
     patch_size: int = 16
     grid_size: tuple[int, int] = (14, 14)  # image patch grid the position embedding was trained at
     # 0: one conv patchify, as in the papers. >0: a 3x3 conv with this many channels + GELU before
-    # the patchify (image and audio tokenizers), which our small bundled models use (the same for
-    # every mixer): the locality prior lets them learn from small data in a few CPU epochs.
+    # the image patchify, which our small bundled image models use (the same for every mixer): the
+    # locality prior lets them learn from small data in a few CPU epochs. Audio tokenizers have no
+    # stem: on 16x16 fbank patches it would make the patchify stem_channels times costlier.
     stem_channels: int = 0
     # 2: the stem adds a stride-2 3x3 conv to 2*stem_channels (patch_size stays the total stride),
     # so fewer, richer tokens reach the mixers: what made CIFAR training fit a 2-core CPU.
