@@ -1,0 +1,105 @@
+"""effviz.train end to end on a tiny spoken-digit zip made here (tones, two speakers), with tiny
+models: checkpoints, resume, the saved bundle and its card; and the audio-visual warm start."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from effviz import train
+from effviz.models import EffvizModel, registry
+from effviz.train import Recipe
+
+TINY = dict(embed_dim=24, depth=1)
+RECIPES = dict(registry.BUNDLED_RECIPES)  # before any test swaps an entry for a tiny one
+
+
+def tiny(recipe_id: str, **overrides) -> registry.ModelConfig:
+    cfg = RECIPES[recipe_id]()
+    for name, value in {**TINY, **overrides}.items():
+        setattr(cfg, name, value)
+    return cfg
+
+
+def tiny_fsdd(path: Path) -> Path:
+    """Digits 0-9 from the held-out speaker and one training speaker, 2 takes each: 0.3 s tones
+    whose pitch encodes the digit."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for digit in range(10):
+            for speaker in (train.VAL_SPEAKER, "jackson"):
+                for take in range(2):
+                    t = np.arange(2400) / 8000
+                    tone = (0.3 * np.sin(2 * np.pi * (300 + 150 * digit) * t)).astype(np.float32)
+                    buffer = io.BytesIO()
+                    soundfile.write(buffer, tone, 8000, format="WAV")
+                    archive.writestr(f"recordings/{digit}_{speaker}_{take}.wav", buffer.getvalue())
+    return path
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.BUNDLED_RECIPES, "aum-fsdd", lambda: tiny("aum-fsdd"))
+    monkeypatch.setitem(train.RECIPES, "audio", Recipe(epochs=2, batch_size=8, lr=1e-3, weight_decay=0.05,
+                                                       warmup_epochs=1, label_smoothing=0.1))
+    monkeypatch.setattr(train, "RUNS_DIR", tmp_path / "runs")
+    return {"fsdd": str(tiny_fsdd(tmp_path / "fsdd.zip"))}, tmp_path / "weights" / "aum-fsdd"
+
+
+def test_training_saves_a_strictly_loadable_model_with_an_honest_card(tiny_setup):
+    data, out = tiny_setup
+    card = train.train("aum-fsdd", data, out_dir=out)
+    assert [h["epoch"] for h in card["history"]] == [1, 2]
+    assert 0.0 <= card["metrics"]["val"] <= 1.0 and card["metrics"]["val"] == card["history"][-1]["val"]
+    assert "all 20 clips of speaker 'theo' held out" in card["data"]
+    assert card["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert json.loads((out / "card.json").read_text())["sha256"] == card["sha256"]
+    assert f"sha256 of model.safetensors: `{card['sha256']}`" in (out / "README.md").read_text()
+    model = EffvizModel.from_pretrained(str(out), strict=True)
+    assert model.config == tiny("aum-fsdd")
+    checkpoint = torch.load(out.parents[1] / "runs" / "aum-fsdd" / "last.pt", weights_only=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(checkpoint["model"][name], value), name
+
+
+def test_resume_continues_from_the_last_epoch(tiny_setup):
+    data, out = tiny_setup
+    first = train.train("aum-fsdd", data, out_dir=out)
+    resumed = train.train("aum-fsdd", data, epochs=3, resume=True, out_dir=out)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"][:2] == first["history"]  # not retrained
+
+
+def _save(folder: Path, cfg) -> EffvizModel:
+    torch.manual_seed(1)
+    model = EffvizModel(cfg)
+    model.save_pretrained(folder)
+    sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "card.json").write_text(json.dumps({"sha256": sha}))
+    return model
+
+
+def test_audio_visual_model_starts_from_the_speech_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    speech = _save(tmp_path / "aum-fsdd", tiny("aum-fsdd")).state_dict()
+    torch.manual_seed(2)
+    av = EffvizModel(tiny("av-mamba-digits"))
+    fresh_image_proj = av.tokenizers["image"].proj.weight.clone()
+    train.warm_start(av, "av-mamba-digits")
+    own = av.state_dict()
+    for name, value in speech.items():
+        assert torch.equal(own[name], value), name
+    assert torch.equal(av.tokenizers["image"].proj.weight, fresh_image_proj)  # images start fresh
+
+
+def test_warm_start_refuses_a_speech_model_of_another_shape(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    _save(tmp_path / "aum-fsdd", tiny("aum-fsdd", embed_dim=32))
+    with pytest.raises(ValueError, match="cannot start av-mamba-digits from aum-fsdd"):
+        train.warm_start(EffvizModel(tiny("av-mamba-digits")), "av-mamba-digits")
