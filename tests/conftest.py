@@ -1,4 +1,5 @@
 """Test-wide settings, and the launched app shared by the app, browser and load tests."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -7,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -60,22 +62,27 @@ def app(tmp_path_factory):
         # An empty Hub cache: an import of an official checkpoint can only fail, never write weights/.
         "HF_HOME": str(tmp_path_factory.mktemp("hf-home")),
     }
-    log_path = tmp_path_factory.mktemp("app") / "app.log"
+    with launched_app(env, tmp_path_factory.mktemp("app") / "app.log") as (url, page, proc):
+        yield url, page, proc
+
+
+@contextlib.contextmanager
+def launched_app(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """``python app.py`` with ``env`` (which names the port) until the block ends: (url, page HTML,
+    process). The app's log is printed afterwards; pytest shows it when a test failed."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            url = f"http://127.0.0.1:{port}/"
+            url = f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/"
             yield url, _wait_for_page(url, proc), proc
         finally:
             proc.terminate()
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    print(log_path.read_text(errors="replace")[-3000:])  # shown by pytest only on failure
+    print(log_path.read_text(errors="replace")[-3000:])
 
 
 @pytest.fixture(scope="module")

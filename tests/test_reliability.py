@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.test_api import save_card, tiny_recipe
-from tests.conftest import REPO, _free_port, _wait_for_page
+from tests.conftest import REPO, _free_port, launched_app
 from tests.test_app import _png, _wav
 
 MAX_AUDIO_SECONDS = 2
@@ -145,21 +145,8 @@ def app(tmp_path_factory):
     # What keeps the app offline must be the app's own doing, not the test's environment.
     for name in ("HF_HUB_OFFLINE", "GRADIO_ANALYTICS_ENABLED", "TRITON_INTERPRET"):
         env.pop(name, None)
-    log_path = tmp / "app.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            _wait_for_page(url, proc)
-            yield url, proc, network_log
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    print(log_path.read_text(errors="replace")[-3000:])  # shown by pytest only on failure
+    with launched_app(env, tmp / "app.log") as (url, _, proc):
+        yield url, proc, network_log
 
 
 @pytest.fixture(scope="module")
