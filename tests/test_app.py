@@ -5,6 +5,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import time
 import wave
 from pathlib import Path
@@ -187,6 +188,35 @@ def test_sweep_streams_points_and_stops(client):
     # Intermediate updates grow one point at a time.
     sizes = [len(update[4]["data"]) for update in updates[:-1]]
     assert sizes == sorted(sizes) and sizes[0] == 0
+
+
+def test_a_second_sweep_waits_in_the_queue_with_its_place_shown(app):
+    """Sweeps measure the machine, so they run one at a time: a second user's sweep is queued
+    (Gradio reports its rank to that user's page and client) until the first one ends."""
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    first_user, second_user = (Client(app[0], analytics_enabled=False, verbose=False, download_files=False)
+                               for _ in range(2))
+    first = first_user.submit(api_name="/sweep")
+    deadline = time.monotonic() + 60
+    running = (Status.PROCESSING, Status.ITERATING)
+    while first.status().code not in running:
+        assert time.monotonic() < deadline, f"the first sweep did not start: {first.status()}"
+        time.sleep(0.2)
+    second = second_user.submit(api_name="/sweep")
+    while (status := second.status()).code != Status.IN_QUEUE or status.rank is None:
+        assert time.monotonic() < deadline, f"the second sweep was never queued: {status}"
+        time.sleep(0.2)
+    assert status.rank >= 0 and not first.done()
+    first_user.predict(api_name="/stop_sweep")
+    assert "Stopped after" in first.result(timeout=60)[0]
+    # Now the second one runs; its user stops it too.
+    while second.status().code not in running and not second.done():
+        assert time.monotonic() < deadline + 60, f"the queued sweep never started: {second.status()}"
+        time.sleep(0.2)
+    second_user.predict(api_name="/stop_sweep")
+    assert re.search(r"Stopped after|Done:", second.result(timeout=90)[0])
 
 
 def test_kernels_benchmark_returns_plot_and_report(client):
