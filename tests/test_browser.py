@@ -9,7 +9,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -55,19 +54,16 @@ def _wait_for_text(page, selector: str, text: str) -> None:
 
 
 def _photo(path: Path) -> Path:
-    """A 96x64 picture: a warm blob on a blue background (any picture works; labels are checked
-    against the models' label sets, not for being right)."""
-    y, x = np.mgrid[0:64, 0:96]
-    pixels = np.zeros((64, 96, 3), np.uint8)
-    pixels[..., 2] = 200
-    blob = (x - 48) ** 2 + (y - 32) ** 2 < 300
-    pixels[blob] = (220, 120, 40)
-    Image.fromarray(pixels).save(path)
+    """scikit-image's bundled cat photo (offline; labels are checked against each model's label
+    set, not for being right)."""
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).save(path)
     return path
 
 
 def test_upload_a_picture_and_get_labels_from_every_image_model(page, tmp_path):
-    page.locator("#vision-image input[type=file]").set_input_files(str(_photo(tmp_path / "blob.png")))
+    page.locator("#vision-image input[type=file]").set_input_files(str(_photo(tmp_path / "cat.png")))
     page.locator("#vision-image img").first.wait_for()  # the upload is shown before we classify
     page.locator("#vision-classify").click()
     models = api.list_models("image")
