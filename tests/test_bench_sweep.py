@@ -277,3 +277,10 @@ def test_out_of_memory_is_told_apart_from_other_failures():
     assert sweep._outcome_from_death(-9, "", "memory").status == "oom"
     crashed = sweep._outcome_from_death(1, "Traceback ...\nImportError: boom", "latency")
     assert crashed.status == "error" and "ImportError: boom" in crashed.reason
+
+
+def test_ast_base_overlapping_patches_and_two_prefix_tokens_are_counted():
+    # 10.24 s = 1024 frames: 12 x 101 patches of 16 every 10, plus class and distillation tokens.
+    point = plan_input("ast-base", "seconds", 10.24)
+    assert (point.audio_frames, point.tokens) == (1016, 12 * 101 + 2)
+    assert plan_input("ast-tiny", "seconds", 10.24).tokens == 8 * 64 + 1  # no overlap: AST-Ti as AuM

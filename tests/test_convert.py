@@ -35,6 +35,8 @@ DIM, DEPTH, GRID = 48, 2, 4  # small: 48 channels split into 3 heads and 4 Q-shi
 CLASSES = 1000  # the imported models carry the 1000 ImageNet labels
 AUDIOSET_CLASSES = 527
 AUDIO_GRID = (3, 5)  # (mel, time) patches of the small AuM: an odd count, so "middle" is 15 // 2 = 7
+# The small AST: 36 mel bins -> (36 - 16) // 10 + 1 = 3 overlapping patch rows; 46 frames -> 4 columns.
+AST_MEL_BINS, AST_FRAMES, AST_GRID = 36, 46, (3, 4)
 
 
 @pytest.fixture
@@ -47,6 +49,9 @@ def small_archs(monkeypatch):
     make_aum = registry.ARCHITECTURES["aum-tiny"]
     monkeypatch.setitem(registry.ARCHITECTURES, "aum-tiny", lambda: dataclasses.replace(
         make_aum(), embed_dim=DIM, depth=DEPTH, mel_bins=16 * AUDIO_GRID[0], audio_grid_size=AUDIO_GRID))
+    make_ast = registry.ARCHITECTURES["ast-base"]
+    monkeypatch.setitem(registry.ARCHITECTURES, "ast-base", lambda: dataclasses.replace(
+        make_ast(), embed_dim=DIM, depth=DEPTH, num_heads=3, mel_bins=AST_MEL_BINS, audio_grid_size=AST_GRID))
 
 
 def image(batch: int = 2, grid: int = GRID) -> torch.Tensor:
@@ -117,6 +122,26 @@ def deit_timm_shapes(dim: int, depth: int, patches: int) -> dict[str, tuple[int,
                    f"{b}.mlp.fc1.weight": (4 * dim, dim), f"{b}.mlp.fc1.bias": (4 * dim,),
                    f"{b}.mlp.fc2.weight": (dim, 4 * dim), f"{b}.mlp.fc2.bias": (dim,)}
     return shapes | {"norm.weight": (dim,), "norm.bias": (dim,), "head.weight": (CLASSES, dim), "head.bias": (CLASSES,)}
+
+
+def ast_shapes(dim: int, depth: int, patches: int) -> dict[str, tuple[int, ...]]:
+    """transformers' ASTForAudioClassification: HF ViT layers, class + distillation tokens, a
+    1-channel 16x16 patch projection (stride 10 is not in the weights), classifier LayerNorm + dense."""
+    model, emb = "audio_spectrogram_transformer", "audio_spectrogram_transformer.embeddings"
+    shapes = {f"{emb}.cls_token": (1, 1, dim), f"{emb}.distillation_token": (1, 1, dim),
+              f"{emb}.position_embeddings": (1, patches + 2, dim),
+              f"{emb}.patch_embeddings.projection.weight": (dim, 1, 16, 16),
+              f"{emb}.patch_embeddings.projection.bias": (dim,)}
+    for i in range(depth):
+        layer = f"{model}.encoder.layer.{i}"
+        for name, shape in (("attention.attention.query", (dim, dim)), ("attention.attention.key", (dim, dim)),
+                            ("attention.attention.value", (dim, dim)), ("attention.output.dense", (dim, dim)),
+                            ("intermediate.dense", (4 * dim, dim)), ("output.dense", (dim, 4 * dim)),
+                            ("layernorm_before", (dim,)), ("layernorm_after", (dim,))):
+            shapes |= {f"{layer}.{name}.weight": shape, f"{layer}.{name}.bias": (shape[0],)}
+    return shapes | {f"{model}.layernorm.weight": (dim,), f"{model}.layernorm.bias": (dim,),
+                     "classifier.layernorm.weight": (dim,), "classifier.layernorm.bias": (dim,),
+                     "classifier.dense.weight": (AUDIOSET_CLASSES, dim), "classifier.dense.bias": (AUDIOSET_CLASSES,)}
 
 
 def deit_timm_to_hf(timm: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
@@ -241,6 +266,33 @@ def deit_reference(sd, x, depth, heads, eps):
     return F.linear(layer_norm(sd, "norm", x, eps)[:, 0], sd["head.weight"], sd["head.bias"])
 
 
+def ast_reference(sd, fbank, depth, heads, eps=1e-12):
+    """transformers' ASTForAudioClassification on (batch, frames, mel): the fbank as a
+    (batch, 1, mel, frames) image, 16x16 patches every 10 bins/frames, [cls, dist, patches] +
+    position embeddings, ViT layers, final LayerNorm, mean of the two prefix tokens, LayerNorm, dense."""
+    model, emb = "audio_spectrogram_transformer", "audio_spectrogram_transformer.embeddings"
+    x = F.conv2d(fbank.transpose(1, 2).unsqueeze(1), sd[f"{emb}.patch_embeddings.projection.weight"],
+                 sd[f"{emb}.patch_embeddings.projection.bias"], stride=10).flatten(2).transpose(1, 2)
+    batch = x.shape[0]
+    x = torch.cat([sd[f"{emb}.cls_token"].expand(batch, -1, -1), sd[f"{emb}.distillation_token"].expand(batch, -1, -1),
+                   x], dim=1) + sd[f"{emb}.position_embeddings"]
+    length, dim = x.shape[1:]
+    for i in range(depth):
+        layer = f"{model}.encoder.layer.{i}"
+        h = layer_norm(sd, f"{layer}.layernorm_before", x, eps)
+        q, k, v = (F.linear(h, sd[f"{layer}.attention.attention.{n}.weight"], sd[f"{layer}.attention.attention.{n}.bias"])
+                   .reshape(batch, length, heads, dim // heads).transpose(1, 2) for n in ("query", "key", "value"))
+        attn = ((q @ k.transpose(-1, -2)) / math.sqrt(dim // heads)).softmax(-1) @ v
+        attn = attn.transpose(1, 2).reshape(batch, length, dim)
+        x = x + F.linear(attn, sd[f"{layer}.attention.output.dense.weight"], sd[f"{layer}.attention.output.dense.bias"])
+        h = layer_norm(sd, f"{layer}.layernorm_after", x, eps)
+        h = F.gelu(F.linear(h, sd[f"{layer}.intermediate.dense.weight"], sd[f"{layer}.intermediate.dense.bias"]))
+        x = x + F.linear(h, sd[f"{layer}.output.dense.weight"], sd[f"{layer}.output.dense.bias"])
+    x = layer_norm(sd, f"{model}.layernorm", x, eps)
+    pooled = layer_norm(sd, "classifier.layernorm", (x[:, 0] + x[:, 1]) / 2, eps)
+    return F.linear(pooled, sd["classifier.dense.weight"], sd["classifier.dense.bias"])
+
+
 def q_shift_official(x, h, w):
     """Vision-RWKV's q_shift on (batch, C, H, W): quarters take the left/right/upper/lower patch."""
     batch, n, c = x.shape
@@ -312,7 +364,7 @@ def saved_model(out_dir: Path) -> tuple[ModelConfig, EffvizModel]:
 # --- imports at small size, against the official forward ----------------------------------------
 
 def test_every_importable_architecture_has_a_layout_and_a_release():
-    assert set(OFFICIAL) == set(LAYOUTS) == {"vim-tiny", "vrwkv-tiny", "deit-tiny", "aum-tiny"}
+    assert set(OFFICIAL) == set(LAYOUTS) == {"vim-tiny", "vrwkv-tiny", "deit-tiny", "aum-tiny", "ast-base"}
 
 
 def save_vim_training_checkpoint(state, path):
@@ -376,6 +428,33 @@ def test_aum_import_matches_official_forward(small_archs, tmp_path):
 def test_aum_from_a_hub_repo_id_says_the_weights_are_not_on_the_hub():
     with pytest.raises(FileNotFoundError, match="aum-tiny weights are not on the Hugging Face Hub.*Google Drive"):
         import_checkpoint("aum-tiny", "kaistmm/Audio-Mamba-AuM")
+
+
+def test_ast_import_matches_official_forward(small_archs, tmp_path):
+    emb = "audio_spectrogram_transformer.embeddings"
+    state = random_state(ast_shapes(DIM, DEPTH, AST_GRID[0] * AST_GRID[1]))
+    save_file(state, tmp_path / "model.safetensors")
+    model = import_checkpoint("ast-base", tmp_path / "model.safetensors", tmp_path / "out")
+
+    assert torch.equal(model.cls_pos, state[f"{emb}.position_embeddings"][:, :1])
+    assert torch.equal(model.dist_pos, state[f"{emb}.position_embeddings"][:, 1:2])
+    assert torch.equal(model.tokenizers.audio.pos_embed, state[f"{emb}.position_embeddings"][:, 2:])
+    assert torch.equal(model.dist_token, state[f"{emb}.distillation_token"])
+    fbank = torch.randn(2, AST_FRAMES, AST_MEL_BINS, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got = model(audio=fbank)
+        expected = ast_reference({k: v.double() for k, v in state.items()}, fbank.double(), depth=DEPTH, heads=3)
+    assert got.shape == (2, AUDIOSET_CLASSES)
+    torch.testing.assert_close(got, expected.float(), **FP32_TOL)
+
+    cfg, reloaded = saved_model(tmp_path / "out")
+    assert (cfg.audio_patch_stride, cfg.dist_token, cfg.head_norm, cfg.norm_eps) == (10, True, True, 1e-12)
+    assert (cfg.fbank_mean, cfg.fbank_std, cfg.min_audio_seconds) == (-4.2677393, 4.5689974, 10.24)
+    assert cfg.labels[0] == "Speech" and len(cfg.labels) == AUDIOSET_CLASSES
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "MIT/ast-finetuned-audioset-10-10-0.4593" in card and "silence" in card
 
 
 @pytest.mark.parametrize("layout", ["huggingface", "timm"])
@@ -501,7 +580,7 @@ def test_unreadable_or_missing_files_are_clear_errors(tmp_path):
         import_checkpoint("vim-tiny", tmp_path / "junk.pth", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
         import_checkpoint("vim-tiny", tmp_path / "absent.pth", tmp_path / "out")
-    with pytest.raises(ValueError, match="choose one of vim-tiny, vrwkv-tiny, deit-tiny, aum-tiny"):
+    with pytest.raises(ValueError, match="choose one of vim-tiny, vrwkv-tiny, deit-tiny, aum-tiny, ast-base"):
         import_checkpoint("vim-small", tmp_path / "junk.pth")
 
 
@@ -540,7 +619,8 @@ def test_hub_unreachable_fails_fast_with_a_clear_message(empty_hub_cache, monkey
     ("vim-tiny", vim_shapes(192, 24, 196), save_vim_training_checkpoint),
     ("vrwkv-tiny", vrwkv_shapes(192, 12, 196), lambda state, path: torch.save({"state_dict": state}, path)),
     ("aum-tiny", aum_shapes(192, 24, 8 * 64), save_aum_checkpoint),
-], ids=["vim-tiny", "vrwkv-tiny", "aum-tiny"])
+    ("ast-base", ast_shapes(768, 12, 12 * 101), lambda state, path: torch.save(state, path)),  # pytorch_model.bin
+], ids=["vim-tiny", "vrwkv-tiny", "aum-tiny", "ast-base"])
 def test_real_tiny_checkpoints_import(tmp_path, arch, shapes, save):
     state = random_state(shapes)
     save(state, tmp_path / "official.pth")
@@ -552,6 +632,8 @@ def test_real_tiny_checkpoints_import(tmp_path, arch, shapes, save):
     if arch == "aum-tiny":  # 10 s of fbank: the 8x64 grid, the class token's row first
         assert model.config.audio_grid_size == (8, 64)
         assert torch.equal(model.cls_pos, state["pos_embed.pos_embed"][:, :1])
+    if arch == "ast-base":  # 1024 frames, 16x16 patches every 10: the 12x101 grid of the HF release
+        assert model.config.audio_grid_size == (12, 101)
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 

@@ -119,30 +119,36 @@ def plan_input(model_id: str, axis: str, x: float) -> PointInput:
             f"model {model_id!r} takes {' and '.join(cfg.modalities)} input, but the {axis} axis needs "
             f"a model that takes {' and '.join(needed)} (e.g. {example})"
         )
-    cls = 0 if cfg.cls_token is None else 1
+    prefix = (0 if cfg.cls_token is None else 1) + int(cfg.dist_token)  # class (and distillation) token
     patch, audio_patch = cfg.patch_size, cfg.audio_patch_size
-    mel_rows = cfg.mel_bins // audio_patch
+    stride = cfg.audio_patch_stride or audio_patch  # AST's audio patches overlap
+    mel_rows = (cfg.mel_bins - audio_patch) // stride + 1
+
+    def frames_for(time_patches: int) -> int:
+        return (time_patches - 1) * stride + audio_patch
+
     if axis == "resolution":
         side = int(x) // patch * patch
         if side == 0:
             raise ValueError(f"{model_id}: resolution {x:g} px is smaller than one {patch} px patch")
-        return PointInput(side, None, (side // patch) ** 2 + cls)
+        return PointInput(side, None, (side // patch) ** 2 + prefix)
     if axis == "seconds":
-        time_patches = round(x * FRAMES_PER_SECOND) // audio_patch
-        if time_patches == 0:
+        frames = round(x * FRAMES_PER_SECOND)
+        if frames < audio_patch:
             raise ValueError(
                 f"{model_id}: {x:g} s of audio is shorter than one {audio_patch}-frame patch "
                 f"({audio_patch / FRAMES_PER_SECOND:g} s)"
             )
-        return PointInput(None, time_patches * audio_patch, mel_rows * time_patches + cls)
-    smallest = 1 + mel_rows + cls
+        time_patches = (frames - audio_patch) // stride + 1
+        return PointInput(None, frames_for(time_patches), mel_rows * time_patches + prefix)
+    smallest = 1 + mel_rows + prefix
     if round(x) < smallest:
         raise ValueError(f"{model_id}: {x:g} tokens is fewer than one image and one audio patch ({smallest})")
     # Half the tokens from a square image grid, the rest from audio time steps of mel_rows tokens.
-    target = round(x) - cls
+    target = round(x) - prefix
     grid = max(1, round(math.sqrt(target / 2)))
     time_patches = max(1, round((target - grid**2) / mel_rows))
-    return PointInput(grid * patch, time_patches * audio_patch, grid**2 + mel_rows * time_patches + cls)
+    return PointInput(grid * patch, frames_for(time_patches), grid**2 + mel_rows * time_patches + prefix)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""Import the official checkpoints of Vim-Ti, VRWKV-T, DeiT-Ti and Audio Mamba into effviz models.
+"""Import the official checkpoints of Vim-Ti, VRWKV-T, DeiT-Ti, Audio Mamba and AST into effviz models.
 
 ``import_checkpoint("vim-tiny", "vim_t_midclstok_76p1acc.pth")`` (or a Hub repo id instead of a
 file) loads the official weights safely, maps every tensor onto our backbone with its key and shape
-checked (``keymaps.py``), gives the model its class labels (ImageNet-1k, or AudioSet for AuM), and
+checked (``keymaps.py``), gives the model its class labels (ImageNet-1k, or AudioSet for AuM and AST), and
 saves it as a bundled model (config.json + model.safetensors + README.md card) under
 ``weights/<arch>-official/``.
 CLI: ``python -m effviz.convert ARCH SOURCE [--out DIR]``.
@@ -40,6 +40,7 @@ class OfficialRelease:
     licence: str
     dataset: str = "ImageNet-1k"  # what the head classifies (a key of LABEL_FILES)
     availability: str = ""  # how to get the weights where they are not on the Hub
+    note: str = ""  # where our use of the weights differs from the official code, for the card
 
 
 OFFICIAL: dict[str, OfficialRelease] = {
@@ -68,6 +69,14 @@ OFFICIAL: dict[str, OfficialRelease] = {
         availability="not on the Hugging Face Hub: the authors share AuM-B and AuM-S checkpoints through "
                      "Google Drive links in their README (none at the tiny size), and their training code "
                      "saves `best_audio_model.pth`",
+    ),
+    "ast-base": OfficialRelease(
+        "MIT/ast-finetuned-audioset-10-10-0.4593", ("model.safetensors", "pytorch_model.bin"),
+        "Audio Spectrogram Transformer AST-Base (AudioSet, patch stride 10)", "Gong et al., Interspeech 2021, arXiv:2104.01778",
+        "https://github.com/YuanGongND/ast", "0.4593 mAP on AudioSet", "bsd-3-clause", dataset="AudioSet",
+        note="clips shorter than 10.24 s are padded with silence before the fbank, where AST's feature "
+             "extractor pads the fbank with zero frames, and longer clips are not cut (the position "
+             "embedding is resampled), so predictions on such clips can differ from the original code's",
     ),
 }
 
@@ -108,7 +117,7 @@ def resolve_source(arch: str, source: str | os.PathLike) -> ResolvedSource:
 def import_checkpoint(arch: str, source: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> EffvizModel:
     """Load an official ``arch`` checkpoint into our model, save it to ``out_dir`` and return it.
 
-    arch: "vim-tiny", "vrwkv-tiny", "deit-tiny" or "aum-tiny".
+    arch: "vim-tiny", "vrwkv-tiny", "deit-tiny", "aum-tiny" or "ast-base".
     source: a local .pth/.pt/.bin/.safetensors file, or a Hugging Face Hub repo id (e.g.
         "hustvl/Vim-tiny-midclstok"); offline, a repo id only works if the file is cached.
         aum-tiny has no Hub release: a local file only.
@@ -171,6 +180,7 @@ def model_card(arch: str, layout: Layout, resolved: ResolvedSource) -> str:
                else f"{weights}, trained with the official code,")
     metric = "top-1" if release.dataset == "ImageNet-1k" else "result"
     label_source = json.loads(LABEL_FILES[release.dataset].read_text(encoding="utf-8"))["source"]
+    note = f"\n- Differences from the official code: {release.note}" if release.note else ""
     return f"""---
 library_name: effviz
 license: {release.licence}
@@ -191,7 +201,7 @@ with its name and shape checked; none was missing or left over.
 - {release.dataset} {metric} reported by the authors: {release.top1} (not re-measured here)
 - Labels: {label_source}
 - Licence: {release.licence}, as declared for the official release; check the source before
-  redistributing these weights.
+  redistributing these weights.{note}
 
 Re-create: `python -m effviz.convert {arch} {reconvert}`
 """

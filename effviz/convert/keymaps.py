@@ -4,7 +4,8 @@ A layout is a list of ``Transfer`` entries, each tying some of our parameters to
 tensors with a conversion both ways. Most are plain renames; two are not:
 - the official models keep the class token's position embedding inside one ``pos_embed``
   (at the class token's slot, or first), where we keep ``cls_pos`` apart from the patch grid's;
-- Hugging Face's ViT stores separate query/key/value projections where we have one fused ``qkv``.
+- Hugging Face's ViT (and AST) store separate query/key/value projections where we have one fused
+  ``qkv``.
 
 Both directions are needed: ``to_ours`` converts a checkpoint, ``to_official`` turns our model's
 tensors into the shapes the checkpoint must have, so every key and shape is checked (and reported
@@ -137,15 +138,46 @@ def deit_hf_transfers(cfg: ModelConfig) -> list[Transfer]:
     """Hugging Face ``ViTForImageClassification`` (facebook/deit-tiny-patch16-224): class token
     first, separate q/k/v projections, final ``vit.layernorm``, ``classifier`` head."""
     emb = "vit.embeddings"
-    transfers = [
+    return [
         *_weight_bias("tokenizers.image.proj", f"{emb}.patch_embeddings.projection"),
         rename("cls_token", f"{emb}.cls_token"),
         class_position_split(f"{emb}.position_embeddings", 0),
         *_weight_bias("norm_f", "vit.layernorm"),
         *_weight_bias("head", "classifier"),
+        *_hf_vit_blocks(cfg, "vit.encoder.layer"),
     ]
+
+
+def ast_transfers(cfg: ModelConfig) -> list[Transfer]:
+    """Hugging Face ``ASTForAudioClassification`` (MIT/ast-finetuned-audioset-10-10-0.4593): HF's
+    ViT blocks, class and distillation tokens whose position embeddings are rows 0 and 1, final
+    ``layernorm``, and a ``classifier`` of its own LayerNorm + dense."""
+    model, emb = "audio_spectrogram_transformer", "audio_spectrogram_transformer.embeddings"
+
+    def split(tensors: Tensors) -> Tensors:
+        (pos,) = tensors
+        return [pos[:, :1], pos[:, 1:2], pos[:, 2:]]
+
+    def join(tensors: Tensors) -> Tensors:
+        return [torch.cat(tensors, dim=1)]
+
+    return [
+        *_weight_bias("tokenizers.audio.proj", f"{emb}.patch_embeddings.projection"),
+        rename("cls_token", f"{emb}.cls_token"),
+        rename("dist_token", f"{emb}.distillation_token"),
+        Transfer(("cls_pos", "dist_pos", "tokenizers.audio.pos_embed"), (f"{emb}.position_embeddings",), split, join),
+        *_weight_bias("norm_f", f"{model}.layernorm"),
+        *_weight_bias("head_norm", "classifier.layernorm"),
+        *_weight_bias("head", "classifier.dense"),
+        *_hf_vit_blocks(cfg, f"{model}.encoder.layer"),
+    ]
+
+
+def _hf_vit_blocks(cfg: ModelConfig, prefix: str) -> list[Transfer]:
+    """transformers' ViT layers (``{prefix}.{i}``): pre-norm attention with separate q/k/v, MLP."""
+    transfers = []
     for i in range(cfg.depth):
-        ours, official = f"blocks.{i}", f"vit.encoder.layer.{i}"
+        ours, official = f"blocks.{i}", f"{prefix}.{i}"
         attn = f"{official}.attention.attention"
         transfers += [
             *_weight_bias(f"{ours}.norm1", f"{official}.layernorm_before"),
@@ -232,6 +264,10 @@ LAYOUTS: dict[str, tuple[Layout, ...]] = {
     # (dataset_mean, dataset_std), clips framed to audio_length 1024 frames; 10.24 s of audio gives
     # 1022 frames, padded to 1024, i.e. exactly the 8x64 patch grid its position embedding has.
     "aum-tiny": (Layout("kaistmm/Audio-Mamba-AuM (Bi-Bi)", aum_transfers,
+                        {"fbank_mean": -4.2677393, "fbank_std": 4.5689974, "min_audio_seconds": 10.24}),),
+    # AST's feature extractor: the same AudioSet statistics, clips framed to 1024 frames (10.24 s).
+    # It pads short clips with zero fbank frames; we pad the waveform with silence (see the card).
+    "ast-base": (Layout("Hugging Face ASTForAudioClassification", ast_transfers,
                         {"fbank_mean": -4.2677393, "fbank_std": 4.5689974, "min_audio_seconds": 10.24}),),
 }
 

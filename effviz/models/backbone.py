@@ -47,7 +47,8 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
             self.tokenizers["image"] = PatchTokenizer(cfg.in_chans, cfg.patch_size, dim, cfg.grid_size, cfg.stem_channels,
                                                       cfg.stem_stride)
         if "audio" in cfg.modalities:
-            self.tokenizers["audio"] = PatchTokenizer(1, cfg.audio_patch_size, dim, cfg.audio_grid_size)
+            self.tokenizers["audio"] = PatchTokenizer(1, cfg.audio_patch_size, dim, cfg.audio_grid_size,
+                                                      stride=cfg.audio_patch_stride)
         self.modality_embed = (
             nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, dim)) for m in cfg.modalities})
             if cfg.modality_embed else None
@@ -55,12 +56,17 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
         if cfg.cls_token is not None:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
             self.cls_pos = nn.Parameter(torch.zeros(1, 1, dim))
+        if cfg.dist_token:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+            self.dist_pos = nn.Parameter(torch.zeros(1, 1, dim))
         self.input_norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.input_norm else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.norm_f = AddNorm(dim, cfg.norm, cfg.norm_eps)
+        self.head_norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.head_norm else None
         self.head = nn.Linear(dim, cfg.num_classes)
         self.apply(_init_weights)
-        for p in (getattr(self, "cls_token", None), getattr(self, "cls_pos", None)):
+        for name in ("cls_token", "cls_pos", "dist_token", "dist_pos"):
+            p = getattr(self, name, None)
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
 
@@ -86,6 +92,8 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
         if self.config.cls_token is not None:
             cls = (self.cls_token + self.cls_pos).expand(x.shape[0], -1, -1).to(x.dtype)
             cls_index = {"first": 0, "middle": x.shape[1] // 2, "last": x.shape[1]}[self.config.cls_token]
+            if self.config.dist_token:  # right after the class token, which is first
+                cls = torch.cat([cls, (self.dist_token + self.dist_pos).expand(x.shape[0], -1, -1).to(x.dtype)], 1)
             x = torch.cat([x[:, :cls_index], cls, x[:, cls_index:]], dim=1)
         return x, TokenLayout(grid=grids[0] if len(grids) == 1 else None, cls_index=cls_index)
 
@@ -98,10 +106,15 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
         for block in self.blocks:
             h, residual = block(h, residual, layout)
         h, _ = self.norm_f(h, residual)
+        if self.config.dist_token:  # AST: the mean of the class and distillation tokens
+            return (h[:, 0] + h[:, 1]) / 2
         return h[:, layout.cls_index] if layout.cls_index is not None else h.mean(dim=1)
 
     def forward(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.forward_features(image, audio))
+        features = self.forward_features(image, audio)
+        if self.head_norm is not None:
+            features = self.head_norm(features)
+        return self.head(features)
 
 
 def _init_weights(module: nn.Module) -> None:

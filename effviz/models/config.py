@@ -33,10 +33,15 @@ class ModelConfig:
     stem_stride: int = 1
     mel_bins: int = 128
     audio_patch_size: int = 16
+    audio_patch_stride: int = 0  # 0: the patch size (no overlap, as AuM); AST overlaps, stride 10
     audio_grid_size: tuple[int, int] = (8, 64)  # (mel, time) patch grid of the audio position embedding
     # Readout: class token position ("first" as in DeiT, "middle" as in Vim, "last" as in ViR,
     # None with mean pooling as in Vision-RWKV).
     cls_token: str | None = "first"
+    # AST (a DeiT-distilled ViT) has a second prefix token after the class token; the readout
+    # averages the two, and its head has a LayerNorm of its own.
+    dist_token: bool = False
+    head_norm: bool = False
     norm: str = "layer"  # "layer" or "rms"
     norm_eps: float = 1e-6
     input_norm: bool = False  # Vision-RWKV normalises the embeddings before the first block (ln0)
@@ -69,5 +74,7 @@ class ModelConfig:
             raise ValueError(f"unknown mixer {self.mixer!r}")
         if self.cls_token not in ("first", "middle", "last", None):
             raise ValueError(f"unknown cls_token position {self.cls_token!r}")
+        if self.dist_token and self.cls_token != "first":
+            raise ValueError("a distillation token follows a class token in first position (cls_token='first')")
         if self.labels and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")

@@ -38,10 +38,13 @@ class PatchTokenizer(nn.Module):
     """
 
     def __init__(self, in_chans: int, patch_size: int, dim: int, grid: tuple[int, int], stem_channels: int = 0,
-                 stem_stride: int = 1):
+                 stem_stride: int = 1, stride: int = 0):
         super().__init__()
         if stem_stride not in (1, 2) or patch_size % stem_stride or (stem_stride == 2 and not stem_channels):
             raise ValueError(f"stem_stride {stem_stride} needs stem channels and must be 1 or 2 dividing the patch size")
+        self.stride = stride or patch_size  # < patch_size: overlapping patches (AST)
+        if self.stride != patch_size and stem_channels:
+            raise ValueError("overlapping patches (stride != patch_size) are not combined with a stem")
         self.patch_size = patch_size
         self.grid = tuple(grid)
         self.stem = None
@@ -55,12 +58,12 @@ class PatchTokenizer(nn.Module):
             self.stem = nn.Sequential(*layers)
         # patch_size is the total stride from pixels to tokens; the stem has taken stem_stride of it.
         kernel = patch_size // stem_stride
-        self.proj = nn.Conv2d(out_chans, dim, kernel_size=kernel, stride=kernel)
+        self.proj = nn.Conv2d(out_chans, dim, kernel_size=kernel, stride=self.stride // stem_stride)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        h, w = (max(0, (side - self.patch_size) // self.stride + 1) for side in x.shape[-2:])
         if h == 0 or w == 0:
             raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch")
         if self.stem is not None:

@@ -51,6 +51,16 @@ def _audio(cfg: ModelConfig, num_classes: int = 527) -> ModelConfig:
     return cfg
 
 
+def ast_base() -> ModelConfig:
+    """AST-Base (YuanGongND/ast; HF MIT/ast-finetuned-audioset-10-10-0.4593): a DeiT-B distilled
+    ViT (D=768, depth 12, 12 heads) over 16x16 fbank patches overlapping with stride 10, so 10.24 s
+    (1024 frames) give a 12x101 grid; class + distillation tokens, averaged; head LayerNorm.
+    The official checkpoint's architecture (for import), not a scaling-benchmark size."""
+    return ModelConfig(mixer="attention", embed_dim=768, depth=12, num_heads=12, norm="layer", norm_eps=1e-12,
+                       cls_token="first", dist_token=True, head_norm=True, channel_mixer="mlp",
+                       modalities=("audio",), num_classes=527, audio_patch_stride=10, audio_grid_size=(12, 101))
+
+
 ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "vim-tiny": vim_tiny,
     "vrwkv-tiny": vrwkv_tiny,
@@ -61,6 +71,7 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "audio-rwkv-tiny": lambda: _audio(vrwkv_tiny()),
     "ast-tiny": lambda: _audio(deit_tiny()),
     "ast-tiny-eager": lambda: _audio(deit_tiny("eager")),
+    "ast-base": ast_base,
 }
 
 
