@@ -60,6 +60,20 @@ RECIPES = {
 # tokenizer and digit head, so only the image tokenizer and the modality embeddings start fresh.
 # Speech is the slow modality to learn on a CPU (30 epochs alone); images then come in a few.
 WARM_START = {"av-mamba-digits": "aum-fsdd", "av-transformer-digits": "ast-fsdd"}
+# What bounds each recipe's accuracy, written into every card it produces.
+RECIPE_LIMITS = {
+    "image": "Compute. Each model trains for 8 epochs on one CPU core (a Vim step costs ~2.5x a DeiT "
+             "step there), so the recipe uses 4x4 tokens of 8x8 pixels after a small conv stem, "
+             "which caps what any mixer can learn; validation accuracy was still rising at the "
+             "last epoch (see the history in card.json). A GPU run with 8x8 tokens and more epochs is "
+             "the way up.",
+    "audio": "Data and compute. Four training speakers are few for a speaker-independent model, and "
+             "30 epochs on a CPU stop the slower learners (attention, RWKV) early; the held-out speaker "
+             "is the only validation.",
+    "audio-visual": "Compute, and the speech side: the model starts from the speech model of the same "
+                    "mixer and trains 4 epochs on one CPU core, so its audio-only accuracy is bounded "
+                    "by that model's.",
+}
 VAL_SPEAKER = "theo"  # FSDD speaker held out from training: validation is speaker-independent
 
 
@@ -392,16 +406,17 @@ def render_card(card: dict) -> str:
     r = card["recipe"]
     source = card.get("initialised_from")
     warm = f"\n| initialised from | `weights/{source}` (trained by the same script), then trained on the data above |" if source else ""
+    how = "trained" if source else "trained from scratch"
     return f"""# {card['model_id']}
 
-Bundled effviz model ({card['task']}, **{card['mixer']}** token mixer), trained from scratch by
+Bundled effviz model ({card['task']}, **{card['mixer']}** token mixer), {how} by
 `python -m effviz.train {card['model_id']}`.
 
 | | |
 |---|---|
 | parameters | {card['params']:,} |
 | forward FLOPs (one input at training size; matmuls+convs) | {card['forward_flops'] / 1e6:.1f} M |
-| training time | {card['train_seconds'] / 60:.1f} min on {card['threads']} CPU threads |
+| training time | {card['train_seconds'] / 60:.1f} min on {card['threads']} CPU thread(s) |
 | data | {card['data']} |{warm}
 | recipe | {r['epochs']} epochs, AdamW lr {r['lr']} wd {r['weight_decay']}, batch {r['batch_size']}, warmup {r['warmup_epochs']} epochs + cosine, label smoothing {r['label_smoothing']}, seed {r['seed']} |
 
@@ -410,6 +425,10 @@ Bundled effviz model ({card['task']}, **{card['mixer']}** token mixer), trained 
 | metric | value |
 |---|---|
 {metric_lines}
+
+## What limits it
+
+{RECIPE_LIMITS[card['task']]}
 
 sha256 of model.safetensors: `{card['sha256']}`
 """
