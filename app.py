@@ -8,12 +8,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from effviz.ui import MAX_UPLOAD_MB, PREDICT_CONCURRENCY_LIMIT, audio, kernels, models, multimodal, scaling, vision  # noqa: E402
+from effviz.ui import MAX_UPLOAD_MB, PREDICT_CONCURRENCY_LIMIT, UPLOAD_RETENTION_S, audio, kernels, models, multimodal, scaling, vision  # noqa: E402
 from effviz.ui.examples import prepare_examples  # noqa: E402
 
-# Uploads (and sweep downloads) sit in Gradio's cache ($GRADIO_TEMP_DIR, /tmp/gradio by default):
-# every hour, files older than an hour are deleted, and all of them when the app restarts.
-DELETE_CACHE = (3600, 3600)
+# Every UPLOAD_RETENTION_S seconds, uploads and downloads older than that leave Gradio's cache.
+DELETE_CACHE = (UPLOAD_RETENTION_S, UPLOAD_RETENTION_S)
 
 DESCRIPTION = """\
 **effviz** shows why linear-time architectures matter beyond text. Vision Mamba, Vision RWKV,

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 import time
 import wave
@@ -20,7 +21,7 @@ import effviz
 from effviz.models import EffvizModel
 from effviz.models import registry
 
-from .conftest import STARTUP_TIMEOUT_S
+from .conftest import STARTUP_TIMEOUT_S, _free_port, launched_app
 
 pytestmark = pytest.mark.timeout(STARTUP_TIMEOUT_S + 180)
 
@@ -130,6 +131,27 @@ def test_bad_sounds_get_our_message_and_the_app_stays_up(app, client, tmp_path, 
     with pytest.raises(AppError, match=message):
         client.predict(handle_file(str(_bad_sound(kind, tmp_path / "bad.wav"))), False, api_name="/classify_audio")
     assert app[2].poll() is None
+
+
+def test_uploads_leave_the_server_after_the_retention_time(tmp_path):
+    """An app started with EFFVIZ_UPLOAD_RETENTION_S=2 deletes an upload within a few seconds."""
+    import httpx
+
+    cache = tmp_path / "gradio-cache"
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(_free_port()),
+           "GRADIO_TEMP_DIR": str(cache), "EFFVIZ_UPLOAD_RETENTION_S": "2", "OMP_NUM_THREADS": "1"}
+    with launched_app(env, tmp_path / "app.log") as (url, page, proc):
+        assert "deleted from the server within 4 s" in page
+        with open(_png(tmp_path / "mine.png"), "rb") as f:
+            response = httpx.post(f"{url}gradio_api/upload", files={"files": ("mine.png", f, "image/png")}, timeout=30)
+        response.raise_for_status()
+        (stored,) = [Path(p) for p in response.json()]
+        assert stored.is_file() and cache in stored.parents
+        deadline = time.monotonic() + 30
+        while stored.exists():
+            assert time.monotonic() < deadline, "the upload was still on the server after 30 s"
+            time.sleep(0.5)
+        assert proc.poll() is None
 
 
 def test_classify_audio_shows_the_spectrogram(client, tmp_path):

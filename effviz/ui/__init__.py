@@ -47,6 +47,9 @@ PEAK_MEMORY_TIMEOUT_S = 120.0
 # Largest file one upload may be; app.py hands it to Gradio, which refuses bigger ones before
 # they reach our code. 100 MB holds a 48 MP phone photo or minutes of studio-quality WAV.
 MAX_UPLOAD_MB = api.limit_from_env("EFFVIZ_MAX_UPLOAD_MB", 100.0)
+# Uploads (and sweep downloads) sit in Gradio's cache ($GRADIO_TEMP_DIR, /tmp/gradio by default):
+# every this many seconds, files older than this are deleted (and all of them when the app stops).
+UPLOAD_RETENTION_S = int(api.limit_from_env("EFFVIZ_UPLOAD_RETENTION_S", 3600))
 MEASUREMENT_NOTE = (
     "**latency**: wall time of one `effviz.predict` call on the already decoded input (framing "
     "it to the model's input size, then the forward), after one untimed warm-up call per model. "
@@ -77,8 +80,16 @@ def limits_line() -> str:
     """The input limits as one line of Markdown, shown under each tab's introduction."""
     return (
         f"Limits: pictures up to {api.MAX_IMAGE_PIXELS:,} pixels, sounds up to {api.MAX_AUDIO_SECONDS:g} s, "
-        f"files up to {MAX_UPLOAD_MB:g} MB per upload."
+        f"files up to {MAX_UPLOAD_MB:g} MB per upload, deleted from the server within "
+        f"{_duration(2 * UPLOAD_RETENTION_S)}."
     )
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds} s"
 
 
 def reports_bad_input(fn: F) -> F:
