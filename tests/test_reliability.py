@@ -251,7 +251,7 @@ def test_limits_come_from_the_environment_and_are_shown(app, tmp_path):
     url, _, _ = app
     client = _client(url)
     shown = f"Limits: pictures up to {MAX_IMAGE_PIXELS:,} pixels, sounds up to {MAX_AUDIO_SECONDS} s, " \
-            f"files up to {MAX_UPLOAD_MB} MB per upload."
+            f"files up to {MAX_UPLOAD_MB} MB per upload, deleted from the server within 2 h."  # default retention
     markdown = [c["props"].get("value") for c in client.config["components"] if c["type"] == "markdown"]
     assert markdown.count(shown) == 3  # Vision, Audio and Multimodal tabs
 
