@@ -31,7 +31,8 @@ def resample_grid(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int,
 
 
 class PatchTokenizer(nn.Module):
-    """Non-overlapping conv patches plus a learned absolute position embedding.
+    """Conv patches (non-overlapping unless ``stride`` < ``patch_size``, as AST's) plus a learned
+    absolute position embedding.
 
     The embedding is stored for ``grid`` and resampled for any other grid, so every model runs at
     any resolution that is a multiple of the patch size, and any aspect ratio.
