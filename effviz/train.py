@@ -70,11 +70,10 @@ RECIPE_LIMITS = {
     "audio": "Data and compute. Four training speakers are few for a speaker-independent model, and "
              "30 epochs on a CPU stop the slower learners (attention, RWKV) early; the held-out speaker "
              "is the only validation.",
-    "audio-visual": "Compute, and fusion. The model starts from the speech model of the same mixer "
-                    "and trains 4 epochs on one CPU core: enough for speech (audio-only is about that "
-                    "model's accuracy) but not for images, and not for fusion: with both inputs it is "
-                    "still worse than with the image alone, clean and noisy, so it has not learned to "
-                    "weigh one modality against the other. More epochs are the first thing to try.",
+    "audio-visual": "Compute. The model starts from the speech model of the same mixer and trains 4 "
+                    "epochs on one CPU core: enough for speech (audio-only is about that model's "
+                    "accuracy), too few for images and for learning to weigh one modality against the "
+                    "other (see the fusion line above). More epochs are the first thing to try.",
 }
 VAL_SPEAKER = "theo"  # FSDD speaker held out from training: validation is speaker-independent
 
@@ -428,12 +427,23 @@ Bundled effviz model ({card['task']}, **{card['mixer']}** token mixer), {how} by
 |---|---|
 {metric_lines}
 
-## What limits it
+{_fusion_line(m) if card['task'] == 'audio-visual' else ''}## What limits it
 
 {RECIPE_LIMITS[card['task']]}
 
 sha256 of model.safetensors: `{card['sha256']}`
 """
+
+
+def _fusion_line(metrics: dict) -> str:
+    """Whether both modalities together beat the better single one, clean and under noise."""
+    parts = []
+    for prefix, condition in (("", "clean"), ("noisy_", "noisy")):
+        both = metrics[f"{prefix}both"]
+        best = max(metrics[f"{prefix}image_only"], metrics[f"{prefix}audio_only"])
+        verdict = "better than" if both > best else "not better than"
+        parts.append(f"{condition}: both {both:.1%}, {verdict} the better single input ({best:.1%})")
+    return "Fusion, " + "; ".join(parts) + ".\n\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -103,3 +103,17 @@ def test_warm_start_refuses_a_speech_model_of_another_shape(tmp_path, monkeypatc
     _save(tmp_path / "aum-fsdd", tiny("aum-fsdd", embed_dim=32))
     with pytest.raises(ValueError, match="cannot start av-mamba-digits from aum-fsdd"):
         train.warm_start(EffvizModel(tiny("av-mamba-digits")), "av-mamba-digits")
+
+
+def test_audio_visual_card_says_whether_fusion_beats_the_better_single_input():
+    metrics = {"both": 0.9, "image_only": 0.8, "audio_only": 0.7,
+               "noisy_both": 0.5, "noisy_image_only": 0.6, "noisy_audio_only": 0.3}
+    card = {"model_id": "av-x", "task": "audio-visual", "mixer": "mamba", "params": 1, "forward_flops": 1,
+            "train_seconds": 60, "threads": 1, "data": "d", "metrics": metrics, "sha256": "0" * 64,
+            "initialised_from": "aum-fsdd",
+            "recipe": {"epochs": 4, "lr": 5e-4, "weight_decay": 0.05, "batch_size": 64, "warmup_epochs": 1,
+                       "label_smoothing": 0.1, "seed": 0}}
+    text = train.render_card(card)
+    assert "clean: both 90.0%, better than the better single input (80.0%)" in text
+    assert "noisy: both 50.0%, not better than the better single input (60.0%)" in text
+    assert "trained by" in text and "from scratch" not in text and "`weights/aum-fsdd`" in text
