@@ -436,7 +436,11 @@ sha256 of model.safetensors: `{card['sha256']}`
 
 
 def _fusion_line(metrics: dict) -> str:
-    """Whether both modalities together beat the better single one, clean and under noise."""
+    """Whether both modalities together beat the better single one, clean and under noise; empty
+    for a card without those six accuracies."""
+    names = [f"{p}{m}" for p in ("", "noisy_") for m in ("both", "image_only", "audio_only")]
+    if not all(name in metrics for name in names):
+        return ""
     parts = []
     for prefix, condition in (("", "clean"), ("noisy_", "noisy")):
         both = metrics[f"{prefix}both"]
