@@ -247,19 +247,23 @@ def vim_blocks_and_head(sd, x, depth, cls_index):
     return F.linear(out[:, cls_index], sd["head.weight"], sd["head.bias"])
 
 
+def softmax_attention(q, k, v, heads):
+    """Multi-head softmax attention on (batch, L, dim) projections, heads split from dim."""
+    batch, length, dim = q.shape
+    q, k, v = (t.reshape(batch, length, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
+    attn = ((q @ k.transpose(-1, -2)) / math.sqrt(dim // heads)).softmax(-1) @ v
+    return attn.transpose(1, 2).reshape(batch, length, dim)
+
+
 def deit_reference(sd, x, depth, heads, eps):
     """timm/DeiT ViT: class token first, pre-norm attention + exact-GELU MLP blocks."""
     x = patches(sd, "patch_embed.proj", x)
     x = torch.cat([sd["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + sd["pos_embed"]
-    batch, length, dim = x.shape
     for i in range(depth):
         b = f"blocks.{i}"
         h = layer_norm(sd, f"{b}.norm1", x, eps)
         q, k, v = F.linear(h, sd[f"{b}.attn.qkv.weight"], sd[f"{b}.attn.qkv.bias"]).chunk(3, dim=-1)
-        q, k, v = (t.reshape(batch, length, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
-        attn = ((q @ k.transpose(-1, -2)) / math.sqrt(dim // heads)).softmax(-1) @ v
-        attn = attn.transpose(1, 2).reshape(batch, length, dim)
-        x = x + F.linear(attn, sd[f"{b}.attn.proj.weight"], sd[f"{b}.attn.proj.bias"])
+        x = x + F.linear(softmax_attention(q, k, v, heads), sd[f"{b}.attn.proj.weight"], sd[f"{b}.attn.proj.bias"])
         h = layer_norm(sd, f"{b}.norm2", x, eps)
         h = F.gelu(F.linear(h, sd[f"{b}.mlp.fc1.weight"], sd[f"{b}.mlp.fc1.bias"]))
         x = x + F.linear(h, sd[f"{b}.mlp.fc2.weight"], sd[f"{b}.mlp.fc2.bias"])
@@ -276,14 +280,12 @@ def ast_reference(sd, fbank, depth, heads, eps=1e-12):
     batch = x.shape[0]
     x = torch.cat([sd[f"{emb}.cls_token"].expand(batch, -1, -1), sd[f"{emb}.distillation_token"].expand(batch, -1, -1),
                    x], dim=1) + sd[f"{emb}.position_embeddings"]
-    length, dim = x.shape[1:]
     for i in range(depth):
         layer = f"{model}.encoder.layer.{i}"
         h = layer_norm(sd, f"{layer}.layernorm_before", x, eps)
         q, k, v = (F.linear(h, sd[f"{layer}.attention.attention.{n}.weight"], sd[f"{layer}.attention.attention.{n}.bias"])
-                   .reshape(batch, length, heads, dim // heads).transpose(1, 2) for n in ("query", "key", "value"))
-        attn = ((q @ k.transpose(-1, -2)) / math.sqrt(dim // heads)).softmax(-1) @ v
-        attn = attn.transpose(1, 2).reshape(batch, length, dim)
+                   for n in ("query", "key", "value"))
+        attn = softmax_attention(q, k, v, heads)
         x = x + F.linear(attn, sd[f"{layer}.attention.output.dense.weight"], sd[f"{layer}.attention.output.dense.bias"])
         h = layer_norm(sd, f"{layer}.layernorm_after", x, eps)
         h = F.gelu(F.linear(h, sd[f"{layer}.intermediate.dense.weight"], sd[f"{layer}.intermediate.dense.bias"]))
