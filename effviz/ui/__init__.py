@@ -49,7 +49,7 @@ PEAK_MEMORY_TIMEOUT_S = 120.0
 MAX_UPLOAD_MB = api.limit_from_env("EFFVIZ_MAX_UPLOAD_MB", 100.0)
 # Uploads (and sweep downloads) sit in Gradio's cache ($GRADIO_TEMP_DIR, /tmp/gradio by default):
 # every this many seconds, files older than this are deleted (and all of them when the app stops).
-UPLOAD_RETENTION_S = int(api.limit_from_env("EFFVIZ_UPLOAD_RETENTION_S", 3600))
+UPLOAD_RETENTION_S = max(1, round(api.limit_from_env("EFFVIZ_UPLOAD_RETENTION_S", 3600)))  # whole seconds for Gradio
 MEASUREMENT_NOTE = (
     "**latency**: wall time of one `effviz.predict` call on the already decoded input (framing "
     "it to the model's input size, then the forward), after one untimed warm-up call per model. "
