@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from .data.audio import fbank, fit_length
 from .data.datasets import load_cifar10, load_fsdd, load_mnist
-from .data.synthetic_speech import synthetic_digits
 from .models import EffvizModel, ModelConfig
 from .models.registry import BUNDLED_RECIPES, WEIGHTS_DIR, task_of
 
@@ -50,15 +49,12 @@ class Recipe:
     warmup_epochs: float
     label_smoothing: float
     seed: int = 0
-    synthetic_voices: int = 0  # espeak-ng voices added to the real FSDD training speakers
 
 
 RECIPES = {
     "image": Recipe(epochs=8, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
-    "audio": Recipe(epochs=30, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=2, label_smoothing=0.1,
-                    synthetic_voices=100),
-    "audio-visual": Recipe(epochs=4, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1,
-                           synthetic_voices=100),
+    "audio": Recipe(epochs=30, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=2, label_smoothing=0.1),
+    "audio-visual": Recipe(epochs=4, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
 }
 # Audio-visual models start from the bundled speech model with the same mixer: same blocks, audio
 # tokenizer and digit head, so only the image tokenizer and the modality embeddings start fresh.
@@ -88,11 +84,10 @@ VAL_SPEAKER = "theo"  # FSDD speaker held out from training: validation is speak
 class CifarTask:
     """CIFAR-10: uint8 images kept in memory, augmented per batch in torch."""
 
-    def __init__(self, cfg: ModelConfig, data: dict[str, str], recipe: Recipe):
+    def __init__(self, cfg: ModelConfig, data: dict[str, str], seed: int):
         images, labels, classes = load_cifar10(data["cifar10"])
         if list(classes) != list(cfg.labels):
             raise ValueError(f"CIFAR classes {classes} do not match the model's labels {cfg.labels}")
-        seed = recipe.seed
         order = np.random.default_rng(seed).permutation(len(images))
         val, train = order[:5000], order[5000:]
         to_tensor = lambda idx: torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous()  # noqa: E731
@@ -140,24 +135,7 @@ class SpeechAugment:
         # Mild noise only: at 0-10 dB SNR the transformers stayed at chance for 19 epochs.
         if gen is not None and torch.rand((), generator=gen) < 0.5:
             wave = add_noise(wave, snr_db=float(torch.empty(()).uniform_(10, 40, generator=gen)), gen=gen)
-        features = fbank(wave, self.cfg)
-        return spec_augment(features, gen) if gen is not None else features
-
-
-def spec_augment(features: torch.Tensor, gen: torch.Generator, masks: int = 2, max_bins: int = 16,
-                 max_frames: int = 12) -> torch.Tensor:
-    """SpecAugment (Park et al. 2019) as AST trains with it: ``masks`` random mel bands of up to
-    ``max_bins`` and as many time spans of up to ``max_frames`` set to the clip's quietest level,
-    so no single formant or instant can carry the decision: the word must, not the voice."""
-    features = features.clone()
-    floor = features.min()
-    frames, bins = features.shape
-    for size, limit, axis in ((bins, max_bins, 1), (frames, max_frames, 0)):
-        for _ in range(masks):
-            width = int(torch.randint(0, limit + 1, (), generator=gen))
-            start = int(torch.randint(0, size - width + 1, (), generator=gen))
-            features.narrow(axis, start, width).fill_(floor)
-    return features
+        return fbank(wave, self.cfg)
 
 
 def add_noise(wave: torch.Tensor, snr_db: float, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -175,22 +153,15 @@ def fsdd_waves(path: str, rate: int) -> tuple[list[torch.Tensor], torch.Tensor, 
 
 
 class FsddTask:
-    def __init__(self, cfg: ModelConfig, data: dict[str, str], recipe: Recipe):
+    def __init__(self, cfg: ModelConfig, data: dict[str, str], seed: int):
         waves, labels, speakers = fsdd_waves(data["fsdd"], cfg.sample_rate)
         if VAL_SPEAKER not in speakers:
             raise ValueError(f"held-out speaker {VAL_SPEAKER!r} is not in {data['fsdd']}")
         self.train = [(w, y) for w, y, s in zip(waves, labels, speakers) if s != VAL_SPEAKER]
         self.val = [(w, y) for w, y, s in zip(waves, labels, speakers) if s == VAL_SPEAKER]
-        real = len(self.train)
-        if recipe.synthetic_voices:
-            synthetic = synthetic_digits(recipe.synthetic_voices, cfg.sample_rate, recipe.seed)
-            self.train += [(w, torch.tensor(digit)) for w, digit, _ in synthetic]
         self.augment = SpeechAugment(cfg)
-        self.data_note = (f"FSDD: {real} clips from {len(set(speakers)) - 1} speakers train, all {len(self.val)} "
-                          f"clips of speaker '{VAL_SPEAKER}' held out")
-        if recipe.synthetic_voices:
-            self.data_note += (f"; plus {len(self.train) - real} synthetic clips, the ten digits in "
-                               f"{recipe.synthetic_voices} random espeak-ng voices")
+        self.data_note = (f"FSDD: {len(self.train)} clips from 4 speakers train, all {len(self.val)} clips "
+                          f"of speaker '{VAL_SPEAKER}' held out")
 
     def train_batches(self, batch_size: int, gen: torch.Generator):
         order = torch.randperm(len(self.train), generator=gen).tolist()
@@ -208,16 +179,16 @@ class FsddTask:
 class DigitsAVTask:
     """MNIST digits + FSDD speech paired by label; modality dropout for robustness to missing input."""
 
-    def __init__(self, cfg: ModelConfig, data: dict[str, str], recipe: Recipe):
+    def __init__(self, cfg: ModelConfig, data: dict[str, str], seed: int):
         images, labels = load_mnist(data["mnist"])
-        order = np.random.default_rng(recipe.seed).permutation(len(images))
+        order = np.random.default_rng(seed).permutation(len(images))
         val, train = order[:1000], order[1000:]
         self.mean, self.std = cfg.image_mean[0], cfg.image_std[0]
         self.train_img = self._normalise(torch.from_numpy(images[train]))
         self.train_img_y = torch.from_numpy(labels[train])
         self.val_img = self._normalise(torch.from_numpy(images[val]))
         self.val_img_y = torch.from_numpy(labels[val])
-        self.speech = FsddTask(cfg, data, recipe)
+        self.speech = FsddTask(cfg, data, seed)
         self.data_note = (f"MNIST (8k npz): {len(train)} train / {len(val)} held-out images; "
                           + self.speech.data_note)
 
@@ -314,7 +285,7 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
         recipe.epochs = epochs
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
-    task = TASKS[task_name](cfg, data, recipe)
+    task = TASKS[task_name](cfg, data, recipe.seed)
     model = EffvizModel(cfg)
     warm_start(model, model_id)  # a resumed run then overwrites it with its checkpoint
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos_embed" not in n]
