@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import check_tensor, pick
+from .cpu_backend import causal_conv1d_cpu
 from .reference import causal_conv1d_reference
 from .torch_backend import causal_conv1d_torch
 
@@ -19,7 +20,8 @@ def _causal_conv1d_triton(*args, **kwargs):
     return causal_conv1d_triton(*args, **kwargs)
 
 
-IMPLS = {"reference": causal_conv1d_reference, "torch": causal_conv1d_torch, "triton": _causal_conv1d_triton}
+IMPLS = {"reference": causal_conv1d_reference, "torch": causal_conv1d_torch, "cpu": causal_conv1d_cpu,
+         "triton": _causal_conv1d_triton}
 ACTIVATIONS = (None, "silu")
 
 

@@ -2,7 +2,9 @@
 
 The public function handles the cheap per-channel parts (delta bias, softplus, the D skip and the
 SiLU(z) gate) in PyTorch for every backend; the backends implement only the recurrence
-(``scan_*(u, delta, A, B, C, reverse) -> (y, last_state)``), which is where the time goes.
+(``scan_*(u, delta, A, B, C, reverse) -> (y, last_state)``), which is where the time goes. The one
+exception is inference on the ``cpu`` backend, where those parts cost as much as the recurrence
+in PyTorch: ``scan_cpu_fused`` does all of it in its C pass.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dispatch import check_tensor, pick
-from .cpu_backend import scan_cpu
+from .cpu_backend import scan_cpu, scan_cpu_fused
 from .reference import scan_reference
 from .torch_backend import scan_torch
 
@@ -62,6 +64,13 @@ def selective_scan(
 
     fn = pick("selective_scan", IMPLS, backend, u, delta, A, B, C, D, z, delta_bias,
               differentiable=("reference", "torch", "cpu"))
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    if fn is scan_cpu and not needs_grad:
+        # Inference on the C kernel: bias, softplus, D skip and gate fused into its one pass.
+        y, last_state = scan_cpu_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        y = y.to(u.dtype)
+        return (y, last_state) if return_last_state else y
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     delta = delta.to(compute)
     if delta_bias is not None:

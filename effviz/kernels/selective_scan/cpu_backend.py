@@ -7,7 +7,7 @@ import torch
 
 from .. import native
 
-_FWD_ARGS = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
+_FWD_ARGS = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 3
 _BWD_ARGS = [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
 
 
@@ -31,8 +31,9 @@ class SelectiveScanCPU(torch.autograd.Function):
         batch, dim, length = u.shape
         y = torch.empty_like(u)
         last = u.new_empty(batch, dim, A.shape[1])
-        _lib().selective_scan_fwd(*map(native.ptr, (u, delta, A, Bt, Ct, y, last)), batch, dim, length,
-                                  A.shape[1], int(reverse), native.num_threads())
+        _lib().selective_scan_fwd(*map(native.ptr, (u, delta, A, Bt, Ct)), None, None, None, native.ptr(y),
+                                  native.ptr(last), batch, dim, length, A.shape[1], 0, int(reverse),
+                                  native.num_threads())
         ctx.save_for_backward(u, delta, A, Bt, Ct)
         ctx.reverse, ctx.dtype = reverse, dtype
         return y.to(dtype), last.to(dtype)
@@ -63,3 +64,20 @@ class SelectiveScanCPU(torch.autograd.Function):
 def scan_cpu(u, delta, A, B, C, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``reference.scan_reference``; CPU tensors, fp32 math, autograd supported."""
     return SelectiveScanCPU.apply(u, delta, A, B, C, reverse)
+
+
+def scan_cpu_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False,
+                   reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference only (no autograd): the whole ``selective_scan`` in one C call, the delta bias and
+    softplus, the D skip and the SiLU(z) gate included. Returns fp32 y and the last state."""
+    u, delta, A = (t.float().contiguous() for t in (u, delta, A))
+    Bt, Ct = (t.float().transpose(1, 2).contiguous() for t in (B, C))
+    optional = [None if t is None else t.float().contiguous() for t in (delta_bias, D, z)]
+    batch, dim, length = u.shape
+    y = torch.empty_like(u)
+    last = u.new_empty(batch, dim, A.shape[1])
+    _lib().selective_scan_fwd(*map(native.ptr, (u, delta, A, Bt, Ct)),
+                              *(None if t is None else native.ptr(t) for t in optional), native.ptr(y),
+                              native.ptr(last), batch, dim, length, A.shape[1], int(delta_softplus), int(reverse),
+                              native.num_threads())
+    return y, last

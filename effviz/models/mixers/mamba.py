@@ -9,11 +9,19 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...kernels import causal_conv1d, selective_scan
 from ..layers import TokenLayout
+
+
+def channel_major_linear(weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """A bias-free linear layer whose output comes out channel-major: (batch, L, in) ->
+    (batch, out, L), contiguous. The convs and scans read rows of time; a transposed view of a
+    token-major output costs a strided copy in each of them, which at Vim-Ti's 224 px was a tenth
+    of the forward. bmm writes this layout directly (torch.matmul computes the token-major
+    product and copies it)."""
+    return torch.bmm(weight.expand(tokens.shape[0], -1, -1), tokens.transpose(1, 2))
 
 
 class MambaBranch(nn.Module):
@@ -40,7 +48,7 @@ class MambaBranch(nn.Module):
         """x, z: (batch, d_inner, L) -> (batch, d_inner, L)."""
         x = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu", reverse=reverse)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        delta = channel_major_linear(self.dt_proj.weight, dt)
         return selective_scan(
             x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
             D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
@@ -58,6 +66,8 @@ class BiMamba(nn.Module):
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
     def forward(self, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        y = self.fwd(x, z, reverse=False) + self.bwd(x, z, reverse=True)
-        return self.out_proj((y / 2).transpose(1, 2))  # Vim v2 averages the two directions
+        x, z = channel_major_linear(self.in_proj.weight, hidden).chunk(2, dim=1)
+        y = self.fwd(x, z, reverse=False).add_(self.bwd(x, z, reverse=True))
+        # Vim v2 averages the two directions: halving the (batch, L, dim) output costs half of
+        # halving the (batch, d_inner, L) sum.
+        return self.out_proj(y.transpose(1, 2)).mul_(0.5)
