@@ -110,10 +110,38 @@ def test_audio_visual_card_says_whether_fusion_beats_the_better_single_input():
                "noisy_both": 0.5, "noisy_image_only": 0.6, "noisy_audio_only": 0.3}
     card = {"model_id": "av-x", "task": "audio-visual", "mixer": "mamba", "params": 1, "forward_flops": 1,
             "train_seconds": 60, "threads": 1, "data": "d", "metrics": metrics, "sha256": "0" * 64,
-            "initialised_from": "aum-fsdd",
+            "initialised_from": {"model": "aum-fsdd", "sha256": "ab" * 32},
             "recipe": {"epochs": 4, "lr": 5e-4, "weight_decay": 0.05, "batch_size": 64, "warmup_epochs": 1,
                        "label_smoothing": 0.1, "seed": 0}}
     text = train.render_card(card)
     assert "clean: both 90.0%, better than the better single input (80.0%)" in text
     assert "noisy: both 50.0%, not better than the better single input (60.0%)" in text
-    assert "trained by" in text and "from scratch" not in text and "`weights/aum-fsdd`" in text
+    assert "trained by" in text and "from scratch" not in text and "`weights/aum-fsdd` (sha256 `abababababab…`" in text
+
+
+def test_audio_visual_training_records_its_source_and_speeds_up_only_fresh_parameters(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(train, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setitem(registry.BUNDLED_RECIPES, "av-mamba-digits", lambda: tiny("av-mamba-digits"))
+    monkeypatch.setitem(train.RECIPES, "audio-visual", Recipe(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05,
+                                                              warmup_epochs=1, label_smoothing=0.1,
+                                                              fresh_lr_scale=4.0))
+    (tmp_path / "weights").mkdir()
+    speech = _save(tmp_path / "weights" / "aum-fsdd", tiny("aum-fsdd")).state_dict()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "mnist.npz", images=rng.integers(0, 256, (1016, 28, 28), dtype=np.uint8),
+             labels=np.arange(1016) % 10)
+    data = {"fsdd": str(tiny_fsdd(tmp_path / "fsdd.zip")), "mnist": str(tmp_path / "mnist.npz")}
+    card = train.train("av-mamba-digits", data, out_dir=tmp_path / "out", limit_batches=2)
+    source_sha = hashlib.sha256((tmp_path / "weights" / "aum-fsdd" / "model.safetensors").read_bytes()).hexdigest()
+    assert card["initialised_from"] == {"model": "aum-fsdd", "sha256": source_sha}
+    assert {"both", "image_only", "audio_only", "noisy_both"} <= set(card["metrics"])
+    checkpoint = torch.load(tmp_path / "runs" / "av-mamba-digits" / "last.pt", weights_only=True)
+    model = EffvizModel(tiny("av-mamba-digits"))
+    names = [n for n, _ in model.named_parameters()]
+    scale_of = {i: group["lr_scale"] for group in checkpoint["opt"]["param_groups"] for i in group["params"]}
+    assert len(scale_of) == len(names)
+    fresh_names = {n for n in names if n not in speech}
+    assert fresh_names and all(n.startswith(("tokenizers.image", "modality_embed")) for n in fresh_names)
+    assert sorted(scale_of.values()).count(4.0) == len(fresh_names)
+    assert sorted(scale_of.values()).count(1.0) == len(names) - len(fresh_names)
