@@ -277,3 +277,19 @@ def test_impossible_stems_are_refused(kwargs):
     kwargs = {"patch_size": 8, **kwargs}
     with pytest.raises(ValueError, match="stem_stride"):
         PatchTokenizer(3, dim=24, grid=(4, 4), **kwargs)
+
+
+def test_middle_class_token_sits_between_two_modalities():
+    cfg = BUNDLED_RECIPES["av-mamba-digits"]()
+    cfg.embed_dim, cfg.depth = 16, 1
+    model = EffvizModel(cfg)
+    image, audio = torch.randn(1, 1, 28, 28), torch.randn(1, 112, 128)
+    both, layout = model.tokens(image=image, audio=audio)
+    image_tokens, _ = model.tokens(image=image)
+    audio_tokens, audio_layout = model.tokens(audio=audio)
+    n_image = image_tokens.shape[1] - 1
+    assert layout.cls_index == n_image  # right after the image tokens, before the audio
+    assert both.shape[1] == image_tokens.shape[1] + audio_tokens.shape[1] - 1
+    assert audio_layout.cls_index == (audio_tokens.shape[1] - 1) // 2  # one modality: the plain middle
+    cls = (model.cls_token + model.cls_pos)[0, 0]
+    torch.testing.assert_close(both[0, n_image], cls)
