@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -11,6 +12,7 @@ _FWD_ARGS = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 3
 _BWD_ARGS = [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
 
 
+@functools.cache  # argtypes are set once: every Vim forward makes 48 calls
 def _lib() -> ctypes.CDLL:
     lib = native.library()
     lib.selective_scan_fwd.argtypes, lib.selective_scan_fwd.restype = _FWD_ARGS, None
