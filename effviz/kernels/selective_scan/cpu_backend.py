@@ -27,15 +27,8 @@ class SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, reverse: bool):
         dtype = u.dtype
-        u, delta, A = (t.float().contiguous() for t in (u, delta, A))
-        # Time-major B and C make every step of the C loops read N contiguous floats.
-        Bt, Ct = (t.float().transpose(1, 2).contiguous() for t in (B, C))
-        batch, dim, length = u.shape
-        y = torch.empty_like(u)
-        last = u.new_empty(batch, dim, A.shape[1])
-        _lib().selective_scan_fwd(*map(native.ptr, (u, delta, A, Bt, Ct)), None, None, None, native.ptr(y),
-                                  native.ptr(last), batch, dim, length, A.shape[1], 0, int(reverse),
-                                  native.num_threads())
+        u, delta, A, Bt, Ct = _prepare(u, delta, A, B, C)
+        y, last = _forward(u, delta, A, Bt, Ct, reverse=reverse)
         ctx.save_for_backward(u, delta, A, Bt, Ct)
         ctx.reverse, ctx.dtype = reverse, dtype
         return y.to(dtype), last.to(dtype)
@@ -72,14 +65,25 @@ def scan_cpu_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference only (no autograd): the whole ``selective_scan`` in one C call, the delta bias and
     softplus, the D skip and the SiLU(z) gate included. Returns fp32 y and the last state."""
+    delta_bias, D, z = (None if t is None else t.float().contiguous() for t in (delta_bias, D, z))
+    return _forward(*_prepare(u, delta, A, B, C), delta_bias, D, z, delta_softplus, reverse)
+
+
+def _prepare(u, delta, A, B, C) -> tuple[torch.Tensor, ...]:
+    """fp32 contiguous inputs; B and C time-major, so every step of the C loops reads N
+    contiguous floats."""
     u, delta, A = (t.float().contiguous() for t in (u, delta, A))
     Bt, Ct = (t.float().transpose(1, 2).contiguous() for t in (B, C))
-    optional = [None if t is None else t.float().contiguous() for t in (delta_bias, D, z)]
+    return u, delta, A, Bt, Ct
+
+
+def _forward(u, delta, A, Bt, Ct, delta_bias=None, D=None, z=None, softplus: bool = False,
+             reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One call of the C forward on prepared inputs; the optional parts are fused in when given."""
     batch, dim, length = u.shape
     y = torch.empty_like(u)
     last = u.new_empty(batch, dim, A.shape[1])
-    _lib().selective_scan_fwd(*map(native.ptr, (u, delta, A, Bt, Ct)),
-                              *(None if t is None else native.ptr(t) for t in optional), native.ptr(y),
-                              native.ptr(last), batch, dim, length, A.shape[1], int(delta_softplus), int(reverse),
-                              native.num_threads())
+    optional = (None if t is None else native.ptr(t) for t in (delta_bias, D, z))
+    _lib().selective_scan_fwd(*map(native.ptr, (u, delta, A, Bt, Ct)), *optional, native.ptr(y), native.ptr(last),
+                              batch, dim, length, A.shape[1], int(softplus), int(reverse), native.num_threads())
     return y, last
