@@ -35,6 +35,7 @@ CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread"]
 # on flush-to-zero for the whole Python process (every torch/numpy op) when the library loads.
 LDFLAGS = ["-shared", "-pthread"]
 SOURCES = ("selective_scan/cpu.c", "bi_wkv/cpu.c", "causal_conv1d/cpu.c")
+HEADERS = ("simd_math.h",)  # included by the sources: part of the build's fingerprint
 
 
 def _cache_dir() -> Path:
@@ -61,7 +62,7 @@ def library() -> ctypes.CDLL | None:
         return None
     sources = [KERNEL_DIR / s for s in SOURCES if (KERNEL_DIR / s).exists()]
     digest = hashlib.sha256()
-    for src in sources:
+    for src in [*sources, *(KERNEL_DIR / h for h in HEADERS)]:
         digest.update(src.read_bytes())
     digest.update(" ".join([compiler, *CFLAGS, *LDFLAGS, _cpu_fingerprint()]).encode())
     target = _cache_dir() / f"effviz_kernels_{digest.hexdigest()[:16]}.so"

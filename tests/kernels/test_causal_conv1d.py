@@ -66,6 +66,17 @@ def test_fp32_matches_reference(backend, length, taps, use_bias, activation, rev
     torch.testing.assert_close(got, expected(x, weight, bias, activation, reverse), rtol=6e-4, atol=2e-3)
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+# The Triton interpreter evaluates exp in numpy, which warns where it saturates to inf (as on GPU).
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+def test_silu_over_a_wide_range(backend):
+    """Pre-activations from about -200 to 200: the SiLU's exp saturating at both ends."""
+    x = torch.linspace(-50, 50, 3 * 37).reshape(1, 3, 37)
+    weight, bias = torch.full((3, 4), 1.0), torch.tensor([-5.0, 0.0, 5.0])
+    got = causal_conv1d(x, weight, bias, "silu", False, backend=backend)
+    torch.testing.assert_close(got, definition(x, weight, bias, "silu", False), rtol=6e-4, atol=2e-3)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("length, reverse", [(1, False), (17, True), (130, False)])

@@ -98,6 +98,21 @@ def test_long_sequence_is_finite_and_matches():
         torch.testing.assert_close(got, want, rtol=6e-4, atol=2e-3)
 
 
+@pytest.mark.parametrize("backend", [b for b in FAST if b != "triton"])
+def test_extreme_inputs_of_the_fused_epilogues(backend):
+    """Pre-softplus deltas from -60 to 60 (softplus is then ~e^x, or x itself), gates from -80 to 80,
+    decays down to exp(-16 * 60): the CPU kernel's inlined exp, log1p and SiLU over their whole range."""
+    x = make_inputs(2, 6, 70, 16)
+    x["delta"] = torch.linspace(-60, 60, 2 * 6 * 70).reshape(2, 6, 70)
+    x["z"] = torch.linspace(80, -80, 2 * 6 * 70).reshape(2, 6, 70)
+    x["A"] = -torch.arange(1.0, 17.0).repeat(6, 1)
+    want, want_last = full_reference(**x, delta_softplus=True)
+    got, last = selective_scan(**x, delta_softplus=True, return_last_state=True, backend=backend)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last, want_last, rtol=6e-4, atol=2e-3)
+
+
 GRAD_BACKENDS = [b for b in ("torch", "cpu") if b in available_backends()]
 
 

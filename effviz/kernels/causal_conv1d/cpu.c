@@ -4,9 +4,20 @@
 //
 // Each row (one batch, one channel) is built tap by tap: y = bias, then y[t] += w_j * x[t -+ j]
 // over the range where that tap exists, then the SiLU, each pass a branch-free loop over a row that
-// stays in L1, so gcc vectorises all of them (the SiLU's expf with glibc's vector math).
+// stays in L1, so gcc vectorises all of them. The SiLU's exp is the inlined AVX2 one where there is
+// AVX2 (glibc's vector expf made it most of the kernel's time), else glibc's.
 #include <math.h>
 #include <stdint.h>
+#include "../simd_math.h"
+
+// y = silu(y) over a row.
+static void silu_row(float *y, int64_t L) {
+    int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    for (; t + 8 <= L; t += 8) _mm256_storeu_ps(y + t, silu8(_mm256_loadu_ps(y + t)));
+#endif
+    for (; t < L; t++) y[t] = y[t] / (1.0f + expf(fminf(-y[t], SILU_EXP_CAP)));
+}
 
 // x, y: (batch, dim, L); w: (dim, K); bias: (dim,) or NULL.
 void causal_conv1d_fwd(const float *x, const float *w, const float *bias, float *y, int64_t batch,
@@ -24,7 +35,6 @@ void causal_conv1d_fwd(const float *x, const float *w, const float *bias, float 
             else
                 for (int64_t t = j; t < L; t++) yr[t] += wj * xr[t - j];
         }
-        if (silu)
-            for (int64_t t = 0; t < L; t++) yr[t] = yr[t] / (1.0f + expf(-yr[t]));
+        if (silu) silu_row(yr, L);
     }
 }

@@ -6,13 +6,16 @@
 //
 // For inference the per-channel prologue and epilogue are fused in: delta + delta_bias and its
 // softplus before the recurrence, the D skip and the SiLU(z) gate after it. Each runs over a block
-// of steps in a separate loop that vectorises (glibc's vector expf/logf under -ffast-math), so the
-// recurrence loop itself makes no calls: a call spills the state registers, every ymm register
-// being caller-saved. Training passes none of them and applies them in PyTorch, whose autograd
-// then differentiates them.
+// of steps in a separate loop (vectorised by gcc with glibc's vector expf/logf in the generic
+// path, by hand with inlined exp and log1p in the AVX2 path for N=16), so the recurrence loop
+// itself makes no calls: a call spills the state registers, every ymm register being
+// caller-saved. Training passes none of them and applies them in PyTorch, whose autograd then
+// differentiates them.
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+
+#include "../simd_math.h"
 
 typedef struct {
     const float *u, *delta, *A, *B, *C, *delta_bias, *D, *z;  // the last three may be NULL
@@ -44,7 +47,7 @@ static inline void block_epilogue(const scan_job *job, int64_t row, int64_t d, i
     }
     if (job->z) {
         const float *z = job->z + row * job->L + lo;
-        for (int64_t k = 0; k < steps; k++) y[k] *= z[k] / (1.0f + expf(-z[k]));
+        for (int64_t k = 0; k < steps; k++) y[k] *= z[k] / (1.0f + expf(fminf(-z[k], SILU_EXP_CAP)));
     }
 }
 
@@ -86,59 +89,92 @@ static void scan_row(const scan_job *job, int64_t row) {
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-// exp(x) for 8 floats, inlined so the recurrence makes no calls: exp(x) = 2^n 2^f with
-// n = round(x log2(e)) and |f| <= 1/2, 2^f by its degree-6 Taylor polynomial (truncation error
-// 1.2e-7 relative), 2^n built in the exponent bits. Relative error ~2e-7 for |x| < 10, growing to
-// ~1.5e-6 at |x| = 87 as log2(e)'s rounding scales with x (decays that small are ~0 anyway).
-// x is clamped to [-87, 88]: below, exp is under 2^-126 and returned as ~1e-38 (not a subnormal);
-// above, it would overflow.
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 f = _mm256_fmsub_ps(x, log2e, n);
-    // sum_k (f ln2)^k / k!, k = 0..6, by Horner
-    __m256 p = _mm256_set1_ps(1.5403530393381609e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291076284772e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504108664821580e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022650695910071e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718055994531e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+// softplus(x) = max(x, 0) + log1p(e^-|x|), with log1p(w) = 2 atanh(s), s = w / (2 + w) <= 1/3,
+// by its odd series to s^13 (truncation < 2e-8 relative). glibc's vector logf and expf cost a
+// quarter of the whole scan here.
+static inline __m256 softplus8(__m256 x) {
+    const __m256 w = exp8(_mm256_or_ps(x, _mm256_set1_ps(-0.0f)));  // e^-|x|: set the sign bit
+    const __m256 s = _mm256_div_ps(w, _mm256_add_ps(w, _mm256_set1_ps(2.0f))), s2 = _mm256_mul_ps(s, s);
+    __m256 q = _mm256_set1_ps(2.0f / 13);
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 11));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 9));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 7));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 5));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 3));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f));
+    return _mm256_fmadd_ps(q, s, _mm256_max_ps(x, _mm256_setzero_ps()));
+}
+
+// y = (y + D u) * silu(z), 8 steps.
+static inline __m256 epilogue8(const scan_job *job, __m256 y, __m256 Dd, __m256 u, __m256 zv) {
+    if (job->D) y = _mm256_fmadd_ps(Dd, u, y);
+    return job->z ? _mm256_mul_ps(y, silu8(zv)) : y;
+}
+
+// 8 floats from p, or its first n < 8 and zeros (at a block's ragged end).
+static inline __m256 load8(const float *p, int64_t n) {
+    if (n >= 8) return _mm256_loadu_ps(p);
+    float tmp[8] = {0};
+    for (int64_t j = 0; j < n; j++) tmp[j] = p[j];
+    return _mm256_loadu_ps(tmp);
+}
+
+// v to p, or its first n < 8 lanes.
+static inline void store8(float *p, __m256 v, int64_t n) {
+    if (n >= 8) return _mm256_storeu_ps(p, v);
+    float tmp[8];
+    _mm256_storeu_ps(tmp, v);
+    for (int64_t j = 0; j < n; j++) p[j] = tmp[j];
+}
+
+// Lane j = the sum of row j, for 8 consecutive rows of 8 floats (a transpose by horizontal adds).
+static inline __m256 sum_rows8(const float *rows) {
+    __m256 r[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm256_load_ps(rows + j * 8);
+    // a: rows 0-3, the sums of their low halves then of their high halves; b: rows 4-7.
+    const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(r[0], r[1]), _mm256_hadd_ps(r[2], r[3]));
+    const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(r[4], r[5]), _mm256_hadd_ps(r[6], r[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
 }
 
 // N=16 (Mamba's and Vim's d_state) with the state in two ymm registers. Only h_t = a*h + du*B is
 // a chain from step to step; C.h_t is a side product, so its 8 partial sums per step are stored
-// and summed after the block instead of reduced across lanes inside the chain's loop.
+// and summed after the block instead of reduced across lanes inside the chain's loop. The per-block
+// prologue (dt) and epilogue (D skip, gate) run 8 steps at a time.
 static void scan_row16(const scan_job *job, int64_t row) {
     const int64_t L = job->L, b = row / job->dim, d = row % job->dim;
     const float *u = job->u + row * L, *delta = job->delta + row * L, *A = job->A + d * 16;
     const float *B = job->B + b * L * 16, *C = job->C + b * L * 16;
-    const float bias = job->delta_bias ? job->delta_bias[d] : 0.0f;
+    const float *z = job->z ? job->z + row * L : 0;
+    const __m256 bias = _mm256_set1_ps(job->delta_bias ? job->delta_bias[d] : 0.0f);
+    const __m256 Dd = _mm256_set1_ps(job->D ? job->D[d] : 0.0f);
     float *y = job->y + row * L;
-    float partial[BLOCK_STEPS * 8] __attribute__((aligned(32))), dt[BLOCK_STEPS];
-    const __m256 A0 = _mm256_loadu_ps(A), A1 = _mm256_loadu_ps(A + 8);
+    // dt and partial get 8 floats of slack: the 8-wide loops may run past a ragged block end.
+    float partial[(BLOCK_STEPS + 8) * 8] __attribute__((aligned(32))), dt[BLOCK_STEPS + 8] __attribute__((aligned(32)));
+    // exp(dt A) = 2^(dt A log2 e): fold log2 e into A once per row.
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 A0 = _mm256_mul_ps(_mm256_loadu_ps(A), log2e), A1 = _mm256_mul_ps(_mm256_loadu_ps(A + 8), log2e);
     __m256 h0 = _mm256_setzero_ps(), h1 = _mm256_setzero_ps();
     for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
         const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(job, i0, steps);
-        block_dt(job, delta, bias, lo, steps, dt);
+        for (int64_t k = 0; k < steps; k += 8) {
+            const __m256 x = _mm256_add_ps(load8(delta + lo + k, steps - k), bias);
+            _mm256_store_ps(dt + k, job->softplus ? softplus8(x) : x);
+        }
         for (int64_t k = 0; k < steps; k++) {
             const int64_t s = job->reverse ? steps - 1 - k : k, t = lo + s;
             const __m256 dts = _mm256_set1_ps(dt[s]), du = _mm256_set1_ps(dt[s] * u[t]);
             const float *Bt = B + t * 16, *Ct = C + t * 16;
-            h0 = _mm256_fmadd_ps(exp8(_mm256_mul_ps(dts, A0)), h0, _mm256_mul_ps(du, _mm256_loadu_ps(Bt)));
-            h1 = _mm256_fmadd_ps(exp8(_mm256_mul_ps(dts, A1)), h1, _mm256_mul_ps(du, _mm256_loadu_ps(Bt + 8)));
+            h0 = _mm256_fmadd_ps(exp2_8(_mm256_mul_ps(dts, A0)), h0, _mm256_mul_ps(du, _mm256_loadu_ps(Bt)));
+            h1 = _mm256_fmadd_ps(exp2_8(_mm256_mul_ps(dts, A1)), h1, _mm256_mul_ps(du, _mm256_loadu_ps(Bt + 8)));
             const __m256 acc = _mm256_fmadd_ps(_mm256_loadu_ps(Ct + 8), h1, _mm256_mul_ps(_mm256_loadu_ps(Ct), h0));
             _mm256_store_ps(partial + s * 8, acc);
         }
-        for (int64_t s = 0; s < steps; s++) {
-            const float *p = partial + s * 8;
-            y[lo + s] = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
+        for (int64_t k = 0; k < steps; k += 8) {
+            const int64_t t = lo + k, n = steps - k;
+            const __m256 zv = z ? load8(z + t, n) : _mm256_setzero_ps();
+            store8(y + t, epilogue8(job, sum_rows8(partial + k * 8), Dd, load8(u + t, n), zv), n);
         }
-        block_epilogue(job, row, d, lo, steps, y + lo);
     }
     if (job->last_state) {
         _mm256_storeu_ps(job->last_state + row * 16, h0);

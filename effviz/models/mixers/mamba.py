@@ -47,10 +47,12 @@ class MambaBranch(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor, reverse: bool) -> torch.Tensor:
         """x, z: (batch, d_inner, L) -> (batch, d_inner, L)."""
         x = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu", reverse=reverse)
-        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = channel_major_linear(self.dt_proj.weight, dt)
+        # dt, B and C come out channel-major too, as the scan takes them.
+        dt, B, C = channel_major_linear(self.x_proj.weight, x.transpose(1, 2)).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = channel_major_linear(self.dt_proj.weight, dt.transpose(1, 2))
         return selective_scan(
-            x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+            x, delta, -torch.exp(self.A_log.float()), B, C,
             D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
         )
 
