@@ -66,9 +66,10 @@ def test_tiny_sweep_gives_well_formed_records(spawned):
         assert p.tokens == plan_input(model, axis, x).tokens
         assert p.latency_ms > 0 and p.peak_mem_mib >= 0
         assert set(p.to_dict()) >= {"model", "axis", "x", "tokens", "latency_ms", "peak_mem_mib", "status", "reason"}
-    # deit-cifar: 4x4 tokens of 8 px from a 32 px image + class token; aum-fsdd: 32 frames = 8 mel x 2 time patches + cls
+    # deit-cifar: 4x4 tokens of 8 px from a 32 px image + class token; aum-fsdd: 32 frames = 7
+    # full-spectrum strips of 8 frames, one every 4 frames, + class token
     assert plan_input("deit-cifar", "resolution", 32).tokens == 17
-    assert plan_input("aum-fsdd", "seconds", 0.32).tokens == 17
+    assert plan_input("aum-fsdd", "seconds", 0.32).tokens == 8
     assert len(spawned) == 2 * len(cases)  # a latency child and a memory child per point
     assert all(proc.poll() is not None for proc in spawned)
 
@@ -123,14 +124,14 @@ def test_cli_sweep_end_to_end_on_the_tokens_axis_writes_parseable_json(tmp_path)
     assert set(record["environment"]["kernel_backends"]) == set(sweep.KERNEL_OPS)
     points = record["points"]
     assert [(p["model"], p["status"]) for p in points] == [("av-mamba-digits", "ok"), ("av-transformer-digits", "ok")]
-    # 40 tokens asked: a 4x4 image grid, 3 audio time steps of 8 mel patches, and the class token.
-    assert all(p["x"] == 40 and p["tokens"] == 41 for p in points)
-    assert points[0]["inputs"] == "image 28x28 + audio 0.48 s (48 frames)"
+    # 40 tokens asked: a 4x4 image grid, 23 full-spectrum audio strips, and the class token.
+    assert all(p["x"] == 40 and p["tokens"] == 40 for p in points)
+    assert points[0]["inputs"] == "image 28x28 + audio 0.96 s (96 frames)"
     assert all(p["latency_ms"] > 0 and p["peak_mem_mib"] >= 0 for p in points)
     (pair,) = record["summary"]["crossovers"]
     assert (pair["efficient"], pair["baseline"]) == ("av-mamba-digits", "av-transformer-digits")
     assert pair["latency"]["kind"] in ("always", "never in range")  # one common point: no crossing inside
-    assert "| av-mamba-digits | 40 tokens | 41 |" in proc.stdout  # the table
+    assert "| av-mamba-digits | 40 tokens | 40 |" in proc.stdout  # the table
     assert "[2/2] av-transformer-digits" in proc.stderr  # progress
 
     # The same sweep drawn as the Scaling lab's two plots in an offline page.

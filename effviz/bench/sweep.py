@@ -122,7 +122,7 @@ def plan_input(model_id: str, axis: str, x: float) -> PointInput:
     prefix = (0 if cfg.cls_token is None else 1) + int(cfg.dist_token)  # class (and distillation) token
     patch, audio_patch = cfg.patch_size, cfg.audio_patch_size
     stride = cfg.audio_patch_stride or audio_patch  # AST's audio patches overlap
-    mel_rows = (cfg.mel_bins - audio_patch) // stride + 1
+    mel_rows = (cfg.mel_bins - (cfg.audio_patch_mel or audio_patch)) // stride + 1  # 1 for full-spectrum strips
 
     def frames_for(time_patches: int) -> int:
         return (time_patches - 1) * stride + audio_patch

@@ -47,8 +47,8 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
             self.tokenizers["image"] = PatchTokenizer(cfg.in_chans, cfg.patch_size, dim, cfg.grid_size, cfg.stem_channels,
                                                       cfg.stem_stride)
         if "audio" in cfg.modalities:
-            self.tokenizers["audio"] = PatchTokenizer(1, cfg.audio_patch_size, dim, cfg.audio_grid_size,
-                                                      stride=cfg.audio_patch_stride)
+            patch = (cfg.audio_patch_mel or cfg.audio_patch_size, cfg.audio_patch_size)
+            self.tokenizers["audio"] = PatchTokenizer(1, patch, dim, cfg.audio_grid_size, stride=cfg.audio_patch_stride)
         self.modality_embed = (
             nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, dim)) for m in cfg.modalities})
             if cfg.modality_embed else None

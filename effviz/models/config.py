@@ -34,6 +34,9 @@ class ModelConfig:
     mel_bins: int = 128
     audio_patch_size: int = 16
     audio_patch_stride: int = 0  # 0: the patch size (no overlap, as AuM); AST overlaps, stride 10
+    # Mel bins an audio patch spans: 0 = audio_patch_size (square patches, as AST and AuM);
+    # mel_bins = full-spectrum strips of audio_patch_size frames, one token per time step.
+    audio_patch_mel: int = 0
     audio_grid_size: tuple[int, int] = (8, 64)  # (mel, time) patch grid of the audio position embedding
     # Readout: class token position ("first" as in DeiT, "middle" as in Vim, "last" as in ViR,
     # None with mean pooling as in Vision-RWKV).

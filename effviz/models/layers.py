@@ -34,19 +34,21 @@ class PatchTokenizer(nn.Module):
     """Conv patches (non-overlapping unless ``stride`` < ``patch_size``, as AST's) plus a learned
     absolute position embedding.
 
-    The embedding is stored for ``grid`` and resampled for any other grid, so every model runs at
-    any resolution that is a multiple of the patch size, and any aspect ratio.
+    ``patch_size`` and ``stride`` are a side or a (height, width) pair: the small speech models
+    tokenize full-spectrum strips, (mel_bins, a few frames). The embedding is stored for ``grid``
+    and resampled for any other grid, so every model runs at any resolution that is a multiple of
+    the patch size, and any aspect ratio.
     """
 
-    def __init__(self, in_chans: int, patch_size: int, dim: int, grid: tuple[int, int], stem_channels: int = 0,
-                 stem_stride: int = 1, stride: int = 0):
+    def __init__(self, in_chans: int, patch_size: int | tuple[int, int], dim: int, grid: tuple[int, int],
+                 stem_channels: int = 0, stem_stride: int = 1, stride: int | tuple[int, int] = 0):
         super().__init__()
-        if stem_stride not in (1, 2) or patch_size % stem_stride or (stem_stride == 2 and not stem_channels):
+        self.kernel = _pair(patch_size)
+        self.stride = _pair(stride) if stride else self.kernel  # < patch_size: overlapping patches (AST)
+        if stem_channels and (self.stride != self.kernel or self.kernel[0] != self.kernel[1]):
+            raise ValueError("a stem goes with square, non-overlapping patches only")
+        if stem_stride not in (1, 2) or self.kernel[0] % stem_stride or (stem_stride == 2 and not stem_channels):
             raise ValueError(f"stem_stride {stem_stride} needs stem channels and must be 1 or 2 dividing the patch size")
-        self.stride = stride or patch_size  # < patch_size: overlapping patches (AST)
-        if self.stride != patch_size and stem_channels:
-            raise ValueError("overlapping patches (stride != patch_size) are not combined with a stem")
-        self.patch_size = patch_size
         self.grid = tuple(grid)
         self.stem = None
         out_chans = in_chans
@@ -58,19 +60,23 @@ class PatchTokenizer(nn.Module):
                 out_chans = 2 * stem_channels
             self.stem = nn.Sequential(*layers)
         # patch_size is the total stride from pixels to tokens; the stem has taken stem_stride of it.
-        kernel = patch_size // stem_stride
-        self.proj = nn.Conv2d(out_chans, dim, kernel_size=kernel, stride=self.stride // stem_stride)
+        self.proj = nn.Conv2d(out_chans, dim, kernel_size=tuple(k // stem_stride for k in self.kernel),
+                              stride=tuple(s // stem_stride for s in self.stride))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        h, w = (max(0, (side - self.patch_size) // self.stride + 1) for side in x.shape[-2:])
+        h, w = (max(0, (side - k) // s + 1) for side, k, s in zip(x.shape[-2:], self.kernel, self.stride))
         if h == 0 or w == 0:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch")
+            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one {self.kernel[0]}x{self.kernel[1]} patch")
         if self.stem is not None:
             x = self.stem(x)
         tokens = self.proj(x).flatten(2).transpose(1, 2)
         return tokens + resample_grid(self.pos_embed, self.grid, (h, w)), (h, w)
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class AddNorm(nn.Module):

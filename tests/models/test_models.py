@@ -118,7 +118,7 @@ def test_vir_parallel_training_form_matches_chunk_inference_form(monkeypatch):
 def test_input_smaller_than_a_patch_is_a_clear_error(arch):
     model = small_model(arch)
     too_small = {"image": torch.randn(1, 3, 16, 8)} if arch in IMAGE_ARCHS else {"audio": torch.randn(1, 10, 128)}
-    with pytest.raises(ValueError, match="smaller than one 16px patch"):
+    with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
         model(**too_small)
 
 
