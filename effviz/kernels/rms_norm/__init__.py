@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..dispatch import check_tensor, pick
+from .cpu_backend import rms_norm_cpu
 from .reference import rms_norm_reference
 from .torch_backend import rms_norm_torch
 
@@ -21,7 +22,7 @@ def _rms_norm_triton(*args, **kwargs):
     return rms_norm_triton(*args, **kwargs)
 
 
-IMPLS = {"reference": rms_norm_reference, "torch": rms_norm_torch, "triton": _rms_norm_triton}
+IMPLS = {"reference": rms_norm_reference, "torch": rms_norm_torch, "cpu": rms_norm_cpu, "triton": _rms_norm_triton}
 
 
 def rms_norm(

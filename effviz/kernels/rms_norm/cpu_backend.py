@@ -1,0 +1,40 @@
+"""ctypes wrapper of ``cpu.c``: fused residual add + RMSNorm on CPU in fp32, inference only."""
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Callable
+
+import torch
+
+from .. import native
+
+
+@functools.cache
+def _kernel() -> Callable[..., None]:
+    lib = native.library()
+    if lib is None:
+        raise RuntimeError("rms_norm: the native kernel library is not available")
+    fn = lib.rms_norm_fwd
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_float]
+    fn.restype = None
+    return fn
+
+
+def rms_norm_cpu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    residual: torch.Tensor | None,
+    eps: float,
+    residual_in_fp32: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as ``reference.rms_norm_reference``; CPU tensors, no autograd."""
+    shape, dim = x.shape, x.shape[-1]
+    rows = lambda t: t.detach().float().reshape(-1, dim).contiguous()  # noqa: E731  (a view when already so)
+    x32, res32 = rows(x), None if residual is None else rows(residual)
+    w32 = weight.detach().float().contiguous()
+    out, total = torch.empty_like(x32), torch.empty_like(x32)
+    _kernel()(native.ptr(x32), None if res32 is None else native.ptr(res32), native.ptr(w32), native.ptr(out),
+              native.ptr(total), x32.shape[0], dim, eps)
+    residual_dtype = torch.float32 if residual_in_fp32 else x.dtype
+    return out.view(shape).to(x.dtype), total.view(shape).to(residual_dtype)
