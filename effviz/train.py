@@ -76,13 +76,13 @@ RECIPE_LIMITS = {
     "audio": "Data. Four training speakers are few for a speaker-independent model, and the held-out "
              "speaker is the only validation: its accuracy swings by several points from epoch to epoch "
              "(see the history in card.json), so one more speaker would say more than more epochs.",
-    "audio-visual": "Compute and fusion. The model starts from the speech model of the same mixer and trains "
-                    "15 epochs on one CPU core, its fresh image tokenizer at 4x the learning rate. Its single inputs "
-                    "(Mamba: image 95%, speech 85%; attention: image 90%, speech 93%) bound the clean fused "
-                    "accuracy. Under noise the Mamba "
-                    "model has not learned to discount a corrupted input: with speech at 0 dB its fused "
-                    "prediction falls below the image alone, where the attention model's stays above it. More "
-                    "pairs with one input heavily corrupted, and more epochs, are the next steps.",
+    "audio-visual": "Compute and fusion. The model starts from the speech model of the same mixer and "
+                    "trains 15 epochs on one CPU core, its fresh image tokenizer at 4x the learning rate. Its "
+                    "single inputs (Mamba: image 95%, speech 85%; attention: image 90%, speech 93%) bound the "
+                    "clean fused accuracy. Under noise the Mamba model has not learned to discount a corrupted "
+                    "input: with speech at 0 dB its fused prediction falls below the image alone, where the "
+                    "attention model's stays above it. More pairs with one input heavily corrupted, and more "
+                    "epochs, are the next steps.",
 }
 VAL_SPEAKER = "theo"  # FSDD speaker held out from training: validation is speaker-independent
 

@@ -12,11 +12,11 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
-// 2^t for 8 floats. t = n + f with n an integer and |f| <= 1/2: adding 1.5 * 2^23 rounds t to n in the low mantissa
-// bits (cheaper than a round and a convert, and on the add pipes while the fma pipes do the
-// polynomial), 2^f is a degree-5 minimax polynomial (relative error 7.5e-8, ~2.4e-7 evaluated in
-// fp32), 2^n goes straight into the exponent bits. t is clamped to [-126, 127]: below, 2^t would
-// be subnormal (slow, and ~0 anyway), above it would overflow.
+// 2^t for 8 floats. t = n + f with n an integer and |f| <= 1/2: adding 1.5 * 2^23 rounds t to n
+// in the low mantissa bits (cheaper than a round and a convert, and on the add pipes while the
+// fma pipes do the polynomial), 2^f is a degree-5 minimax polynomial (relative error 7.5e-8,
+// ~2.4e-7 evaluated in fp32), 2^n goes straight into the exponent bits. t is clamped to
+// [-126, 127]: below, 2^t would be subnormal (slow, and ~0 anyway), above it would overflow.
 static inline __m256 exp2_8(__m256 t) {
     t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
     const __m256 magic = _mm256_set1_ps(12582912.0f);
