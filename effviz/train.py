@@ -55,7 +55,7 @@ class Recipe:
 
 
 RECIPES = {
-    "image": Recipe(epochs=8, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
+    "image": Recipe(epochs=20, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1),
     "audio": Recipe(epochs=30, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=2, label_smoothing=0.1),
     "audio-visual": Recipe(epochs=15, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1,
                            fresh_lr_scale=4.0),
