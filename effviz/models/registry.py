@@ -123,8 +123,8 @@ def _small(cfg: ModelConfig, depth: int) -> ModelConfig:
 
 def _cifar(cfg: ModelConfig) -> ModelConfig:
     """32x32 photos: a 2-conv stem (32 then 64 channels, stride 2) and 4x4 patches of its output,
-    i.e. 4x4 tokens of 8x8 pixels. With 8x8 tokens a Vim training step took ~4 s on one core,
-    and the shared 8-epoch recipe would not fit a session; Vim gets 8 blocks, parameter-matched."""
+    i.e. 4x4 tokens of 8x8 pixels. With 8x8 tokens a Vim training step took ~4 s on one core
+    (~1.4 s with 4x4), too slow for the shared recipe on a CPU; Vim gets 8 blocks, parameter-matched."""
     cfg = _small(cfg, depth=6)
     if cfg.channel_mixer is None:
         cfg.depth = 8
