@@ -79,11 +79,13 @@ RECIPE_LIMITS = {
              "(see the history in card.json), so one more speaker would say more than more epochs.",
     "audio-visual": "Compute and fusion. The model starts from the speech model of the same mixer and "
                     "trains 15 epochs on one CPU core, its fresh image tokenizer at 4x the learning rate. Its "
-                    "single inputs (Mamba: image 95%, speech 85%; attention: image 90%, speech 93%) bound the "
-                    "clean fused accuracy. Under noise the Mamba model has not learned to discount a corrupted "
-                    "input: with speech at 0 dB its fused prediction falls below the image alone, where the "
-                    "attention model's stays above it. More pairs with one input heavily corrupted, and more "
-                    "epochs, are the next steps.",
+                    "single inputs (Mamba: image 94%, speech 85%; attention: image 90%, speech 93%) bound the "
+                    "clean fused accuracy; the image side is underfit (the previous Mamba model: 98% on clean "
+                    "training digits), as only ~1,600 steps train it. Under noise the Mamba model has not learned to discount a "
+                    "corrupted input: with speech at 0 dB its fused prediction falls below the image alone, "
+                    "where the attention model's stays above it. Corrupting each input in 40% of the training "
+                    "pairs instead of 25% narrowed that gap (72.8% vs 86.1% became 76.8% vs 88.0%) but did not "
+                    "close it.",
 }
 VAL_SPEAKER = "theo"  # FSDD speaker held out from training: validation is speaker-independent
 
@@ -230,15 +232,18 @@ class DigitsAVTask:
         for start in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[start:start + batch_size]
             y = self.train_img_y[idx]
-            # Fusion must learn to lean on the cleaner input, so in a quarter of the pairs each
-            # modality is heavily corrupted (images: noise of std 1-3 in normalised units; speech:
-            # -5 to 5 dB SNR), a quarter of the images get mild noise, the rest are clean.
+            # Fusion must learn to lean on the cleaner input, so each modality is heavily corrupted
+            # in 40% of the pairs, independently (images: noise of std 1-3 in normalised units;
+            # speech: -5 to 5 dB SNR), so 16% of pairs have both corrupted, as the noisy validation
+            # set has; 20% of the images get mild noise. At 25% each (6% both), the Mamba model's
+            # fused accuracy under noise was 72.8% against 86.1% for its image alone; at 40%, 76.8%
+            # against 88.0%. av-transformer-digits was trained at 25%.
             image = self.train_img[idx]
             r = torch.rand(len(idx), 1, 1, 1, generator=gen)
-            std = torch.where(r < 0.25, 1 + 2 * torch.rand(r.shape, generator=gen),
-                              torch.where(r < 0.5, torch.rand(r.shape, generator=gen), torch.zeros(r.shape)))
+            std = torch.where(r < 0.4, 1 + 2 * torch.rand(r.shape, generator=gen),
+                              torch.where(r < 0.6, torch.rand(r.shape, generator=gen), torch.zeros(r.shape)))
             image = image + std * torch.randn(image.shape, generator=gen)
-            snrs = [float(torch.empty(()).uniform_(-5, 5, generator=gen)) if torch.rand((), generator=gen) < 0.25
+            snrs = [float(torch.empty(()).uniform_(-5, 5, generator=gen)) if torch.rand((), generator=gen) < 0.4
                     else None for _ in range(len(idx))]
             augment = self.speech.augment
             audio = torch.stack([augment.features(clips[j][0], gen, snr)
