@@ -91,11 +91,17 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
         cls_index = None
         if self.config.cls_token is not None:
             cls = (self.cls_token + self.cls_pos).expand(x.shape[0], -1, -1).to(x.dtype)
-            # Vim's middle class token is reached by each scan direction after half the tokens. With
-            # two modalities it sits between them instead: each direction then brings one modality
-            # straight to it, where the exact middle (inside the longer audio) would make the image
-            # reach it only across a run of audio tokens that the forward scan's decay fades.
-            middle = groups[0].shape[1] if len(groups) > 1 else x.shape[1] // 2
+            # Vim's middle class token is reached by each scan direction after half the tokens. A
+            # model of two modalities puts it at their boundary instead, after the image tokens and
+            # before the audio, whichever of them are given: each modality then reaches it by the
+            # same scan direction (image forward, audio backward) alone or fused. The exact middle
+            # would make the image reach it across a run of audio tokens that the forward scan's
+            # decay fades; the middle of each modality when alone (the earlier layout) made every
+            # modality reach it one way alone and another way fused.
+            if len(self.tokenizers) > 1:
+                middle = groups[0].shape[1] if image is not None else 0
+            else:
+                middle = x.shape[1] // 2
             cls_index = {"first": 0, "middle": middle, "last": x.shape[1]}[self.config.cls_token]
             if self.config.dist_token:  # right after the class token, which is first
                 cls = torch.cat([cls, (self.dist_token + self.dist_pos).expand(x.shape[0], -1, -1).to(x.dtype)], 1)

@@ -279,7 +279,7 @@ def test_impossible_stems_are_refused(kwargs):
         PatchTokenizer(3, dim=24, grid=(4, 4), **kwargs)
 
 
-def test_middle_class_token_sits_between_two_modalities():
+def test_middle_class_token_sits_at_the_modality_boundary():
     cfg = BUNDLED_RECIPES["av-mamba-digits"]()
     cfg.embed_dim, cfg.depth = 16, 1
     model = EffvizModel(cfg)
@@ -290,6 +290,9 @@ def test_middle_class_token_sits_between_two_modalities():
     n_image = image_tokens.shape[1] - 1
     assert layout.cls_index == n_image  # right after the image tokens, before the audio
     assert both.shape[1] == image_tokens.shape[1] + audio_tokens.shape[1] - 1
-    assert audio_layout.cls_index == (audio_tokens.shape[1] - 1) // 2  # one modality: the plain middle
+    # One modality given: still at the boundary, so each modality reaches it by the same scan
+    # direction alone as fused (image: last; audio: first).
+    assert model.tokens(image=image)[1].cls_index == n_image
+    assert audio_layout.cls_index == 0
     cls = (model.cls_token + model.cls_pos)[0, 0]
     torch.testing.assert_close(both[0, n_image], cls)
