@@ -38,10 +38,13 @@ class PatchTokenizer(nn.Module):
     tokenize full-spectrum strips, (mel_bins, a few frames). The embedding is stored for ``grid``
     and resampled for any other grid, so every model runs at any resolution that is a multiple of
     the patch size, and any aspect ratio.
+
+    The optional stem (small bundled image models): ``stem_depth`` 3x3 convs of ``stem_channels``
+    at full resolution, then with ``stem_stride`` 2 one more that halves it.
     """
 
     def __init__(self, in_chans: int, patch_size: int | tuple[int, int], dim: int, grid: tuple[int, int],
-                 stem_channels: int = 0, stem_stride: int = 1, stride: int | tuple[int, int] = 0):
+                 stem_channels: int = 0, stem_stride: int = 1, stride: int | tuple[int, int] = 0, stem_depth: int = 1):
         super().__init__()
         self.kernel = _pair(patch_size)
         self.stride = _pair(stride) if stride else self.kernel  # < patch_size: overlapping patches (AST)
@@ -49,13 +52,17 @@ class PatchTokenizer(nn.Module):
             raise ValueError("a stem goes with square, non-overlapping patches only")
         if stem_stride not in (1, 2) or self.kernel[0] % stem_stride or (stem_stride == 2 and not stem_channels):
             raise ValueError(f"stem_stride {stem_stride} needs stem channels and must be 1 or 2 dividing the patch size")
+        if stem_depth < 1 or (stem_depth > 1 and not stem_channels):
+            raise ValueError(f"stem_depth {stem_depth} must be >= 1, and above 1 needs stem channels")
         self.grid = tuple(grid)
         self.stem = None
         out_chans = in_chans
         if stem_channels:
             layers = [nn.Conv2d(in_chans, stem_channels, 3, padding=1), nn.GELU()]
+            for _ in range(stem_depth - 1):
+                layers += [nn.Conv2d(stem_channels, stem_channels, 3, padding=1), nn.GELU()]
             out_chans = stem_channels
-            if stem_stride == 2:  # a second conv that halves the resolution and doubles the channels
+            if stem_stride == 2:  # then a conv that halves the resolution and doubles the channels
                 layers += [nn.Conv2d(stem_channels, 2 * stem_channels, 3, stride=2, padding=1), nn.GELU()]
                 out_chans = 2 * stem_channels
             self.stem = nn.Sequential(*layers)

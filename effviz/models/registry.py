@@ -149,12 +149,12 @@ def _fsdd(cfg: ModelConfig) -> ModelConfig:
 
 
 def _digits_av(cfg: ModelConfig) -> ModelConfig:
-    """Handwritten digit (28x28, 3x3-conv stem, 7x7 patches -> 4x4 tokens) and/or spoken digit, one
+    """Handwritten digit (28x28, two 3x3 convs, 7x7 patches -> 4x4 tokens) and/or spoken digit, one
     sequence. The blocks and audio tokenizer are those of the FSDD model with the same mixer, so
     training starts from its weights (``effviz.train.WARM_START``)."""
     cfg = _fsdd(cfg)
     cfg.modalities, cfg.modality_embed = ("image", "audio"), True
-    cfg.in_chans, cfg.patch_size, cfg.grid_size, cfg.stem_channels = 1, 7, (4, 4), 32
+    cfg.in_chans, cfg.patch_size, cfg.grid_size, cfg.stem_channels, cfg.stem_depth = 1, 7, (4, 4), 32, 2
     cfg.image_size, cfg.image_style = (28, 28), "digit"
     cfg.image_mean, cfg.image_std = (0.1307,) * 3, (0.3081,) * 3
     return cfg

@@ -271,6 +271,21 @@ def test_stride_two_stem_gives_one_token_per_patch_size_of_pixels():
     assert tokenizer.stem[2].stride == (2, 2) and tokenizer.proj.kernel_size == (4, 4)
 
 
+def test_deeper_stem_adds_full_resolution_convs_before_the_stride():
+    tokenizer = PatchTokenizer(3, patch_size=8, dim=24, grid=(4, 4), stem_channels=8, stem_stride=2, stem_depth=2)
+    convs = [m for m in tokenizer.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(1, 1), (1, 1), (2, 2)]
+    assert [c.out_channels for c in convs] == [8, 8, 16]
+    tokens, grid = tokenizer(torch.randn(2, 3, 32, 32))
+    assert grid == (4, 4) and tokens.shape == (2, 16, 24)
+
+
+@pytest.mark.parametrize("kwargs", [dict(stem_depth=0, stem_channels=8), dict(stem_depth=2, stem_channels=0)])
+def test_impossible_stem_depths_are_refused(kwargs):
+    with pytest.raises(ValueError, match="stem_depth"):
+        PatchTokenizer(3, patch_size=8, dim=24, grid=(4, 4), **kwargs)
+
+
 @pytest.mark.parametrize("kwargs", [dict(stem_channels=0, stem_stride=2), dict(stem_channels=8, stem_stride=3),
                                     dict(stem_channels=8, stem_stride=2, patch_size=7)])
 def test_impossible_stems_are_refused(kwargs):
