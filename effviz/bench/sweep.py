@@ -253,8 +253,8 @@ def estimate_memory_mib(model_id: str, axis: str, x: float, batch: int = 1, dtyp
     total += ACTIVATION_VALUES[cfg.mixer] * batch * length * cfg.embed_dim * 4
     if cfg.mixer == "attention" and cfg.attn_impl == "eager":
         total += EAGER_SCORE_COPIES * batch * cfg.num_heads * length**2 * item
-    # Image stem: each full-resolution conv + GELU holds 2x its channels per pixel; a stride-2 conv
-    # adds 2x twice the channels at 1/4 of the pixels.
+    # Image stem: each full-resolution conv + GELU holds 2 x stem_channels values per pixel; the
+    # stride-2 conv + GELU holds 2 x 2*stem_channels at 1/4 of the pixels.
     stem = 2 * cfg.stem_channels * cfg.stem_depth + (cfg.stem_channels if cfg.stem_stride == 2 else 0)
     if point.image_side is not None:
         pixels = batch * point.image_side**2

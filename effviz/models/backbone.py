@@ -45,7 +45,7 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
         self.tokenizers = nn.ModuleDict()
         if "image" in cfg.modalities:
             self.tokenizers["image"] = PatchTokenizer(cfg.in_chans, cfg.patch_size, dim, cfg.grid_size, cfg.stem_channels,
-                                                      cfg.stem_stride, stem_depth=cfg.stem_depth)
+                                                      cfg.stem_depth, cfg.stem_stride)
         if "audio" in cfg.modalities:
             patch = (cfg.audio_patch_mel or cfg.audio_patch_size, cfg.audio_patch_size)
             self.tokenizers["audio"] = PatchTokenizer(1, patch, dim, cfg.audio_grid_size, stride=cfg.audio_patch_stride)

@@ -32,8 +32,8 @@ class ModelConfig:
     # so fewer, richer tokens reach the mixers: what made CIFAR training fit a 2-core CPU.
     stem_stride: int = 1
     # 3x3 convs (with GELU) at full resolution before the stride-2 one. The digit models use 2: with
-    # one, the image tokenizer is a 2-layer conv net that the few image steps of the audio-visual
-    # recipe did not fit (97% on the clean training digits, 94% held out).
+    # one, the few image steps of the audio-visual recipe left even the training digits underfit
+    # (the numbers are in effviz.train.RECIPE_LIMITS).
     stem_depth: int = 1
     mel_bins: int = 128
     audio_patch_size: int = 16

@@ -44,7 +44,7 @@ class PatchTokenizer(nn.Module):
     """
 
     def __init__(self, in_chans: int, patch_size: int | tuple[int, int], dim: int, grid: tuple[int, int],
-                 stem_channels: int = 0, stem_stride: int = 1, stride: int | tuple[int, int] = 0, stem_depth: int = 1):
+                 stem_channels: int = 0, stem_depth: int = 1, stem_stride: int = 1, stride: int | tuple[int, int] = 0):
         super().__init__()
         self.kernel = _pair(patch_size)
         self.stride = _pair(stride) if stride else self.kernel  # < patch_size: overlapping patches (AST)
