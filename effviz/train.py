@@ -34,6 +34,7 @@ from tqdm import tqdm
 from .data.audio import fbank, fit_length
 from .data.datasets import load_cifar10, load_fsdd, load_mnist
 from .models import EffvizModel, ModelConfig
+from .models.releases import Preprocess
 from .models.registry import BUNDLED_RECIPES, WEIGHTS_DIR, task_of, weight_folders
 
 log = logging.getLogger("effviz.train")
@@ -138,6 +139,7 @@ class SpeechAugment:
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
+        self.pre = Preprocess.from_config(cfg).audio
         self.length = int(round(cfg.min_audio_seconds * cfg.sample_rate))
 
     def features(self, wave: torch.Tensor, gen: torch.Generator | None, snr_db: float | None = None) -> torch.Tensor:
@@ -156,7 +158,7 @@ class SpeechAugment:
             wave = add_noise(wave, snr_db=snr_db, gen=gen)
         elif gen is not None and torch.rand((), generator=gen) < 0.5:
             wave = add_noise(wave, snr_db=float(torch.empty(()).uniform_(10, 40, generator=gen)), gen=gen)
-        return fbank(wave, self.cfg)
+        return fbank(wave, self.pre)
 
 
 def add_noise(wave: torch.Tensor, snr_db: float, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -271,7 +273,7 @@ class DigitsAVTask:
         clean_audio = torch.stack([aug.features(clips[j][0], None) for j in audio_idx])
         gen = torch.Generator().manual_seed(1234)
         noisy_audio = torch.stack([
-            fbank(add_noise(fit_length(clips[j][0][: aug.length], aug.length), 0.0, gen), aug.cfg) for j in audio_idx
+            fbank(add_noise(fit_length(clips[j][0][: aug.length], aug.length), 0.0, gen), aug.pre) for j in audio_idx
         ])
         noisy_image = self.val_img + torch.randn(self.val_img.shape, generator=gen) * 2.0
         y = self.val_img_y
@@ -407,6 +409,22 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
     return card
 
 
+def evaluate_saved(model_id: str, data: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Re-measure a trained model's card numbers from its saved weights: the same validation
+    sets (same split seed) as training used. Returns ``{metric: {"card": ..., "measured": ...}}``
+    for every metric the card reports except the training ones."""
+    from .api import build_pretrained, model_card
+
+    card = model_card(model_id)
+    if card.get("task") not in RECIPES or "recipe" not in card:
+        raise ValueError(f"{model_id} was not trained by effviz.train: it has no recipe to re-measure")
+    model, _ = build_pretrained(model_id)
+    task = TASKS[card["task"]](model.config, data, card["recipe"]["seed"])
+    measured = {name: evaluate(model, batches) for name, batches in task.val_sets()}
+    reported = {k: v for k, v in card.get("metrics", {}).items() if not k.startswith("train")}
+    return {name: {"card": reported.get(name), "measured": value} for name, value in measured.items()}
+
+
 def warm_start(model: EffvizModel, model_id: str) -> dict | None:
     """Load the weights of ``WARM_START[model_id]`` (from weights/) into every matching parameter.
     Refuses a source with a parameter the model lacks or shapes that differ: the architectures
@@ -496,8 +514,15 @@ def _fusion_line(metrics: dict) -> str:
     return "Fusion, " + "; ".join(parts) + ".\n\n"
 
 
+def data_files(folder: str | Path) -> dict[str, str]:
+    """The training data files in ``folder`` (this project's ``../shared/data`` layout)."""
+    folder = Path(folder)
+    return {"cifar10": str(folder / "cifar10-train.zip"), "fsdd": str(folder / "fsdd-5speakers.zip"),
+            "mnist": str(folder / "mnist-8k.npz")}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m effviz.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m effviz train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_id", choices=sorted(BUNDLED_RECIPES))
     parser.add_argument("--data", default="../shared/data", help="folder holding the data files")
@@ -510,9 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = Path(args.data)
-    data = {"cifar10": str(folder / "cifar10-train.zip"), "fsdd": str(folder / "fsdd-5speakers.zip"),
-            "mnist": str(folder / "mnist-8k.npz")}
+    data = data_files(args.data)
     card = train(args.model_id, data, epochs=args.epochs, resume=args.resume, out_dir=args.out,
                  limit_batches=args.limit_batches)
     print(json.dumps(card["metrics"], indent=2))

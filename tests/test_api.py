@@ -21,6 +21,7 @@ from effviz import api
 from effviz.data.audio import audio_to_tensor
 from effviz.models import EffvizModel, create_model, registry
 from effviz.models.registry import BUNDLED_RECIPES, task_of
+from effviz.models.releases import Preprocess
 from effviz.train import RECIPES, SpeechAugment, save_bundled
 
 torch.set_num_threads(1)
@@ -126,7 +127,8 @@ def test_list_models_skips_a_folder_with_a_broken_config(weights_dir, tmp_path, 
 def test_list_models_without_a_weights_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "absent")
     assert effviz.list_models() == []
-    with pytest.raises(ValueError, match="unknown model 'tiny-deit'; available: none"):
+    # Only the official releases remain, which download on first use.
+    with pytest.raises(ValueError, match="unknown model 'tiny-deit'; available: vim-tiny-official, "):
         effviz.predict("tiny-deit", image=noise_image((8, 8), "RGB"))
 
 
@@ -201,7 +203,8 @@ def test_short_clips_are_centred_in_silence_as_in_training():
     clip = tone(0.3, cfg.sample_rate)
     # Training's framing of a held-out clip (no augmentation) and the API's are the same features ...
     trained = SpeechAugment(cfg).features(torch.from_numpy(clip), None)
-    torch.testing.assert_close(audio_to_tensor(clip, cfg.sample_rate, cfg)[0], trained, rtol=0, atol=0)
+    pre = Preprocess.from_config(cfg).audio
+    torch.testing.assert_close(audio_to_tensor(clip, cfg.sample_rate, pre)[0], trained, rtol=0, atol=0)
     # ... and the same prediction as the clip padded by hand to the 1 s it was trained on.
     room = cfg.sample_rate - clip.shape[0]
     padded = np.pad(clip, (room // 2, room - room // 2))
@@ -327,15 +330,15 @@ def test_loaded_models_are_cached_in_eval_mode():
 
 def test_concurrent_first_loads_load_once(weights_dir, tmp_path, monkeypatch):
     copy_model(weights_dir, tmp_path, monkeypatch, "tiny-aum", "fresh")
-    original = EffvizModel.from_pretrained.__func__
+    original = api.build_pretrained
     loads = []
 
-    def slow_from_pretrained(cls, *args, **kwargs):
-        loads.append(args[0])
+    def slow_build(model_id):
+        loads.append(model_id)
         time.sleep(0.3)  # a window in which every other thread asks for the same model
-        return original(cls, *args, **kwargs)
+        return original(model_id)
 
-    monkeypatch.setattr(EffvizModel, "from_pretrained", classmethod(slow_from_pretrained))
+    monkeypatch.setattr(api, "build_pretrained", slow_build)
     start = threading.Barrier(8)
     results, errors = [], []
 

@@ -61,13 +61,14 @@ def test_classify_image_answers_with_labels_or_says_no_model(client, tmp_path):
 
     status, table, *labels = client.predict(handle_file(str(_png(tmp_path / "noise.png"))), False,
                                             api_name="/classify_image")
-    models = effviz.list_models("image")  # the app reads the same weights/ folder
+    models = [m for m in effviz.list_models("image") if m not in effviz.list_releases()]  # the app's defaults
+    shown = [label for label in labels if label]  # unused slots stay empty
     if not models:
         assert "No bundled model for this task yet" in status
-        assert labels == [] and table["data"] == []
+        assert shown == [] and table["data"] == []
         return
-    assert len(labels) == len(models) and len(table["data"]) == len(models)
-    for label in labels:
+    assert len(shown) == len(models) and len(table["data"]) == len(models)
+    for label in shown:
         confidences = label["confidences"]
         assert 1 <= len(confidences) <= 5
         assert 0 < sum(c["confidence"] for c in confidences) <= 1 + 1e-6
@@ -164,10 +165,12 @@ def test_classify_audio_shows_the_spectrogram(client, tmp_path):
     assert heatmap["type"] == "heatmap"
     z = heatmap["z"]  # plotly sends numpy arrays as base64 with their shape
     assert (int(z["shape"].split(",")[0]) if isinstance(z, dict) else len(z)) == 128  # mel bins
-    if not effviz.list_models("audio"):
-        assert "No bundled model for this task yet" in status and labels == []
+    shown = [label for label in labels if label]
+    bundled = [m for m in effviz.list_models("audio") if m not in effviz.list_releases()]
+    if not bundled:
+        assert "No bundled model for this task yet" in status and shown == []
     else:
-        assert len(labels) == len(table["data"]) == len(effviz.list_models("audio"))
+        assert len(shown) == len(table["data"]) == len(bundled)
 
 
 def test_classify_av_without_any_input_is_a_clear_error(client, tmp_path):
@@ -249,11 +252,42 @@ def test_kernels_benchmark_returns_plot_and_report(client):
     assert all(y > 0 for t in traces for y in t["y"])
 
 
-def test_import_checkpoint_offline_says_why(client):
+def test_fetching_an_official_release_offline_says_why(client):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="offline"):
-        client.predict("vim-tiny", "hustvl/Vim-tiny-midclstok", api_name="/import_checkpoint")
+        client.predict("vim-tiny-official", api_name="/import_checkpoint")
+
+
+@pytest.mark.parametrize("request_", ["/etc/passwd", "weights/vim-cifar/model.safetensors", "evil/repo", "hustvl/Vim-tiny-midclstok"])
+def test_the_fetch_endpoint_takes_only_registered_releases(client, request_):
+    """No server path is read and no arbitrary repo is fetched: the public app fetches the
+    registry's releases (a repo id only when the operator allow-lists it)."""
+    import gradio as gr
+    from gradio_client.exceptions import AppError
+
+    from effviz.ui import models as models_tab
+
+    with pytest.raises(AppError, match="not in the list of choices"):  # Gradio refuses it before our code
+        client.predict(request_, api_name="/import_checkpoint")
+    with pytest.raises(gr.Error, match="is not an official release"):  # and so would our code
+        models_tab.fetch_official(request_)
+
+
+def test_an_allow_listed_repo_never_overwrites_an_existing_model(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from effviz.ui import models as models_tab
+
+    (tmp_path / "vim-tiny-org-vim").mkdir()
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setenv("EFFVIZ_ALLOWED_REPOS", "vim-tiny=org/vim")
+    assert "org/vim" in models_tab.fetchable()
+    with pytest.raises(gr.Error, match="already exists in weights/; an existing model is never overwritten"):
+        models_tab.fetch_official("org/vim")
+    monkeypatch.setenv("EFFVIZ_ALLOWED_REPOS", "vir-tiny=org/vir")
+    with pytest.raises(ValueError, match="EFFVIZ_ALLOWED_REPOS"):
+        models_tab.fetchable()
 
 
 # ---- tab functions in-process, with tiny bundled models ------------------------------------------

@@ -28,6 +28,7 @@ from effviz.convert.keymaps import LAYOUTS
 from effviz.convert.__main__ import main as cli_main
 from effviz.models import EffvizModel, ModelConfig
 from effviz.models import registry
+from effviz.models.releases import read_preprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FP32_TOL = dict(rtol=6e-4, atol=2e-3)  # DESIGN.md §4
@@ -366,7 +367,7 @@ def saved_model(out_dir: Path) -> tuple[ModelConfig, EffvizModel]:
 # --- imports at small size, against the official forward ----------------------------------------
 
 def test_every_importable_architecture_has_a_layout_and_a_release():
-    assert set(OFFICIAL) == set(LAYOUTS) == {"vim-tiny", "vrwkv-tiny", "deit-tiny", "aum-tiny", "ast-base"}
+    assert set(OFFICIAL) == set(LAYOUTS) == {"vim-tiny", "vim-small", "vrwkv-tiny", "deit-tiny", "deit-small", "aum-tiny", "ast-base"}
 
 
 def save_vim_training_checkpoint(state, path):
@@ -417,8 +418,9 @@ def test_aum_import_matches_official_forward(small_archs, tmp_path):
     torch.testing.assert_close(got, expected.float(), **FP32_TOL)
 
     cfg, reloaded = saved_model(tmp_path / "out")
-    assert cfg.modalities == ("audio",) and (cfg.fbank_mean, cfg.fbank_std) == (-4.2677393, 4.5689974)
-    assert cfg.min_audio_seconds == 10.24  # 1022 fbank frames, padded to AuM's 1024: the 8x64 grid
+    pre = read_preprocess(tmp_path / "out", cfg)  # AudioSet framing: 1024 frames, the 8x64 grid
+    assert cfg.modalities == ("audio",) and (pre.audio.fbank_mean, pre.audio.fbank_std) == (-4.2677393, 4.5689974)
+    assert pre.audio.max_frames == 1024 and pre.audio.padding == "end" and pre.activation == "sigmoid"
     assert cfg.labels[:2] == ["Speech", "Male speech, man speaking"] and len(cfg.labels) == AUDIOSET_CLASSES
     for name, tensor in reloaded.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name]), name
@@ -451,12 +453,12 @@ def test_ast_import_matches_official_forward(small_archs, tmp_path):
 
     cfg, reloaded = saved_model(tmp_path / "out")
     assert (cfg.audio_patch_stride, cfg.dist_token, cfg.head_norm, cfg.norm_eps) == (10, True, True, 1e-12)
-    assert (cfg.fbank_mean, cfg.fbank_std, cfg.min_audio_seconds) == (-4.2677393, 4.5689974, 10.24)
+    assert read_preprocess(tmp_path / "out", cfg) == OFFICIAL["ast-base"].preprocess
     assert cfg.labels[0] == "Speech" and len(cfg.labels) == AUDIOSET_CLASSES
     for name, tensor in reloaded.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name]), name
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "MIT/ast-finetuned-audioset-10-10-0.4593" in card and "silence" in card
+    assert "MIT/ast-finetuned-audioset-10-10-0.4593" in card and "sigmoid" in card and "1024 frames" in card
 
 
 @pytest.mark.parametrize("layout", ["huggingface", "timm"])
@@ -582,8 +584,8 @@ def test_unreadable_or_missing_files_are_clear_errors(tmp_path):
         import_checkpoint("vim-tiny", tmp_path / "junk.pth", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
         import_checkpoint("vim-tiny", tmp_path / "absent.pth", tmp_path / "out")
-    with pytest.raises(ValueError, match="choose one of vim-tiny, vrwkv-tiny, deit-tiny, aum-tiny, ast-base"):
-        import_checkpoint("vim-small", tmp_path / "junk.pth")
+    with pytest.raises(ValueError, match="no official checkpoint import for 'vir-tiny'; choose one of vim-tiny, "):
+        import_checkpoint("vir-tiny", tmp_path / "junk.pth")
 
 
 @pytest.fixture
@@ -609,7 +611,7 @@ def test_hub_unreachable_fails_fast_with_a_clear_message(empty_hub_cache, monkey
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
     start = time.monotonic()
-    with pytest.raises(FileNotFoundError, match=r"could not download model\.safetensors or pytorch_model\.bin "
+    with pytest.raises(FileNotFoundError, match=r"could not download model\.safetensors "
                        r".* from the Hugging Face Hub: offline \(cannot connect to 127\.0\.0\.1.*pass a local file"):
         import_checkpoint("deit-tiny", "facebook/deit-tiny-patch16-224")
     assert time.monotonic() - start < 5

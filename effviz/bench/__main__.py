@@ -51,7 +51,7 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from .kernels import DEFAULT_LENGTHS, DTYPES, OPS
 
-    parser = argparse.ArgumentParser(prog="python -m effviz.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m effviz bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     k = commands.add_parser(
         "kernels",

@@ -1,84 +1,34 @@
-"""Import the official checkpoints of Vim-Ti, VRWKV-T, DeiT-Ti, Audio Mamba and AST into effviz models.
+"""Import the official checkpoints of Vim, VRWKV-T, DeiT, Audio Mamba and AST into effviz models.
 
+``convert_checkpoint(arch, state_dict)`` maps every official tensor onto our backbone with its
+key and shape checked (``keymaps.py``) and gives the model its class labels (ImageNet-1k, or
+AudioSet for AuM and AST); the app and ``effviz.load_model`` use it on the Hub's cached file.
 ``import_checkpoint("vim-tiny", "vim_t_midclstok_76p1acc.pth")`` (or a Hub repo id instead of a
-file) loads the official weights safely, maps every tensor onto our backbone with its key and shape
-checked (``keymaps.py``), gives the model its class labels (ImageNet-1k, or AudioSet for AuM and AST), and
-saves it as a bundled model (config.json + model.safetensors + README.md card) under
-``weights/<arch>-official/``.
-CLI: ``python -m effviz.convert ARCH SOURCE [--out DIR]``.
+file) does the same and saves the result as a model folder (config.json + model.safetensors +
+preprocess.json + README.md card) under ``weights/<release name>/``.
+CLI: ``python -m effviz import ARCH SOURCE [--out DIR]``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from ..models.backbone import EffvizModel
 from ..models.registry import WEIGHTS_DIR, architecture_config
-from .keymaps import Layout, convert_state_dict, pick_layout
-from .loading import ResolvedSource, download_from_hub, is_hub_repo_id, load_tensors
+from ..models.releases import PREPROCESS_FILE, Release, release_for
+from .keymaps import LAYOUTS, Layout, convert_state_dict, pick_layout
+from .loading import ResolvedSource, download_from_hub, file_sha256, is_hub_repo_id, load_tensors
 
 # Label files by dataset; each records where its names were taken from under "source".
 LABEL_FILES = {
     "ImageNet-1k": Path(__file__).with_name("imagenet_labels.json"),
     "AudioSet": Path(__file__).with_name("audioset_labels.json"),
 }
-
-
-@dataclass(frozen=True)
-class OfficialRelease:
-    """Where an architecture's official weights are published, for downloads and cards."""
-
-    repo_id: str | None  # Hugging Face Hub repo; None where the weights are not on the Hub
-    filenames: tuple[str, ...]  # tried in order
-    model: str
-    paper: str
-    code: str
-    top1: str  # the headline result as reported by the authors
-    licence: str
-    dataset: str = "ImageNet-1k"  # what the head classifies (a key of LABEL_FILES)
-    availability: str = ""  # how to get the weights where they are not on the Hub
-    note: str = ""  # where our use of the weights differs from the official code, for the card
-
-
-OFFICIAL: dict[str, OfficialRelease] = {
-    "vim-tiny": OfficialRelease(
-        "hustvl/Vim-tiny-midclstok", ("vim_t_midclstok_76p1acc.pth",),
-        "Vision Mamba Vim-Ti (middle class token)", "Zhu et al., ICML 2024, arXiv:2401.09417",
-        "https://github.com/hustvl/Vim", "76.1%", "apache-2.0",
-    ),
-    "vrwkv-tiny": OfficialRelease(
-        "OpenGVLab/Vision-RWKV", ("vrwkv_t_in1k_224.pth",),
-        "Vision-RWKV VRWKV-T", "Duan et al., ICLR 2025, arXiv:2403.02308",
-        "https://github.com/OpenGVLab/Vision-RWKV", "75.1%", "apache-2.0",
-    ),
-    "deit-tiny": OfficialRelease(
-        "facebook/deit-tiny-patch16-224", ("model.safetensors", "pytorch_model.bin"),
-        "DeiT-Ti", "Touvron et al., ICML 2021, arXiv:2012.12877",
-        "https://github.com/facebookresearch/deit", "72.2%", "apache-2.0",
-    ),
-    # The authors publish AuM-B (Fo-Bi) and AuM-S (Bi-Bi) checkpoints on Google Drive only, none for
-    # the tiny size; this imports an AuM-Ti (Bi-Bi) trained with their code on AudioSet's 527 classes.
-    "aum-tiny": OfficialRelease(
-        None, ("best_audio_model.pth",),
-        "Audio Mamba AuM-Ti (Bi-Bi, middle class token)", "Erol et al., IEEE SPL 2024, arXiv:2406.03344",
-        "https://github.com/kaistmm/Audio-Mamba-AuM", "none published for tiny (AuM-S: 39.74 mAP on AudioSet)",
-        "bsd-3-clause", dataset="AudioSet",
-        availability="not on the Hugging Face Hub: the authors share AuM-B and AuM-S checkpoints through "
-                     "Google Drive links in their README (none at the tiny size), and their training code "
-                     "saves `best_audio_model.pth`",
-    ),
-    "ast-base": OfficialRelease(
-        "MIT/ast-finetuned-audioset-10-10-0.4593", ("model.safetensors", "pytorch_model.bin"),
-        "Audio Spectrogram Transformer AST-Base (AudioSet, patch stride 10)", "Gong et al., Interspeech 2021, arXiv:2104.01778",
-        "https://github.com/YuanGongND/ast", "0.4593 mAP on AudioSet", "bsd-3-clause", dataset="AudioSet",
-        note="clips shorter than 10.24 s are padded with silence before the fbank, where AST's feature "
-             "extractor pads the fbank with zero frames, and longer clips are not cut (the position "
-             "embedding is resampled), so predictions on such clips can differ from the original code's",
-    ),
-}
+# Architectures with an official checkpoint layout, each with its release.
+OFFICIAL: dict[str, Release] = {arch: release_for(arch) for arch in LAYOUTS}
 
 
 def dataset_labels(dataset: str) -> list[str]:
@@ -93,7 +43,7 @@ def imagenet_labels() -> list[str]:
 
 
 def default_out_dir(arch: str) -> Path:
-    return WEIGHTS_DIR / f"{arch}-official"
+    return WEIGHTS_DIR / OFFICIAL[arch].name
 
 
 def resolve_source(arch: str, source: str | os.PathLike) -> ResolvedSource:
@@ -107,7 +57,9 @@ def resolve_source(arch: str, source: str | os.PathLike) -> ResolvedSource:
             "give the path of such a file)"
         )
     if isinstance(source, str) and is_hub_repo_id(source):
-        return download_from_hub(source, release.filenames, arch)
+        revision = release.revision if source == release.repo_id else None
+        return download_from_hub(source, release.filenames, arch, revision=revision,
+                                 sha256=release.sha256 if source == release.repo_id else None)
     raise FileNotFoundError(
         f"no such checkpoint file: {source} (give a .pth/.pt/.bin/.safetensors file, or a Hugging "
         f"Face Hub repo id such as {release.repo_id})"
@@ -130,8 +82,22 @@ def import_checkpoint(arch: str, source: str | os.PathLike, out_dir: str | os.Pa
     if arch not in OFFICIAL:
         raise ValueError(f"no official checkpoint import for {arch!r}; choose one of {', '.join(OFFICIAL)}")
     resolved = resolve_source(arch, source)
-    official = load_tensors(resolved.path)
+    model, layout = convert_checkpoint(arch, load_tensors(resolved.path), what=str(resolved.path))
 
+    out = Path(out_dir) if out_dir is not None else default_out_dir(arch)
+    model.save_pretrained(out)
+    (out / PREPROCESS_FILE).write_text(OFFICIAL[arch].preprocess.to_json(), encoding="utf-8")
+    # save_pretrained writes a generic card when none exists; ours says where the weights came from.
+    # The line recording the weights' sha256 is what effviz.api checks before loading the folder.
+    card = model_card(arch, layout, resolved) + f"\nsha256 of model.safetensors: `{file_sha256(out / 'model.safetensors')}`\n"
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return model
+
+
+def convert_checkpoint(arch: str, official: dict[str, torch.Tensor], what: str = "the checkpoint") -> tuple[EffvizModel, Layout]:
+    """Our ``arch`` model (eval mode, with its release's labels) holding an official state dict,
+    and the layout it was read in. Raises ValueError naming every missing, unexpected and
+    wrong-shaped key."""
     cfg = architecture_config(arch)
     layout = pick_layout(arch, cfg, official)
     for name, value in layout.config_overrides.items():
@@ -139,25 +105,20 @@ def import_checkpoint(arch: str, source: str | os.PathLike, out_dir: str | os.Pa
     cfg.labels = dataset_labels(OFFICIAL[arch].dataset)
     cfg.__post_init__()
     model = EffvizModel(cfg)
-    state = convert_state_dict(layout, cfg, official, model.state_dict(), what=f"{resolved.path} (as {arch})")
+    state = convert_state_dict(layout, cfg, official, model.state_dict(), what=f"{what} (as {arch})")
     model.load_state_dict(state, strict=True)
-    model.eval()
-
-    out = Path(out_dir) if out_dir is not None else default_out_dir(arch)
-    model.save_pretrained(out)
-    # save_pretrained writes a generic card when none exists; ours says where the weights came from.
-    # The line recording the weights' sha256 is what effviz.api checks before loading the folder.
-    card = model_card(arch, layout, resolved) + f"\nsha256 of model.safetensors: `{_sha256(out / 'model.safetensors')}`\n"
-    (out / "README.md").write_text(card, encoding="utf-8")
-    return model
+    return model.eval(), layout
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _framing(release: Release) -> str:
+    pre = release.preprocess
+    if pre.audio is not None:
+        a = pre.audio
+        return (f"{a.sample_rate} Hz, {a.mel_bins}-bin fbank normalised with mean {a.fbank_mean} and std "
+                f"{a.fbank_std}, {a.max_frames} frames, zero frames padded at the {a.padding}")
+    i = pre.image
+    return (f"shorter side to {int(min(i.size) / i.crop_pct)} px ({i.interpolation}), centre crop "
+            f"{i.size[0]}x{i.size[1]}, mean {i.mean}, std {i.std}")
 
 
 def model_card(arch: str, layout: Layout, resolved: ResolvedSource) -> str:
@@ -196,10 +157,11 @@ tags:
 with its name and shape checked; none was missing or left over.
 
 - Source: {origin}
-- sha256 of the source file: `{_sha256(resolved.path)}`
+- sha256 of the source file: `{file_sha256(resolved.path)}`
 - Official layout: {layout.name}; official code: {release.code}
 - {release.dataset} {metric} reported by the authors: {release.top1} (not re-measured here)
-- Labels: {label_source}
+- Labels: {label_source}; outputs read with {release.preprocess.activation} (`preprocess.json` records
+  the input framing: {_framing(release)})
 - Licence: {release.licence}, as declared for the official release; check the source before
   redistributing these weights.{note}
 
@@ -207,4 +169,4 @@ Re-create: `python -m effviz.convert {arch} {reconvert}`
 """
 
 
-__all__ = ["OFFICIAL", "dataset_labels", "default_out_dir", "imagenet_labels", "import_checkpoint"]
+__all__ = ["OFFICIAL", "convert_checkpoint", "dataset_labels", "default_out_dir", "imagenet_labels", "import_checkpoint"]

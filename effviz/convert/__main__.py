@@ -9,7 +9,7 @@ from . import OFFICIAL, default_out_dir, import_checkpoint
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m effviz.convert",
+        prog="python -m effviz import",
         description="Import an official checkpoint (ImageNet-1k, or AudioSet for aum-tiny) into an effviz "
                     "model and save it as a bundled model (config.json, model.safetensors, README.md).",
     )

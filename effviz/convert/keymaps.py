@@ -252,23 +252,22 @@ class Layout:
     config_overrides: dict[str, object] = field(default_factory=dict)
 
 
+_DEIT_LAYOUTS = (
+    # transformers' ViT uses LayerNorm eps 1e-12 (config.layer_norm_eps), timm 1e-6.
+    Layout("Hugging Face ViTForImageClassification", deit_hf_transfers, {"norm_eps": 1e-12}),
+    Layout("timm VisionTransformer (facebookresearch/deit)", deit_timm_transfers, {"norm_eps": 1e-6}),
+)
+
+# How an AudioSet release frames its clips (rate, fbank statistics, 1024 frames) is its
+# Preprocess record in effviz.models.releases, not part of the architecture.
 LAYOUTS: dict[str, tuple[Layout, ...]] = {
     "vim-tiny": (Layout("hustvl/Vim", vim_transfers),),
-    "deit-tiny": (
-        # transformers' ViT uses LayerNorm eps 1e-12 (config.layer_norm_eps), timm 1e-6.
-        Layout("Hugging Face ViTForImageClassification", deit_hf_transfers, {"norm_eps": 1e-12}),
-        Layout("timm VisionTransformer (facebookresearch/deit)", deit_timm_transfers, {"norm_eps": 1e-6}),
-    ),
+    "vim-small": (Layout("hustvl/Vim", vim_transfers),),
+    "deit-tiny": _DEIT_LAYOUTS,
+    "deit-small": _DEIT_LAYOUTS,
     "vrwkv-tiny": (Layout("OpenGVLab/Vision-RWKV (mmcls)", vrwkv_transfers),),
-    # AuM's AudioSet recipe: fbank normalised with the AudioSet statistics of its scripts
-    # (dataset_mean, dataset_std), clips framed to audio_length 1024 frames; 10.24 s of audio gives
-    # 1022 frames, padded to 1024, i.e. exactly the 8x64 patch grid its position embedding has.
-    "aum-tiny": (Layout("kaistmm/Audio-Mamba-AuM (Bi-Bi)", aum_transfers,
-                        {"fbank_mean": -4.2677393, "fbank_std": 4.5689974, "min_audio_seconds": 10.24}),),
-    # AST's feature extractor: the same AudioSet statistics, clips framed to 1024 frames (10.24 s).
-    # It pads short clips with zero fbank frames; we pad the waveform with silence (see the card).
-    "ast-base": (Layout("Hugging Face ASTForAudioClassification", ast_transfers,
-                        {"fbank_mean": -4.2677393, "fbank_std": 4.5689974, "min_audio_seconds": 10.24}),),
+    "aum-tiny": (Layout("kaistmm/Audio-Mamba-AuM (Bi-Bi)", aum_transfers),),
+    "ast-base": (Layout("Hugging Face ASTForAudioClassification", ast_transfers),),
 }
 
 

@@ -3,6 +3,7 @@ unpickling anything but tensors, plain containers and an explicit allow-list of 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pickle
 import re
@@ -59,25 +60,31 @@ def _hub_offline_reason() -> str | None:
     return None
 
 
-def download_from_hub(repo_id: str, filenames: tuple[str, ...], arch: str) -> ResolvedSource:
-    """Download the first of ``filenames`` that ``repo_id`` has (or take it from the local cache).
+def download_from_hub(
+    repo_id: str, filenames: tuple[str, ...], arch: str, revision: str | None = None, sha256: str | None = None,
+    local_only: bool = False,
+) -> ResolvedSource:
+    """Download the first of ``filenames`` that ``repo_id`` has at ``revision`` (default: main),
+    or take it from the local Hugging Face cache.
 
-    Offline, or with no connection to the Hub, only the cache is looked at, so this fails within
-    seconds. Read stalls during a download time out after ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds
-    (huggingface_hub's setting, default 10).
+    Offline, with no connection to the Hub, or with ``local_only``, only the cache is looked at,
+    so this fails within seconds. Read stalls during a download time out after
+    ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds (huggingface_hub's setting, default 10). With ``sha256``,
+    a file whose digest differs is refused (ValueError). huggingface_hub reports download
+    progress through tqdm (the app's progress bar follows it).
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError
 
-    offline = _hub_offline_reason()
+    offline = "only the local cache was asked" if local_only else _hub_offline_reason()
     wanted = " or ".join(filenames)
     how_to = (
         f"pass a local file instead: download it from https://huggingface.co/{repo_id} and run "
-        f"`python -m effviz.convert {arch} /path/to/{filenames[0]}`"
+        f"`python -m effviz import {arch} /path/to/{filenames[0]}`"
     )
     for filename in filenames:
         try:
-            path = Path(hf_hub_download(repo_id, filename, etag_timeout=HUB_ETAG_TIMEOUT_S,
+            path = Path(hf_hub_download(repo_id, filename, revision=revision, etag_timeout=HUB_ETAG_TIMEOUT_S,
                                         local_files_only=offline is not None))
         except LocalEntryNotFoundError as error:  # not cached, and the Hub was not asked or did not answer
             if offline is None:
@@ -93,6 +100,8 @@ def download_from_hub(repo_id: str, filenames: tuple[str, ...], arch: str) -> Re
                 f"could not download {filename} ({repo_id}) from the Hugging Face Hub: "
                 f"{str(error).splitlines()[0]}; {how_to}"
             ) from error
+        if sha256 is not None and file_sha256(path) != sha256:
+            raise ValueError(f"refusing {path}: its sha256 is not the {sha256} recorded for {repo_id}/{filename}")
         # The cache lays files out as .../snapshots/<commit>/<filename>.
         commit = path.parent.name if path.parent.parent.name == "snapshots" else None
         return ResolvedSource(path, repo_id, filename, commit)
@@ -102,6 +111,25 @@ def download_from_hub(repo_id: str, filenames: tuple[str, ...], arch: str) -> Re
             f"and it is not in the local cache; {how_to}"
         )
     raise FileNotFoundError(f"the Hugging Face Hub repo {repo_id} has no {wanted}; {how_to}")
+
+
+def cached_file(repo_id: str, filenames: tuple[str, ...], revision: str | None = None) -> Path | None:
+    """The first of ``filenames`` already in the local Hugging Face cache, without any network call."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        path = try_to_load_from_cache(repo_id, filename, revision=revision)
+        if isinstance(path, str):
+            return Path(path)
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _unsupported_global(error: Exception) -> str | None:

@@ -16,7 +16,7 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as audio_functional
 
-from ..models.config import ModelConfig
+from ..models.releases import AudioPreprocess
 
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 384_000
@@ -176,19 +176,23 @@ def _resample(waveform: torch.Tensor, sample_rate: int, target_rate: int) -> tor
     return audio_functional.resample(waveform, ratio.numerator, ratio.denominator)
 
 
-def fbank(waveform: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    """Normalised log-mel filterbank ``(frames, cfg.mel_bins)`` of a mono waveform at
-    ``cfg.sample_rate``, computed as AST computes it.
+def fbank(waveform: torch.Tensor, pre: AudioPreprocess) -> torch.Tensor:
+    """Normalised log-mel filterbank ``(frames, pre.mel_bins)`` of a mono waveform at
+    ``pre.sample_rate``, computed as AST computes it.
 
     The clip's mean is removed, Kaldi fbank features are taken (Hanning window, 25 ms every
     10 ms, no dither, HTK-compatible), and normalised as ``(x - fbank_mean) / (2 * fbank_std)``.
-    Frames are padded at the end up to a multiple of ``cfg.audio_patch_size`` with the clip's
-    smallest value, i.e. its quietest level, so that padding reads as silence rather than as
-    the mid-level sound a 0 would be.
+    Then the frames are framed as ``pre.padding`` says:
+    - "centre": padded at the end up to a multiple of ``pre.frame_multiple`` with the clip's
+      smallest value, i.e. its quietest level, so that padding reads as silence rather than as
+      the mid-level sound a 0 would be;
+    - "end": zero frames appended *before* normalising, up to ``pre.max_frames`` (AST's code and
+      HF's ASTFeatureExtractor).
+    Either way, more than ``pre.max_frames`` frames (when set) are cut to that many.
     """
     if waveform.ndim != 1:
         raise ValueError(f"waveform must be 1-D (samples,), got shape {tuple(waveform.shape)}")
-    window = round(cfg.sample_rate * FRAME_LENGTH_MS / 1000)
+    window = round(pre.sample_rate * FRAME_LENGTH_MS / 1000)
     if waveform.shape[0] < window:
         raise ValueError(
             f"waveform has {waveform.shape[0]} samples, fewer than one {FRAME_LENGTH_MS:g} ms window "
@@ -200,14 +204,18 @@ def fbank(waveform: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
         htk_compat=True,
         use_energy=False,
         window_type="hanning",
-        num_mel_bins=cfg.mel_bins,
+        num_mel_bins=pre.mel_bins,
         dither=0.0,
         frame_length=FRAME_LENGTH_MS,
         frame_shift=FRAME_SHIFT_MS,
-        sample_frequency=cfg.sample_rate,
+        sample_frequency=pre.sample_rate,
     )
-    features = (features - cfg.fbank_mean) / (2 * cfg.fbank_std)
-    missing = -features.shape[0] % cfg.audio_patch_size
+    if pre.max_frames:
+        features = features[: pre.max_frames]
+    if pre.padding == "end":
+        features = torch.nn.functional.pad(features, (0, 0, 0, pre.max_frames - features.shape[0]))
+    features = (features - pre.fbank_mean) / (2 * pre.fbank_std)
+    missing = -features.shape[0] % pre.frame_multiple
     if missing:
         padding = features.min().expand(missing, features.shape[1])
         features = torch.cat([features, padding])
@@ -230,11 +238,11 @@ def fit_length(waveform: torch.Tensor, num_samples: int, gen: torch.Generator | 
 
 
 def audio_to_tensor(
-    audio: np.ndarray, sample_rate: int, cfg: ModelConfig, max_seconds: float = DEFAULT_MAX_SECONDS
+    audio: np.ndarray, sample_rate: int, pre: AudioPreprocess, max_seconds: float = DEFAULT_MAX_SECONDS
 ) -> torch.Tensor:
-    """Model input ``(1, frames, cfg.mel_bins)`` from decoded audio: :func:`prepare_waveform`
-    at ``cfg.sample_rate``, centred in ``cfg.min_audio_seconds`` of silence when shorter (the
-    clip length the model was trained on, framed as training frames its clips), then :func:`fbank`."""
-    waveform = prepare_waveform(audio, sample_rate, cfg.sample_rate, max_seconds)
-    waveform = fit_length(waveform, int(round(cfg.min_audio_seconds * cfg.sample_rate)))
-    return fbank(waveform, cfg).unsqueeze(0)
+    """Model input ``(1, frames, pre.mel_bins)`` from decoded audio: :func:`prepare_waveform`
+    at ``pre.sample_rate``, centred in ``pre.min_seconds`` of silence when shorter (the clip
+    length the model was trained on, framed as training frames its clips), then :func:`fbank`."""
+    waveform = prepare_waveform(audio, sample_rate, pre.sample_rate, max_seconds)
+    waveform = fit_length(waveform, int(round(pre.min_seconds * pre.sample_rate)))
+    return fbank(waveform, pre).unsqueeze(0)

@@ -1,13 +1,13 @@
 """Image input: decode whatever a user uploads into a plain RGB picture, then frame it the way a
 model's training images were framed.
 
-Two framings (``ModelConfig.image_style``):
+A model's ``ImagePreprocess`` record (``effviz.models.releases``) says which framing:
 
-- ``"photo"``: RGB, resized and centre-cropped like ImageNet evaluation (DeiT, Vim, VRWKV):
-  the shorter side is scaled to ``image_size / CROP_FRACTION``, then the centre is cropped.
-  Models whose input is at most ``WHOLE_IMAGE_MAX_SIDE`` pixels (CIFAR-style 32x32) instead get
-  the whole picture resized, aspect ratio not kept: their training images were whole photos
-  shrunk to 32x32, and a crop of a 32x32 view loses a large part of a small object.
+- ``"photo"``: RGB, resized and centre-cropped like ImageNet evaluation (DeiT, Vim, VRWKV, as
+  timm and the official code do it): the shorter side is scaled to ``floor(size / crop_pct)``,
+  then the centre is cropped. With ``resize="squash"`` (our 32x32 CIFAR models) the whole picture
+  is resized instead, aspect ratio not kept: their training images were whole photos shrunk to
+  32x32, and a crop of a 32x32 view loses a large part of a small object.
 - ``"digit"``: one channel in MNIST's framing: white ink on black, the ink scaled to fit a 20x20
   box inside 28x28 and placed so that its centre of mass is the canvas centre. A black-on-white
   drawing (a sketchpad, a photo of paper) is inverted first.
@@ -15,6 +15,7 @@ Two framings (``ModelConfig.image_style``):
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -22,14 +23,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..models.config import ModelConfig
+from ..models.releases import ImagePreprocess
 
 # 50 MP takes the largest common phone photos (48 MP, 8064x6048) and keeps a decoded RGB picture
 # under 150 MB. Pillow refuses anything over 2 * Image.MAX_IMAGE_PIXELS (~179 MP) on its own, so a
 # larger ``max_pixels`` cannot go past that.
 MAX_PIXELS = 50_000_000
-CROP_FRACTION = 0.875  # ImageNet evaluation: resize 256, crop 224
-WHOLE_IMAGE_MAX_SIDE = 64
+# Above this many pixels, the resized picture that the centre crop is cut from is not built:
+# a 1x10000 strip would need a 256x2,560,000 intermediate. One resize of the region the crop keeps
+# gives the same picture up to the filter's rounding at the crop's edges.
+MAX_INTERMEDIATE_PIXELS = 16_000_000
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # MNIST: digits size-normalised into 20x20, centred by centre of mass in a 28x28 field.
 DIGIT_BOX_FRACTION = 20 / 28
 # After inversion and background removal, pixels brighter than this are ink (defines the box).
@@ -116,38 +120,45 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # CMYK, palettes, 1-bit, greyscale, YCbCr ...
 
 
-def image_to_tensor(img: Image.Image, cfg: ModelConfig) -> torch.Tensor:
-    """A ``(1, C, H, W)`` float32 model input from a picture, framed as ``cfg.image_style`` says.
+def image_to_tensor(img: Image.Image, pre: ImagePreprocess) -> torch.Tensor:
+    """A ``(1, C, H, W)`` float32 model input from a picture, framed as ``pre.style`` says.
 
-    ``"photo"`` gives 3 channels normalised with ``cfg.image_mean``/``cfg.image_std``;
-    ``"digit"`` gives 1 channel normalised with their first entries, and raises
-    ``ValueError("the drawing is empty")`` when no ink is found.
+    ``"photo"`` gives 3 channels normalised with ``pre.mean``/``pre.std``; ``"digit"`` gives 1
+    channel normalised with their first entries, and raises ``ValueError("the drawing is
+    empty")`` when no ink is found.
     """
-    if cfg.image_style == "photo":
-        pixels = _frame_photo(img.convert("RGB"), cfg.image_size)
-        mean, std = cfg.image_mean, cfg.image_std
-    elif cfg.image_style == "digit":
-        pixels = _frame_digit(img.convert("L"), cfg.image_size)[..., None]
-        mean, std = cfg.image_mean[:1], cfg.image_std[:1]
+    if pre.style == "photo":
+        pixels = _frame_photo(img.convert("RGB"), pre)
+        mean, std = pre.mean, pre.std
     else:
-        raise ValueError(f"unknown image_style {cfg.image_style!r}: expected 'photo' or 'digit'")
+        pixels = _frame_digit(img.convert("L"), pre.size)[..., None]
+        mean, std = pre.mean[:1], pre.std[:1]
     x = torch.from_numpy(pixels).permute(2, 0, 1)
     x = (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
     return x.unsqueeze(0).float()
 
 
-def _frame_photo(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+def _frame_photo(img: Image.Image, pre: ImagePreprocess) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1]."""
-    height, width = size
-    if max(size) <= WHOLE_IMAGE_MAX_SIDE:
-        framed = img.resize((width, height), Image.Resampling.BICUBIC)
+    height, width = pre.size
+    resample = _RESAMPLING[pre.interpolation]
+    if pre.resize == "squash":
+        framed = img.resize((width, height), resample)
     else:
-        # Resize-then-crop, expressed as one resize of the source region that survives the crop:
-        # the same picture, without an enormous intermediate for extreme shapes (1x10000).
-        scale = max(height / img.height, width / img.width) / CROP_FRACTION
-        box_w, box_h = width / scale, height / scale
-        left, top = (img.width - box_w) / 2, (img.height - box_h) / 2
-        framed = img.resize((width, height), Image.Resampling.BICUBIC, box=(left, top, left + box_w, top + box_h))
+        # Shorter side to floor(size / crop_pct), the longer in proportion (truncated), then the
+        # centre crop with its offset rounded: torchvision's Resize + CenterCrop, as timm uses them.
+        short = math.floor(min(height, width) / pre.crop_pct)
+        scale = short / min(img.width, img.height)
+        if img.width <= img.height:
+            new_w, new_h = short, int(short * img.height / img.width)
+        else:
+            new_w, new_h = int(short * img.width / img.height), short
+        top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+        if new_w * new_h <= MAX_INTERMEDIATE_PIXELS and new_w >= width and new_h >= height:
+            framed = img.resize((new_w, new_h), resample).crop((left, top, left + width, top + height))
+        else:
+            box = (left / scale, top / scale, (left + width) / scale, (top + height) / scale)
+            framed = img.resize((width, height), resample, box=box)
     return np.asarray(framed, dtype=np.float32) / 255.0
 
 

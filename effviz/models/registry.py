@@ -15,8 +15,17 @@ from typing import Callable
 
 from .config import ModelConfig
 
+def bundled_path(folder: str) -> Path:
+    """``weights/`` or ``assets/``: beside the package in a checkout, inside it once installed
+    (pyproject.toml ships them as ``effviz/weights`` and ``effviz/assets``), so either is found
+    whatever the working directory."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / folder
+    return installed if installed.is_dir() else package.parent / folder
+
+
 # $EFFVIZ_WEIGHTS_DIR points a deployment (or a test's app) at another folder of saved models.
-WEIGHTS_DIR = Path(os.environ.get("EFFVIZ_WEIGHTS_DIR") or Path(__file__).resolve().parents[2] / "weights")
+WEIGHTS_DIR = Path(os.environ.get("EFFVIZ_WEIGHTS_DIR") or bundled_path("weights"))
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -24,6 +33,13 @@ def vim_tiny() -> ModelConfig:
     """Vim-Ti (hustvl/Vim, arXiv 2401.09417): D=192, depth 24, bimamba v2, middle class token."""
     return ModelConfig(mixer="mamba", embed_dim=192, depth=24, norm="rms", norm_eps=1e-5,
                        cls_token="middle", channel_mixer=None)
+
+
+def vim_small() -> ModelConfig:
+    """Vim-S (hustvl/Vim): Vim-Ti at D=384."""
+    cfg = vim_tiny()
+    cfg.embed_dim = 384
+    return cfg
 
 
 def vrwkv_tiny() -> ModelConfig:
@@ -45,6 +61,13 @@ def deit_tiny(attn_impl: str = "sdpa") -> ModelConfig:
                        norm="layer", norm_eps=1e-6, cls_token="first", channel_mixer="mlp")
 
 
+def deit_small() -> ModelConfig:
+    """DeiT-S (facebook/deit-small-patch16-224): D=384, depth 12, 6 heads."""
+    cfg = deit_tiny()
+    cfg.embed_dim, cfg.num_heads = 384, 6
+    return cfg
+
+
 def _audio(cfg: ModelConfig, num_classes: int = 527) -> ModelConfig:
     """The same architecture over 128-bin fbank patches (AST/AuM: 10 s = 1024 frames = 8x64 patches)."""
     cfg.modalities, cfg.num_classes = ("audio",), num_classes
@@ -63,10 +86,12 @@ def ast_base() -> ModelConfig:
 
 ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "vim-tiny": vim_tiny,
+    "vim-small": vim_small,
     "vrwkv-tiny": vrwkv_tiny,
     "vir-tiny": vir_tiny,
     "deit-tiny": deit_tiny,
     "deit-tiny-eager": lambda: deit_tiny("eager"),
+    "deit-small": deit_small,
     "aum-tiny": lambda: _audio(vim_tiny()),
     "audio-rwkv-tiny": lambda: _audio(vrwkv_tiny()),
     "ast-tiny": lambda: _audio(deit_tiny()),

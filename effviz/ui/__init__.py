@@ -39,9 +39,11 @@ PREDICT_CONCURRENCY_LIMIT = 2
 ERROR_TITLE = "Cannot use this input"
 NO_MODEL_MESSAGE = (
     "**No bundled model for this task yet.** Models appear here once their weights are in "
-    "`weights/` (train one with `python -m effviz.train`, or import an official checkpoint in "
-    "the Models tab) and the app is restarted."
+    "`weights/` (train one with `python -m effviz.train`) or an official release is chosen "
+    "above (downloaded from the Hugging Face Hub on first use); ↻ refreshes the list."
 )
+# Result slots a tab shows side by side; a request naming more models is refused.
+MAX_SHOWN_MODELS = 8
 TOP_K = 5
 PEAK_MEMORY_TIMEOUT_S = 120.0
 # Largest file one upload may be; app.py hands it to Gradio, which refuses bigger ones before
@@ -171,18 +173,67 @@ _warmed: set[str] = set()
 
 def timed_predict(model_id: str, **model_input: Any) -> ModelResult:
     """``effviz.predict`` (top 5) and its wall time. A model's first call in this process runs
-    once untimed before: loading weights, first allocations and (on GPU) compiling kernels are
-    not what its latency should show. A ``ValueError`` (this model cannot take this input) is
-    kept in the result, so that the other models still answer."""
+    once untimed before: loading weights (for an official release, the first download),
+    first allocations and (on GPU) compiling kernels are not what its latency should show. A
+    ``ValueError`` (this model cannot take this input) or ``FileNotFoundError`` (its official
+    weights cannot be fetched) is kept in the result, so that the other models still answer."""
     try:
         if model_id not in _warmed:
             api.predict(model_id, top_k=TOP_K, **model_input)
             _warmed.add(model_id)
         start = time.perf_counter()
         probabilities = api.predict(model_id, top_k=TOP_K, **model_input)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:  # FileNotFoundError: an official release that cannot be fetched
         return ModelResult(model_id, error=str(err))
     return ModelResult(model_id, probabilities, (time.perf_counter() - start) * 1e3)
+
+
+def model_choices(task: str) -> list[tuple[str, str]]:
+    """The model picker's (label, id) pairs for ``task``: the models ready here (folders under
+    weights/, official releases already in the Hugging Face cache), then the official releases
+    still to download, with their size. Reads the disk only: no network call."""
+    ready = api.list_models(task)
+    releases = api.list_releases(task)
+    choices = [(f"{m} (official)" if m in releases else m, m) for m in ready]
+    choices += [(f"{name} (official, ~{r.size_mb} MB download on first use)", name)
+                for name, r in releases.items() if name not in ready]
+    return choices
+
+
+def default_models(task: str) -> list[str]:
+    """What a tab runs unless the visitor picks: the models trained here (no download)."""
+    releases = api.list_releases(task)
+    return [m for m in api.list_models(task) if m not in releases][:MAX_SHOWN_MODELS]
+
+
+def official_models_note() -> str:
+    """What the tabs say about official weights; offline, plainly that they need the Hub."""
+    if api.hub_offline():
+        return ("Official models (ImageNet-1k, AudioSet) need the Hugging Face Hub, and this app runs "
+                "offline (`HF_HUB_OFFLINE` is set): only those already in its cache can be used.")
+    return ("Official models (ImageNet-1k, AudioSet) are downloaded from the Hugging Face Hub the first "
+            "time one is used, with a progress bar, and read from the cache afterwards.")
+
+
+def check_model_count(models: Sequence[str]) -> None:
+    if len(models) > MAX_SHOWN_MODELS:
+        raise gr.Error(f"pick at most {MAX_SHOWN_MODELS} models at once ({len(models)} were asked for)",
+                       title=ERROR_TITLE)
+
+
+def slot_values(models: Sequence[str], probabilities: Sequence[dict[str, float] | None]) -> list[Any]:
+    """The values of a tab's ``MAX_SHOWN_MODELS`` result labels: one per model that ran, in
+    order, then None (API clients get plain values; :func:`slot_looks` names and shows them)."""
+    values = list(probabilities or [None] * len(models))
+    return values + [None] * (MAX_SHOWN_MODELS - len(values))
+
+
+def slot_looks(models: Sequence[str] | None) -> list[Any]:
+    """The result labels named after the chosen models, the unused ones hidden."""
+    models = list(models or [])[:MAX_SHOWN_MODELS]
+    return [gr.update(label=m, visible=True) for m in models] + [
+        gr.update(visible=False) for _ in range(MAX_SHOWN_MODELS - len(models))
+    ]
 
 
 def raise_if_all_failed(results: Sequence[ModelResult]) -> None:

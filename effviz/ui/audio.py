@@ -1,5 +1,6 @@
-"""Audio tab: one sound, every bundled audio model's top 5, and the log-mel spectrogram (fbank)
-that the models read."""
+"""Audio tab: one sound, the chosen audio models' top 5 (the bundled spoken-digit models, and
+official AudioSet releases fetched from the Hub on first use), and the log-mel spectrogram
+(fbank) that the models read."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -11,17 +12,24 @@ import plotly.graph_objects as go
 
 from .. import api
 from ..data.audio import FRAME_SHIFT_MS, fbank, prepare_waveform, read_audio
-from ..models import ModelConfig
+from ..models.releases import AudioPreprocess
 from . import (
     ERROR_TITLE,
+    MAX_SHOWN_MODELS,
     MEASUREMENT_NOTE,
     NO_MODEL_MESSAGE,
     PREDICT_CONCURRENCY,
     PREDICT_CONCURRENCY_LIMIT,
     RESULT_COLUMNS,
     TOP_K,
+    check_model_count,
+    default_models,
     gpu,
+    slot_looks,
+    slot_values,
     limits_line,
+    model_choices,
+    official_models_note,
     measure_peaks,
     raise_if_all_failed,
     reports_bad_input,
@@ -34,7 +42,7 @@ from .examples import Examples
 
 # Every effviz audio model reads 128-bin Kaldi fbank at 16 kHz (AST's framing). fbank() divides
 # by 2 * fbank_std after removing fbank_mean: mean 0 and std 0.5 leave the raw log-mel energies.
-SPECTROGRAM_CONFIG = ModelConfig(mixer="attention", modalities=("audio",), fbank_mean=0.0, fbank_std=0.5)
+SPECTROGRAM_CONFIG = AudioPreprocess(fbank_mean=0.0, fbank_std=0.5)
 
 
 def spectrogram_figure(samples: np.ndarray, sample_rate: int) -> go.Figure:
@@ -61,6 +69,7 @@ def classify_audio(
         raise gr.Error("No audio yet: upload a sound file or record one first.", title=ERROR_TITLE)
     samples, sample_rate = read_audio(source, max_seconds=api.MAX_AUDIO_SECONDS)
     figure = spectrogram_figure(samples, sample_rate)
+    check_model_count(models)
     if not models:
         return NO_MODEL_MESSAGE, figure, result_table([]), []
     results = [timed_predict(model_id, audio=samples, sample_rate=sample_rate) for model_id in models]
@@ -73,34 +82,48 @@ def classify_audio(
 
 def build(examples: Examples) -> None:
     """The Audio tab's components and events (inside the caller's ``gr.Blocks``)."""
-    models = api.list_models("audio")
+    defaults = default_models("audio")
     gr.Markdown(
-        "Upload or record a sound: every bundled audio model classifies it. The bundled models "
-        "recognise spoken digits (zero to nine). Each model turns the clip into a log-mel "
-        "spectrogram cut into 16x16 patches, one token per patch, so the token count grows "
-        "with the clip's length."
+        "Upload or record a sound: the chosen audio models classify it. The bundled models "
+        "recognise spoken digits (zero to nine): each turns the clip into a log-mel spectrogram "
+        "cut into full-height strips of 8 frames, one token every 40 ms, so the token count grows "
+        "with the clip's length. The official AudioSet models (AST, AuM) score 527 sound labels "
+        "independently (each probability on its own, they need not sum to 1). "
+        + official_models_note()
     )
     gr.Markdown(limits_line())
     with gr.Row():
         with gr.Column(scale=1):
             audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="sound")
+            with gr.Row():
+                chosen = gr.Dropdown(model_choices("audio"), value=defaults, multiselect=True, scale=5,
+                                     label=f"models (at most {MAX_SHOWN_MODELS})", elem_id="audio-models")
+                refresh = gr.Button("↻", scale=0, min_width=40, elem_id="audio-refresh")
             measure = gr.Checkbox(False, label="also measure peak memory (separate process, a few seconds)")
             button = gr.Button("Classify", variant="primary")
             if examples.spoken:
                 gr.Examples(list(examples.spoken.values()), inputs=[audio], label="spoken digits (espeak-ng)")
         with gr.Column(scale=2):
-            status = gr.Markdown(NO_MODEL_MESSAGE if not models else "")
+            status = gr.Markdown(NO_MODEL_MESSAGE if not defaults else "")
             spectrogram = gr.Plot(label="spectrogram")
             with gr.Row():
-                labels = [gr.Label(num_top_classes=TOP_K, label=model_id, min_width=200) for model_id in models]
+                labels = [gr.Label(num_top_classes=TOP_K, label=defaults[i] if i < len(defaults) else "",
+                                   visible=i < len(defaults), min_width=200)
+                          for i in range(MAX_SHOWN_MODELS)]
             table = gr.Dataframe(headers=RESULT_COLUMNS, label="per model", interactive=False)
             gr.Markdown(MEASUREMENT_NOTE)
 
-    def on_classify(audio: Any, measure_memory: bool):
+    def refresh_choices():
+        return gr.update(choices=model_choices("audio"))
+
+    def on_classify(audio: Any, measure_memory: bool, models: list[str] | None, progress=gr.Progress(track_tqdm=True)):
+        models = list(models or [])
         status_text, figure, table_value, probabilities = classify_audio(audio, measure_memory, models)
-        return status_text, figure, table_value, *(probabilities or [None] * len(models))
+        return status_text, figure, table_value, *slot_values(models, probabilities)
 
     button.click(
-        on_classify, [audio, measure], [status, spectrogram, table, *labels], api_name="classify_audio",
+        on_classify, [audio, measure, chosen], [status, spectrogram, table, *labels], api_name="classify_audio",
         concurrency_id=PREDICT_CONCURRENCY, concurrency_limit=PREDICT_CONCURRENCY_LIMIT,
-    )
+    ).then(refresh_choices, None, chosen, api_visibility="private")  # a release fetched just now is "ready"
+    chosen.change(slot_looks, chosen, labels, api_visibility="private")
+    refresh.click(refresh_choices, None, chosen, api_name="audio_models")

@@ -18,8 +18,9 @@ import soundfile
 from PIL import Image, ImageDraw
 
 from ..data.audio import prepare_waveform, read_audio
+from ..models.registry import bundled_path
 
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+ASSETS_DIR = bundled_path("assets") / "examples"
 PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SAMPLE_RATE = 16_000

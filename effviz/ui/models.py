@@ -1,9 +1,18 @@
 """Models tab: a card for every bundled or imported model (parameters, FLOPs, data, recipe,
 held-out accuracy, where the weights came from), the official architectures' facts, and a
-control that imports an official checkpoint."""
+control that fetches an official release from the Hugging Face Hub.
+
+A public app must not let a visitor read server files or overwrite shared models: the fetch
+control takes only the names of registered releases (``effviz.models.releases.RELEASES``), or
+a Hub repo id that the operator allow-lists in ``EFFVIZ_ALLOWED_REPOS`` (``arch=owner/name``
+pairs, comma-separated), which is saved under a new folder of weights/ and never over an
+existing one. Server paths are for the command line only (``python -m effviz import``).
+"""
 from __future__ import annotations
 
 import functools
+import os
+import re
 from typing import Any
 
 import gradio as gr
@@ -11,8 +20,10 @@ import pandas as pd
 
 from .. import api
 from ..bench.sweep import parameter_count
-from ..convert import OFFICIAL, default_out_dir, import_checkpoint
+from ..convert import OFFICIAL, import_checkpoint
+from ..models import registry
 from ..models.registry import ARCHITECTURES, architecture_config
+from ..models.releases import RELEASES
 from . import reports_bad_input
 
 CARD_COLUMNS = ["model", "task", "mixer", "params", "forward FLOPs", "held-out accuracy", "weights"]
@@ -64,15 +75,45 @@ def _paper(mixer: str) -> str:
     }[mixer]
 
 
+def allowed_repos() -> dict[str, str]:
+    """Hub repo id -> architecture, from ``EFFVIZ_ALLOWED_REPOS`` (``arch=owner/name,...``)."""
+    allowed = {}
+    for entry in filter(None, (e.strip() for e in os.environ.get("EFFVIZ_ALLOWED_REPOS", "").split(","))):
+        arch, _, repo_id = entry.partition("=")
+        if arch.strip() not in OFFICIAL or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id.strip()):
+            raise ValueError(f"EFFVIZ_ALLOWED_REPOS: {entry!r} is not ARCH=owner/name with ARCH one of {', '.join(OFFICIAL)}")
+        allowed[repo_id.strip()] = arch.strip()
+    return allowed
+
+
+def fetchable() -> list[str]:
+    """What the fetch control offers: the Hub releases, then the allow-listed repos."""
+    return [name for name, r in RELEASES.items() if r.repo_id] + list(allowed_repos())
+
+
 @reports_bad_input
-def import_official(arch: str, source: str) -> str:
-    """Import an official checkpoint (a Hub repo id or a local file) into weights/."""
-    if not source or not source.strip():
-        raise ValueError("give a Hugging Face Hub repo id (e.g. hustvl/Vim-tiny-midclstok) or a checkpoint file path")
-    model = import_checkpoint(arch, source.strip())
-    params = sum(p.numel() for p in model.parameters())
-    return (f"Imported **{arch}** ({params:,} parameters) into `{default_out_dir(arch)}`. Restart the app to "
-            "see it in the Vision tab.")
+def fetch_official(name: str) -> str:
+    """Fetch an official release (or an allow-listed Hub repo) so that the Vision and Audio
+    tabs can use it; nothing else is accepted."""
+    name = (name or "").strip()
+    if name in RELEASES and RELEASES[name].repo_id:
+        model = api.load_model(name)  # downloads into the Hugging Face cache, converts, keeps it loaded
+        params = sum(p.numel() for p in model.parameters())
+        return (f"**{name}** ({params:,} parameters) is ready: choose it in the "
+                f"{'Audio' if RELEASES[name].preprocess.audio else 'Vision'} tab (↻ refreshes its list).")
+    allowed = allowed_repos()
+    if name in allowed:
+        model_id = re.sub(r"[^a-z0-9._-]", "-", f"{allowed[name]}-{name}".lower())
+        out = registry.WEIGHTS_DIR / model_id
+        if out.exists():
+            raise ValueError(f"{model_id} already exists in weights/; an existing model is never overwritten")
+        import_checkpoint(allowed[name], name, out)
+        return f"**{name}** imported as `{model_id}`: ↻ in the Vision or Audio tab lists it."
+    raise ValueError(
+        f"{name!r} is not an official release ({', '.join(fetchable())}); the app fetches only those. "
+        "Import other checkpoints, or files on this machine, from the command line: "
+        "`python -m effviz import ARCH FILE_OR_REPO`"
+    )
 
 
 def build() -> None:
@@ -94,13 +135,16 @@ def build() -> None:
     architectures = gr.Dataframe(headers=ARCH_COLUMNS, interactive=False, wrap=True)
     show.click(architectures_table, None, architectures, api_visibility="private")
 
-    gr.Markdown("### Import an official checkpoint\nLoads the official weights into our "
-                "architecture with every key and shape checked, then saves them under `weights/`. "
-                "Needs the Hugging Face Hub (or the file in its local cache), or a local checkpoint path.")
+    gr.Markdown("### Fetch an official release\nDownloads the official weights from the Hugging Face "
+                "Hub into its cache (later uses read the cache) and converts them into our architecture "
+                "with every key and shape checked; the Vision and Audio tabs then offer the model. "
+                "Checkpoint files on disk import from the command line: `python -m effviz import`.")
     with gr.Row():
-        arch = gr.Dropdown(list(OFFICIAL), value=next(iter(OFFICIAL)), label="architecture")
-        source = gr.Textbox(OFFICIAL[next(iter(OFFICIAL))].repo_id, label="Hub repo id or local file")
-        run = gr.Button("Import")
+        release = gr.Dropdown(fetchable(), value=fetchable()[0], label="release")
+        run = gr.Button("Fetch")
     result = gr.Markdown()
-    arch.change(lambda a: OFFICIAL[a].repo_id or "", arch, source, api_visibility="private")
-    run.click(import_official, [arch, source], result, api_name="import_checkpoint", concurrency_limit=1)
+
+    def on_fetch(name: str, progress=gr.Progress(track_tqdm=True)) -> str:
+        return fetch_official(name)
+
+    run.click(on_fetch, [release], result, api_name="import_checkpoint", concurrency_limit=1)

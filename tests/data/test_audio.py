@@ -12,9 +12,9 @@ import torch
 from torchaudio.compliance import kaldi
 
 from effviz.data import audio_to_tensor, fbank, prepare_waveform, read_audio
-from effviz.models import ModelConfig
+from effviz.models.releases import AudioPreprocess
 
-CFG = ModelConfig(mixer="attention", modalities=("audio",), sample_rate=16000, mel_bins=128)
+CFG = AudioPreprocess(sample_rate=16000, mel_bins=128, frame_multiple=16)
 RATE = CFG.sample_rate
 MIN_SAMPLES = 400 + 15 * 160  # 16 frames of 25 ms every 10 ms at 16 kHz
 
@@ -264,7 +264,7 @@ def test_fbank_shapes(seconds, frames):
 
 
 def test_fbank_matches_kaldi_with_ast_settings_and_normalisation():
-    cfg = ModelConfig(mixer="attention", mel_bins=64, fbank_mean=-4.27, fbank_std=4.57)
+    cfg = AudioPreprocess(mel_bins=64, fbank_mean=-4.27, fbank_std=4.57, frame_multiple=16)
     waveform = torch.from_numpy(tone(1.0) + 0.1)  # a DC offset, removed as AST does
     features = fbank(waveform, cfg)
     raw = kaldi.fbank(

@@ -13,14 +13,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from effviz.data import image_to_tensor, open_image
-from effviz.models import ModelConfig
+from effviz.models.releases import ImagePreprocess
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 
-PHOTO = ModelConfig(mixer="attention")  # 224x224, ImageNet mean/std
-PHOTO_32 = ModelConfig(mixer="attention", image_size=(32, 32), image_mean=(0.5,) * 3, image_std=(0.25,) * 3)
-DIGIT = ModelConfig(  # MNIST statistics
-    mixer="mamba", in_chans=1, image_size=(28, 28), image_style="digit", image_mean=(0.1307,), image_std=(0.3081,)
+PHOTO = ImagePreprocess()  # 224x224, ImageNet mean/std, resize 256 and crop
+PHOTO_32 = ImagePreprocess(size=(32, 32), resize="squash", crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+DIGIT = ImagePreprocess(  # MNIST statistics
+    size=(28, 28), style="digit", mean=(0.1307,), std=(0.3081,)
 )
 
 
@@ -186,8 +186,8 @@ def test_exif_rotation_is_applied():
 def test_extreme_shapes_give_model_sized_tensors(size, cfg):
     img = open_image(encode(Image.new("RGB", size, (255, 128, 0)), "PNG"))
     x = image_to_tensor(img, cfg)
-    assert x.shape == (1, 3, *cfg.image_size) and x.dtype == torch.float32
-    expected = (torch.tensor([1.0, 128 / 255, 0.0]) - torch.tensor(cfg.image_mean)) / torch.tensor(cfg.image_std)
+    assert x.shape == (1, 3, *cfg.size) and x.dtype == torch.float32
+    expected = (torch.tensor([1.0, 128 / 255, 0.0]) - torch.tensor(cfg.mean)) / torch.tensor(cfg.std)
     torch.testing.assert_close(x[0, :, 5, 5], expected, atol=1e-5, rtol=0)
 
 
@@ -205,7 +205,7 @@ def striped(width: int, height: int) -> Image.Image:
 
 def test_photo_crops_the_centre_for_large_models():
     x = image_to_tensor(striped(400, 100), PHOTO)
-    pixels = x[0] * torch.tensor(PHOTO.image_std).view(3, 1, 1) + torch.tensor(PHOTO.image_mean).view(3, 1, 1)
+    pixels = x[0] * torch.tensor(PHOTO.std).view(3, 1, 1) + torch.tensor(PHOTO.mean).view(3, 1, 1)
     green = torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1).expand(3, 224, 224)
     torch.testing.assert_close(pixels, green, atol=1e-5, rtol=0)  # the red outer quarters are cropped off
 
@@ -218,10 +218,11 @@ def test_photo_resizes_the_whole_picture_for_32px_models():
     assert pixels[1, :, 16].min() > 0.95  # green centre
 
 
-def test_unknown_image_style():
-    cfg = ModelConfig(mixer="attention", image_style="sketch")
-    with pytest.raises(ValueError, match="image_style"):
-        image_to_tensor(gradient_rgb(), cfg)
+def test_unknown_image_style_or_resize_is_refused():
+    with pytest.raises(ValueError, match="image style"):
+        ImagePreprocess(style="sketch")
+    with pytest.raises(ValueError, match="resize"):
+        ImagePreprocess(resize="stretch")
 
 
 # --- digit framing -------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def sketch_seven(ink: int, paper: int, size=(300, 240), offset=(20, 30)) -> Imag
 
 
 def digit_pixels(x: torch.Tensor) -> np.ndarray:
-    return (x[0, 0] * DIGIT.image_std[0] + DIGIT.image_mean[0]).numpy()
+    return (x[0, 0] * DIGIT.std[0] + DIGIT.mean[0]).numpy()
 
 
 def test_black_on_white_sketch_becomes_centred_white_on_black_mnist_digit():
