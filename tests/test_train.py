@@ -145,3 +145,19 @@ def test_audio_visual_training_records_its_source_and_speeds_up_only_fresh_param
     assert fresh_names and all(n.startswith(("tokenizers.image", "modality_embed")) for n in fresh_names)
     assert sorted(scale_of.values()).count(4.0) == len(fresh_names)
     assert sorted(scale_of.values()).count(1.0) == len(names) - len(fresh_names)
+
+
+def test_eval_re_measures_the_card_from_the_saved_weights(tiny_setup, monkeypatch, capsys):
+    from effviz.__main__ import main as cli_main
+
+    data, out = tiny_setup
+    card = train.train("aum-fsdd", data, out_dir=out)
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", out.parent)
+    results = train.evaluate_saved("aum-fsdd", data)
+    assert results == {"val": {"card": card["metrics"]["val"], "measured": pytest.approx(card["metrics"]["val"], abs=1e-9)}}
+    # The command line reads the data folder's usual file names.
+    Path(data["fsdd"]).rename(Path(data["fsdd"]).with_name("fsdd-5speakers.zip"))
+    assert cli_main(["eval", "aum-fsdd", "--data", str(Path(data["fsdd"]).parent), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val"]["measured"] == pytest.approx(card["metrics"]["val"], abs=1e-9)
+    assert cli_main(["eval", "aum-fsdd", "--data", str(out / "nowhere")]) == 1
+    assert "error:" in capsys.readouterr().err
