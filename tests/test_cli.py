@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,9 +49,14 @@ def test_predict_prints_the_top_classes_and_exit_codes_mean_something(tmp_path, 
 def test_pip_installed_package_finds_its_weights_from_anywhere(tmp_path):
     """``pip install .`` (here into a target folder, the dependencies being this environment's),
     then ``python -m effviz predict`` run from an unrelated folder."""
+    # From a copy of the sources: setuptools builds in the source folder, which must stay clean.
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "test-artifacts",
+                                                                "__pycache__", "runs"))
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(REPO)],
-                   check=True, capture_output=True, timeout=600)
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                              str(source)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
     assert (target / "effviz" / "weights").is_dir() and (target / "effviz" / "assets" / "examples").is_dir()
     photo = tmp_path / "cat.png"
     Image.fromarray(data.chelsea()).save(photo)

@@ -215,6 +215,16 @@ def official_models_note() -> str:
             "time one is used, with a progress bar, and read from the cache afterwards.")
 
 
+def announce_downloads(models: Sequence[str], progress: Any) -> None:
+    """Tell the visitor, through the event's ``gr.Progress``, which official releases are about to
+    be downloaded (huggingface_hub's own tqdm bars follow when it shows them)."""
+    releases = api.list_releases()
+    pending = [m for m in models if m in releases and api.release_file(releases[m]) is None]
+    if pending:
+        size = sum(releases[m].size_mb for m in pending)
+        progress(0, desc=f"downloading {', '.join(pending)} (~{size} MB) from the Hugging Face Hub, once")
+
+
 def check_model_count(models: Sequence[str]) -> None:
     if len(models) > MAX_SHOWN_MODELS:
         raise gr.Error(f"pick at most {MAX_SHOWN_MODELS} models at once ({len(models)} were asked for)",

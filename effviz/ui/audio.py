@@ -22,6 +22,7 @@ from . import (
     PREDICT_CONCURRENCY_LIMIT,
     RESULT_COLUMNS,
     TOP_K,
+    announce_downloads,
     check_model_count,
     default_models,
     gpu,
@@ -118,6 +119,7 @@ def build(examples: Examples) -> None:
 
     def on_classify(audio: Any, measure_memory: bool, models: list[str] | None, progress=gr.Progress(track_tqdm=True)):
         models = list(models or [])
+        announce_downloads(models, progress)
         status_text, figure, table_value, probabilities = classify_audio(audio, measure_memory, models)
         return status_text, figure, table_value, *slot_values(models, probabilities)
 

@@ -24,7 +24,7 @@ from ..convert import OFFICIAL, import_checkpoint
 from ..models import registry
 from ..models.registry import ARCHITECTURES, architecture_config
 from ..models.releases import RELEASES
-from . import reports_bad_input
+from . import announce_downloads, reports_bad_input
 
 CARD_COLUMNS = ["model", "task", "mixer", "params", "forward FLOPs", "held-out accuracy", "weights"]
 ARCH_COLUMNS = ["architecture", "mixer", "input", "depth", "width", "params", "official weights",
@@ -145,6 +145,7 @@ def build() -> None:
     result = gr.Markdown()
 
     def on_fetch(name: str, progress=gr.Progress(track_tqdm=True)) -> str:
+        announce_downloads([name], progress)
         return fetch_official(name)
 
     run.click(on_fetch, [release], result, api_name="import_checkpoint", concurrency_limit=1)

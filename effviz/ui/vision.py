@@ -19,6 +19,7 @@ from . import (
     RESULT_COLUMNS,
     ERROR_TITLE,
     TOP_K,
+    announce_downloads,
     check_model_count,
     default_models,
     gpu,
@@ -96,6 +97,7 @@ def build(examples: Examples) -> None:
 
     def on_classify(image: Any, measure_memory: bool, models: list[str] | None, progress=gr.Progress(track_tqdm=True)):
         models = list(models or [])
+        announce_downloads(models, progress)
         status_text, table_value, probabilities = classify_image(image, measure_memory, models)
         return status_text, table_value, *slot_values(models, probabilities)
 
