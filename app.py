@@ -10,6 +10,7 @@ import gradio as gr  # noqa: E402
 
 from effviz.ui import MAX_UPLOAD_MB, PREDICT_CONCURRENCY_LIMIT, UPLOAD_RETENTION_S, audio, kernels, models, multimodal, scaling, vision  # noqa: E402
 from effviz.ui.examples import prepare_examples  # noqa: E402
+from effviz.ui import inside  # noqa: E402
 
 # Every UPLOAD_RETENTION_S seconds, uploads and downloads older than that leave Gradio's cache.
 DELETE_CACHE = (UPLOAD_RETENTION_S, UPLOAD_RETENTION_S)
@@ -40,6 +41,8 @@ def build_demo() -> gr.Blocks:
             kernels.build()
         with gr.Tab("Models"):
             models.build()
+        with gr.Tab("Inside the models"):
+            inside.build(examples)
     return demo
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,28 @@ def test_command_line_writes_json(tmp_path, capsys):
     assert np.isclose(np.sum(exported["gradient_map"]), 1)
     assert "predicts" in capsys.readouterr().out
     assert main(["deit-cifar", str(tmp_path / "missing.png")]) == 2
+
+
+def test_inside_tab_draws_relevance_matrices_and_receptive_fields(tmp_path):
+    import gradio as gr
+
+    from effviz.ui import inside
+    from effviz.ui.examples import prepare_examples
+
+    picture = tmp_path / "patch.png"
+    one_textured_patch(2, 1).save(picture)
+    status, state = inside.inspect_models(str(picture), None, ["deit-cifar", "vrwkv-cifar"], progress=lambda *a, **k: None)
+    assert "**deit-cifar** (attention, 6 layers, 17 tokens)" in status
+    relevance = inside.relevance_figure(state, "gradient rollout")
+    assert [t.type for t in relevance.data] == ["image", "heatmap", "image", "heatmap"]
+    assert np.isclose(np.sum(relevance.data[1].z), 1)
+    matrices = inside.matrix_figure(state, layer=5, head=2)
+    assert [np.shape(t.z) for t in matrices.data] == [(17, 17), (16, 16)]
+    assert len(inside.receptive_figure(state, layer=0).data) == 2
+    exported = json.loads(Path(inside.export_json(state, layer=5)).read_text())
+    assert set(exported) == {"deit-cifar", "vrwkv-cifar"} and exported["vrwkv-cifar"]["layer"] == 5
+    with pytest.raises(gr.Error, match="upload a picture or a sound"):
+        inside.inspect_models(None, None, ["deit-cifar"], progress=lambda *a, **k: None)
+    with gr.Blocks() as demo:
+        inside.build(prepare_examples(tmp_path / "examples"))
+    assert "inspect" in [fn.api_name for fn in demo.fns.values()]
