@@ -133,29 +133,29 @@ def relevance_figure(state: dict[str, Any], kind: str) -> go.Figure:
 
 
 def matrix_figure(state: dict[str, Any], layer: int, head: int) -> go.Figure:
-    """One layer's mixing matrix per model: head/channel ``head`` (1-based), or 0 for the mean |M|."""
+    """One layer's mixing matrix per model: head/channel ``head`` (1-based, clamped to the
+    model's count), or 0 for the mean |M| over heads/channels."""
     results = state["results"]
-    fig = make_subplots(rows=1, cols=len(results), subplot_titles=[
-        f"{m}: {_matrix_name(r, layer, head)}" for m, r in results.items()])
-    for col, result in enumerate(results.values(), start=1):
+    titles = []
+    fig = make_subplots(rows=1, cols=len(results), subplot_titles=[" "] * len(results))
+    for col, (model_id, result) in enumerate(results.items(), start=1):
         mixing = result.layers[min(layer, len(result.layers) - 1)]
         combined = mixing.combined()
-        z = mixing.mean() if head == 0 else combined[min(head, combined.shape[0]) - 1]
+        unit = "channel" if mixing.kind in ("rwkv", "mamba") else "head"
+        if head == 0:
+            z, which = mixing.mean(), f"mean of {combined.shape[0]} {unit}s"
+        else:
+            z, which = combined[min(head, combined.shape[0]) - 1], f"{unit} {min(head, combined.shape[0])}"
+        titles.append(f"{model_id}<br>{which}")
         fig.add_trace(go.Heatmap(z=z.numpy(), colorscale="RdBu_r" if head else "Viridis", zmid=0 if head else None,
                                  showscale=False, hovertemplate="row %{y} ← column %{x}: %{z:.4f}<extra></extra>"),
                       row=1, col=col)
         fig.update_yaxes(autorange="reversed", row=1, col=col)
-    fig.update_layout(title="token-mixing matrix: output token (row) ← input token (column)", height=380,
-                      margin=dict(t=70, b=40))
+    for annotation, title in zip(fig.layout.annotations, titles):
+        annotation.text = title
+    fig.update_layout(title=f"layer {layer + 1}: token-mixing matrix, output token (row) ← input token (column)"
+                      + ("" if head else ", |M|"), height=400, margin=dict(t=90, b=40))
     return fig
-
-
-def _matrix_name(result: Inspection, layer: int, head: int) -> str:
-    mixing = result.layers[min(layer, len(result.layers) - 1)]
-    unit = "channel" if mixing.kind in ("rwkv", "mamba") else "head"
-    count = mixing.combined().shape[0]
-    which = f"mean |M| of {count} {unit}s" if head == 0 else f"{unit} {min(head, count)}/{count}"
-    return f"layer {min(layer, len(result.layers) - 1) + 1}, {which}"
 
 
 def receptive_figure(state: dict[str, Any], layer: int) -> go.Figure:
