@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from . import api
 from .models import EffvizModel, ModelConfig
@@ -144,11 +145,19 @@ def mamba_branch_matrix(branch: MambaBranch, x: torch.Tensor, reverse: bool) -> 
     reachable = (pos[None, :] >= pos[:, None]) if reverse else (pos[None, :] <= pos[:, None])  # [i, j]
     steps = delta[:, None, :] * A[:, :, None]  # (d_inner, N, L): Δ_k A[d, n] ≤ 0
     cumulative = steps.flip(-1).cumsum(-1).flip(-1) if reverse else steps.cumsum(-1)
+    drive = delta[:, None, :] * B  # (d_inner, N, L): Δ_j B[n, j]
+    # Checkpointed: autograd would otherwise keep N (d_inner, L, L) tensors per branch and layer
+    # until the backward pass; recomputing them there keeps one layer's at a time.
+    matrix = checkpoint(_sum_over_states, C, cumulative, drive, reachable, use_reentrant=False)
+    return matrix + torch.diag_embed(D[:, None].expand_as(u)), u
+
+
+def _sum_over_states(C: torch.Tensor, cumulative: torch.Tensor, drive: torch.Tensor,
+                     reachable: torch.Tensor) -> torch.Tensor:
+    """Σ_n C[n, i] exp(S_i − S_j)[d, n] drive[d, n, j] over reachable (i, j), else 0."""
     # Unreachable pairs get exponent -inf (weight 0) before exp, where S_i − S_j > 0 could overflow.
     exponent = (cumulative[..., :, None] - cumulative[..., None, :]).masked_fill(~reachable, float("-inf"))
-    drive = delta[:, None, :] * B  # (d_inner, N, L): Δ_j B[n, j]
-    matrix = torch.einsum("ni,dnij->dij", C, exponent.exp() * drive[:, :, None, :])
-    return matrix + torch.diag_embed(D[:, None].expand_as(u)), u
+    return torch.einsum("ni,dnij->dij", C, exponent.exp() * drive[:, :, None, :])
 
 
 def mamba_mixing(mixer: BiMamba, x: torch.Tensor) -> Mixing:
@@ -189,9 +198,11 @@ def matrices_per_layer(cfg: ModelConfig) -> int:
 def estimate_bytes(cfg: ModelConfig, tokens: int, itemsize: int = 4) -> int:
     """Memory a whole-model inspection of ``tokens`` tokens holds at its peak, estimated from
     above: every layer's matrices stay alive for the backward pass, with their gradients and what
-    autograd keeps of the softmax/decay that built them. The copies per matrix are measured
-    peaks (small random models, 145-1,025 tokens) rounded up: attention, retention and RWKV
-    peaked at 6-8 matrix-sized copies, Mamba at 2.7 per state, for its per-state exponentials."""
+    autograd keeps of the softmax/decay that built them. The copies per matrix are rounded up
+    from peak resident memory measured on small random models (65-1,025 tokens): attention,
+    retention and RWKV peaked at 6-8 matrix-sized copies, Mamba before its per-state sum was
+    checkpointed at 2.7 per state (less since). A few hundred MB of fixed overhead (libraries,
+    thread pools) come on top and are not counted."""
     copies = 3 * cfg.d_state + 4 if cfg.mixer == "mamba" else 10
     return cfg.depth * matrices_per_layer(cfg) * tokens**2 * itemsize * copies
 
@@ -259,7 +270,7 @@ def receptive_field(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _readout(cfg: ModelConfig, layout: TokenLayout, length: int) -> torch.Tensor:
-    weights = torch.zeros(length)
+    weights = torch.zeros(length, dtype=torch.float64)
     if cfg.dist_token:
         weights[0] = weights[1] = 0.5
     elif layout.cls_index is not None:
@@ -280,7 +291,7 @@ def _patch_tokens(cfg: ModelConfig, layout: TokenLayout, length: int) -> torch.T
 
 def _relevance_map(matrix: torch.Tensor, readout: torch.Tensor, patch_tokens: torch.Tensor,
                    grid: tuple[int, int]) -> torch.Tensor:
-    row = readout.to(matrix.dtype) @ matrix
+    row = readout.to(matrix) @ matrix
     patches = row[patch_tokens]
     return (patches / patches.sum()).reshape(grid)
 
@@ -329,8 +340,8 @@ def inspect_model(model: EffvizModel, image: torch.Tensor | None = None, audio: 
             sum(m.grad * m for m in layer.matrices.values()).clamp(min=0).mean(dim=0) for layer in layers
         ]
         length = tokens.shape[1]
-        readout = _readout(cfg, layout, length)
-        patch_tokens = _patch_tokens(cfg, layout, length)
+        readout = _readout(cfg, layout, length).to(tokens)
+        patch_tokens = _patch_tokens(cfg, layout, length).to(tokens.device)
         grid = layout.grid if layout.grid is not None else (1, len(patch_tokens))
         plain, gradient = rollout(means), rollout(weighted)
         fields = torch.stack([receptive_field(m[patch_tokens][:, patch_tokens]) for m in means])
