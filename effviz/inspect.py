@@ -228,8 +228,9 @@ class Inspection:
 
     ``layers``: each block's ``Mixing``. ``patch_tokens``: sequence positions of the patch tokens
     (all but the class/distillation tokens), in grid raster order. ``grid``: (rows, columns) of
-    the patch grid. ``readout``: (L,) weights of the tokens the head reads. The maps are
-    (rows, columns) and sum to 1; ``receptive_fields`` is (layers, patch tokens), rows sum to 1.
+    the patch grid. ``readout``: (L,) weights of the tokens the head reads. ``rollout`` and
+    ``gradient_rollout``: the (L, L) products R, rows summing to 1. The maps are (rows, columns)
+    and sum to 1; ``receptive_fields`` is (layers, patch tokens), rows sum to 1.
     """
 
     layers: list[Mixing]
