@@ -4,6 +4,7 @@
   predict   one model on an image and/or a sound file: the top classes
   eval      re-measure a trained model's card numbers from its weights
   import    an official checkpoint (a file on this machine or a Hub repo) into weights/
+  inspect   a model's token-mixing matrices and relevance maps on one input
   bench     kernel tables, scaling sweeps and figures (``python -m effviz bench --help``)
   train     train a bundled model (``python -m effviz train --help``)
   serve     launch the web app
@@ -84,8 +85,12 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # These commands have their own parsers: everything after the name is theirs.
-    if argv and argv[0] in ("bench", "train", "import"):
+    if argv and argv[0] in ("bench", "train", "import", "inspect"):
         command, rest = argv[0], argv[1:]
+        if command == "inspect":
+            from .inspect import main as inspect_main
+
+            return inspect_main(rest)
         if command == "bench":
             from .bench.__main__ import main as bench_main
 
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m effviz", description="effviz from the command line",
                                      epilog=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in ("bench", "train", "import"):  # listed for --help; parsed above
+    for name in ("bench", "train", "import", "inspect"):  # listed for --help; parsed above
         commands.add_parser(name, help=f"see python -m effviz {name} --help", add_help=False)
 
     listing = commands.add_parser("list", help="models ready here and official releases")

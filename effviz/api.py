@@ -224,16 +224,8 @@ def predict(
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None (all classes), got {top_k!r}")
     model, pre = _loaded(model_id)
+    inputs = model_inputs(model_id, image=image, audio=audio, sample_rate=sample_rate)
     cfg = model.config
-    given = [name for name, x in (("image", image), ("audio", audio)) if x is not None]
-    refused = [name for name in given if name not in cfg.modalities]
-    if refused:
-        raise ValueError(f"{model_id} takes {' and/or '.join(cfg.modalities)}, not {' and '.join(refused)}")
-    inputs = {}
-    if image is not None:
-        inputs["image"] = _image_input(image, pre)
-    if audio is not None:
-        inputs["audio"] = _audio_input(audio, sample_rate, pre)
     device = next(model.parameters()).device
     with torch.inference_mode():
         logits = model(**{k: v.to(device) for k, v in inputs.items()})[0].float().cpu()
@@ -242,6 +234,30 @@ def predict(
     labels = cfg.labels or [f"class {i}" for i in range(cfg.num_classes)]
     order = probabilities.argsort(descending=True)[:top_k].tolist()
     return {labels[i]: float(probabilities[i]) for i in order}
+
+
+def model_inputs(
+    model_id: str,
+    image: Image.Image | bytes | str | Path | None = None,
+    audio: np.ndarray | bytes | str | Path | None = None,
+    sample_rate: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """The tensors ``model_id`` reads for these inputs (``{"image": (1, C, H, W), "audio": (1,
+    frames, mel)}``, on the CPU), decoded and framed by its Preprocess record, as
+    :func:`predict` frames them. Raises ValueError as :func:`predict` does."""
+    if image is None and audio is None:
+        raise ValueError("nothing to predict on: give an image and/or audio")
+    model, pre = _loaded(model_id)
+    modalities = model.config.modalities
+    refused = [name for name, x in (("image", image), ("audio", audio)) if x is not None and name not in modalities]
+    if refused:
+        raise ValueError(f"{model_id} takes {' and/or '.join(modalities)}, not {' and '.join(refused)}")
+    inputs = {}
+    if image is not None:
+        inputs["image"] = _image_input(image, pre)
+    if audio is not None:
+        inputs["audio"] = _audio_input(audio, sample_rate, pre)
+    return inputs
 
 
 def model_card(model_id: str) -> dict:

@@ -48,10 +48,10 @@ def test_page_serves_every_tab_offline(app, client):
     # The page embeds the app's config: our title, and analytics switched off.
     assert '"title":"effviz"' in page and '"analytics_enabled":false' in page
     rendered = str(client.config["components"])
-    for tab in ("Vision", "Audio", "Multimodal", "Scaling lab", "Kernels", "Models"):
+    for tab in ("Vision", "Audio", "Multimodal", "Scaling lab", "Kernels", "Models", "Inside the models"):
         assert f"'label': '{tab}'" in rendered, tab
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    for name in ("/classify_image", "/classify_audio", "/classify_av", "/sweep", "/kernels"):
+    for name in ("/classify_image", "/classify_audio", "/classify_av", "/sweep", "/kernels", "/inspect"):
         assert name in endpoints, name
     assert proc.poll() is None
 

@@ -98,3 +98,18 @@ def test_run_a_small_sweep_and_see_the_plot(page):
     assert "ok" in page.locator("#sweep-table").inner_text()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "scaling-lab.png"), full_page=True)
+
+
+def test_look_inside_the_models_on_a_photo(page, tmp_path):
+    page.get_by_role("tab", name="Inside the models").click()
+    page.locator("#inside-image input[type=file]").set_input_files(str(_photo(tmp_path / "cat.png")))
+    page.locator("#inside-image img").first.wait_for()
+    page.locator("#inside-run").click()
+    if not api.list_models("image"):
+        return
+    _wait_for_text(page, "body", "predicts")
+    for plot in ("#inside-relevance", "#inside-matrices", "#inside-receptive"):
+        page.locator(f"{plot} .js-plotly-plot").wait_for()
+    assert page.locator("#inside-relevance .heatmaplayer, #inside-relevance image").count() >= 1
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "inside.png"), full_page=True)

@@ -11,8 +11,10 @@ Each op folder (``selective_scan/``, ``bi_wkv/`` ...) registers up to four imple
 - ``triton``: GPU kernels, inference only. They also run on CPU tensors under
   ``TRITON_INTERPRET=1`` (tests only: it is slow).
 
-``backend=None`` picks: ``$EFFVIZ_BACKEND`` if set, else ``triton`` for CUDA tensors when
-Triton imports, else ``cpu`` for CPU tensors when the native library builds, else ``torch``.
+``backend=None`` picks: ``$EFFVIZ_BACKEND`` if set, else ``torch`` for float64 inputs (the cpu
+and triton kernels compute in fp32, and fp64 is asked for exactly when that is not enough), else
+``triton`` for CUDA tensors when Triton imports, else ``cpu`` for CPU tensors when the native
+library builds, else ``torch``.
 Backends without gradients are skipped automatically when gradients are needed; naming one
 explicitly in that case is an error rather than silently wrong gradients.
 """
@@ -57,9 +59,12 @@ def available_backends() -> list[str]:
     return names
 
 
-def _default_backend(device: torch.device, impls: dict[str, Callable], usable: tuple[str, ...]) -> str:
+def _default_backend(device: torch.device, impls: dict[str, Callable], usable: tuple[str, ...],
+                     float64: bool) -> str:
     from . import native
 
+    if float64:
+        return "torch"
     if device.type == "cuda" and "triton" in usable and triton_available():
         return "triton"
     if device.type == "cpu" and "cpu" in usable and native.available():
@@ -92,7 +97,7 @@ def pick(
         if backend not in usable:
             backend = None  # the override names a backend this op (or autograd) cannot use here
         if backend is None:
-            backend = _default_backend(device, impls, usable)
+            backend = _default_backend(device, impls, usable, any(t.dtype == torch.float64 for t in present))
     if backend not in BACKENDS:
         raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend not in impls:

@@ -7,7 +7,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from . import MAX_UPLOAD_MB, PREDICT_CONCURRENCY_LIMIT, UPLOAD_RETENTION_S, audio, kernels, models, multimodal, scaling, vision  # noqa: E402
+from . import MAX_UPLOAD_MB, PREDICT_CONCURRENCY_LIMIT, UPLOAD_RETENTION_S, audio, inside, kernels, models, multimodal, scaling, vision  # noqa: E402
 from .examples import prepare_examples  # noqa: E402
 
 # Every UPLOAD_RETENTION_S seconds, uploads and downloads older than that leave Gradio's cache.
@@ -39,6 +39,8 @@ def build_demo() -> gr.Blocks:
             kernels.build()
         with gr.Tab("Models"):
             models.build()
+        with gr.Tab("Inside the models"):
+            inside.build(examples)
     return demo
 
 

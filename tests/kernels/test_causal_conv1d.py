@@ -155,3 +155,15 @@ def test_triton_refuses_inputs_that_need_gradients():
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         causal_conv1d(**kwargs)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_float64_stays_float64_by_default(reverse):
+    """fp64 inputs are computed in fp64 (effviz.inspect's exactness checks rely on it), on the
+    default backend and the reference alike, matching the definition far below fp32's resolution."""
+    x, weight, bias = make_inputs(17, 4, torch.float64)
+    want = definition(x, weight, bias, "silu", reverse)
+    for backend in (None, "reference"):
+        out = causal_conv1d(x, weight, bias, "silu", reverse, backend=backend)
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)

@@ -195,3 +195,15 @@ def test_bad_mode_and_backend():
         retention(q, k, v, gamma, backend="cpu")
     with pytest.raises(ValueError, match="unknown backend"):
         retention(q, k, v, gamma, backend="cuda")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_float64_stays_float64_by_default(mode):
+    """fp64 inputs are computed in fp64 (effviz.inspect's exactness checks rely on it): the
+    default backend matches the fp64 reference far below fp32's resolution."""
+    q, k, v, gamma = (t.double() for t in make_inputs(1, 70, 8, 8))
+    out = retention(q, k, v, gamma, mode=mode)
+    assert out.dtype == torch.float64
+    want = reference.retention(q, k, v, gamma)
+    assert want.dtype == torch.float64
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)

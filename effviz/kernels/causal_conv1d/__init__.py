@@ -38,7 +38,7 @@ def causal_conv1d(
     x: (batch, D, L); weight: (D, K), K >= 1 (a checkpoint's (D, 1, K) conv weight squeezed);
     bias: (D,) or None; activation: None or "silu". Equals
     ``F.conv1d(F.pad(x, (K-1, 0)), weight[:, None], bias, groups=D)``. ``reverse=True`` equals
-    ``causal_conv1d(x.flip(-1)).flip(-1)`` without the flips. Returns x's dtype; fp32 math.
+    ``causal_conv1d(x.flip(-1)).flip(-1)`` without the flips. Returns x's dtype; fp32 math (fp64 for fp64 x on the reference and torch backends).
     """
     check_tensor("x", x, (None, None, None))
     dim = x.shape[1]

@@ -5,7 +5,7 @@
 the cross-correlation orientation of ``nn.Conv1d``, so Mamba/Vim checkpoint weights apply as
 they are: the last tap weights the current step. ``reverse`` runs the same filter over the
 time-reversed sequence: x[:, d, t+j] in place of x[:, d, t-j] (x = 0 after t = L-1).
-All math in fp32. This is the definition every backend is tested against.
+All math in fp32 (fp64 when x is fp64). This is the definition every backend is tested against.
 """
 from __future__ import annotations
 
@@ -37,13 +37,14 @@ def causal_conv1d_reference(
 
     Returns (batch, D, L) in x's dtype.
     """
-    x32, weight = x.float(), weight.float()
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x32, weight = x.to(compute), weight.to(compute)
     taps = weight.shape[1]
     y = torch.zeros_like(x32)
     for j in range(taps):
         y = y + weight[:, taps - 1 - j, None] * _shifted(x32, j, reverse)
     if bias is not None:
-        y = y + bias.float()[:, None]
+        y = y + bias.to(compute)[:, None]
     if activation == "silu":
         y = F.silu(y)
     return y.to(x.dtype)

@@ -20,15 +20,16 @@ def causal_conv1d_torch(
 ) -> torch.Tensor:
     """Same contract as ``reference.causal_conv1d_reference``."""
     taps, length = weight.shape[1], x.shape[-1]
-    weight = weight.float()
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    weight = weight.to(compute)
     if reverse:
-        padded = F.pad(x.float(), (0, taps - 1))
+        padded = F.pad(x.to(compute), (0, taps - 1))
         weight = weight.flip(-1)
     else:
-        padded = F.pad(x.float(), (taps - 1, 0))
+        padded = F.pad(x.to(compute), (taps - 1, 0))
     y = weight[:, 0, None] * padded[..., :length]
     if bias is not None:
-        y = y + bias.float()[:, None]
+        y = y + bias.to(compute)[:, None]
     for k in range(1, taps):
         y = torch.addcmul(y, weight[:, k, None], padded[..., k:k + length])
     if activation == "silu":

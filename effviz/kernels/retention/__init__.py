@@ -48,7 +48,8 @@ def retention(
 
     q, k: (batch, heads, T, dk); v: (batch, heads, T, dv); gamma: (heads,) in (0, 1).
     mode: "parallel" (O(T²) masked matmul), "recurrent" (one state update per token) or "chunk"
-    (chunks of 64 tokens, O(T)). Returns (batch, heads, T, dv) in v's dtype; math is fp32.
+    (chunks of 64 tokens, O(T)). Returns (batch, heads, T, dv) in v's dtype; math is fp32 (fp64 for fp64 inputs, which the
+    default backend choice sends to the torch backend).
     """
     check_tensor("q", q, (None, None, None, None))
     batch, heads, length, dk = q.shape

@@ -7,7 +7,8 @@
   batched matmul; across chunks a state carries the past. Only decays γ^j with 0 ≤ j ≤ C are
   ever formed, so nothing under- or overflows however long the sequence is.
 
-All math is fp32 whatever the input dtype; results are fp32 (the caller casts).
+All math is fp32 whatever the input dtype, except fp64 inputs, which stay fp64 (the exactness
+checks of ``effviz.inspect`` compare in fp64); results are in the math's dtype (the caller casts).
 """
 from __future__ import annotations
 
@@ -27,16 +28,22 @@ def _causal_decay(log_gamma: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(distance >= 0, decay, 0.0)
 
 
+def _compute(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k, v in the math's dtype: fp64 when q is fp64, else fp32."""
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
 def retention_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    q, k, v = q.float(), k.float(), v.float()
-    decay = _causal_decay(gamma.float().log(), q.shape[-2])
+    q, k, v = _compute(q, k, v)
+    decay = _causal_decay(gamma.to(q.dtype).log(), q.shape[-2])
     return (q @ k.transpose(-1, -2) * decay) @ v
 
 
 def retention_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    q, k, v = q.float(), k.float(), v.float()
+    q, k, v = _compute(q, k, v)
     batch, heads, length, dk = q.shape
-    decay = gamma.float().view(1, heads, 1, 1)
+    decay = gamma.to(q.dtype).view(1, heads, 1, 1)
     state = q.new_zeros(batch, heads, dk, v.shape[-1])
     out = q.new_empty(batch, heads, length, v.shape[-1])
     for t in range(length):
@@ -50,7 +57,7 @@ def retention_chunk(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor, chunk_size: int = CHUNK_SIZE
 ) -> torch.Tensor:
     """Chunkwise form; ``chunk_size`` is a parameter so tests can cross chunk boundaries cheaply."""
-    q, k, v = q.float(), k.float(), v.float()
+    q, k, v = _compute(q, k, v)
     batch, heads, length, dk = q.shape
     dv = v.shape[-1]
     # Zero-pad to whole chunks: padded keys and values add nothing to the state, and the
@@ -63,7 +70,7 @@ def retention_chunk(
     k = k.reshape(batch, heads, chunks, chunk_size, dk)
     v = v.reshape(batch, heads, chunks, chunk_size, dv)
 
-    log_gamma = gamma.float().log()
+    log_gamma = gamma.to(q.dtype).log()
     pos = torch.arange(chunk_size, device=q.device)
     per_head = log_gamma[:, None]  # (heads, 1)
     intra_decay = _causal_decay(log_gamma, chunk_size)[:, None]  # (heads, 1, C, C)

@@ -31,12 +31,22 @@ class Attention(nn.Module):
         nn.init.xavier_uniform_(self.qkv.weight)
         self.qkv.weight._no_reinit = True
 
-    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of (batch, L, dim) tokens, each (batch, heads, L, head_dim)."""
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def merge(self, heads_out: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, L, head_dim) mixed values -> the (batch, L, dim) output."""
+        batch, heads, length, head_dim = heads_out.shape
+        return self.proj(heads_out.transpose(1, 2).reshape(batch, length, heads * head_dim))
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        q, k, v = self.heads(x)
         if self.impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
             out = scores.softmax(dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+        return self.merge(out)

@@ -50,17 +50,20 @@ class MambaBranch(nn.Module):
         for p in (self.A_log, self.D, self.dt_proj.weight, self.dt_proj.bias):
             p._no_reinit = True  # the backbone's generic init must not overwrite these
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, reverse: bool) -> torch.Tensor:
-        """x, z: (batch, d_inner, L) -> (batch, d_inner, L)."""
-        x = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu", reverse=reverse)
+    def scan_inputs(self, x: torch.Tensor, reverse: bool) -> dict[str, torch.Tensor]:
+        """The selective scan's arguments for x (batch, d_inner, L): u (x after the causal conv
+        and SiLU), delta (before its bias and softplus), A, B, C, D and delta_bias."""
+        u = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu", reverse=reverse)
         # dt, B and C come out channel-major too, as the scan takes them.
-        dt, B, C = channel_major_linear(self.x_proj.weight, x.transpose(1, 2)).split(
+        dt, B, C = channel_major_linear(self.x_proj.weight, u.transpose(1, 2)).split(
             [self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = channel_major_linear(self.dt_proj.weight, dt.transpose(1, 2))
-        return selective_scan(
-            x, delta, -torch.exp(self.A_log.float()), B, C,
-            D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
-        )
+        return dict(u=u, delta=delta, A=-torch.exp(self.A_log.float()), B=B, C=C, D=self.D.float(),
+                    delta_bias=self.dt_proj.bias.float())
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """x, z: (batch, d_inner, L) -> (batch, d_inner, L)."""
+        return selective_scan(**self.scan_inputs(x, reverse), z=z, delta_softplus=True, reverse=reverse)
 
 
 class BiMamba(nn.Module):
@@ -74,6 +77,7 @@ class BiMamba(nn.Module):
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
     def forward(self, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        # x feeds both branches' convs and scans; z gates their outputs. Both (batch, d_inner, L).
         x, z = channel_major_linear(self.in_proj.weight, hidden).chunk(2, dim=1)
         y = self.fwd(x, z, reverse=False).add_(self.bwd(x, z, reverse=True))
         # Vim v2 averages the two directions: halving the (batch, L, dim) output costs half of

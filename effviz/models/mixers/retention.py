@@ -55,18 +55,23 @@ class MultiScaleRetention(nn.Module):
         heads = torch.arange(self.num_heads, device=device, dtype=torch.float32)
         return 1 - torch.pow(2.0, -5 - heads)
 
-    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k (scaled by head_dim^−0.5) and v of (batch, L, dim) tokens, each (batch, heads, L, head_dim)."""
         batch, length, dim = x.shape
         head_dim = dim // self.num_heads
 
         def split_heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, length, self.num_heads, head_dim).transpose(1, 2)
 
-        q = split_heads(self.q_proj(x))
-        k = split_heads(self.k_proj(x)) * head_dim**-0.5
-        v = split_heads(self.v_proj(x))
-        mode = "parallel" if self.training else "chunk"
-        heads_out = retention(q, k, v, self.decay(x.device), mode=mode)
+        return split_heads(self.q_proj(x)), split_heads(self.k_proj(x)) * head_dim**-0.5, split_heads(self.v_proj(x))
+
+    def gated_output(self, x: torch.Tensor, heads_out: torch.Tensor) -> torch.Tensor:
+        """The per-token epilogue: ``out_proj(silu(g_proj(x)) * GroupNorm_heads(heads_out))``."""
+        batch, length, dim = x.shape
         # GroupNorm wants channels second; per token, its groups are exactly the heads.
         normed = self.group_norm(heads_out.transpose(1, 2).reshape(batch * length, dim))
         return self.out_proj(F.silu(self.g_proj(x)) * normed.view(batch, length, dim))
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        mode = "parallel" if self.training else "chunk"
+        return self.gated_output(x, retention(*self.heads(x), self.decay(x.device), mode=mode))

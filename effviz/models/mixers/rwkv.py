@@ -84,16 +84,23 @@ class SpatialMix(nn.Module):
         self.receptance = nn.Linear(dim, dim, bias=False)
         self.output = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    def keys_values(self, x: torch.Tensor, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k, v, r of (batch, L, dim) tokens, each (batch, L, dim), computed from the Q-shifted tokens."""
         shifted = q_shift(x, layout)
         # lerp(shifted, x, mu) = x * mu + shifted * (1 - mu), in one pass.
         k = self.key(torch.lerp(shifted, x, self.spatial_mix_k))
         v = self.value(torch.lerp(shifted, x, self.spatial_mix_v))
         r = self.receptance(torch.lerp(shifted, x, self.spatial_mix_r))
-        # Decay and bonus are divided by the token count, so one set of weights spans the whole
-        # image at any resolution (the official model does this too).
-        tokens = x.shape[1]
-        wkv = bi_wkv(self.spatial_decay / tokens, self.spatial_first / tokens, k, v)
+        return k, v, r
+
+    def decay_and_bonus(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bi-WKV's (w, u) for a sequence of ``tokens``: divided by the token count, so one set of
+        weights spans the whole image at any resolution (the official model does this too)."""
+        return self.spatial_decay / tokens, self.spatial_first / tokens
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        k, v, r = self.keys_values(x, layout)
+        wkv = bi_wkv(*self.decay_and_bonus(x.shape[1]), k, v)
         return self.output(torch.sigmoid(r) * wkv)
 
 

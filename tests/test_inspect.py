@@ -1,0 +1,215 @@
+"""effviz.inspect: each mixer's matrix reproduces the mixer exactly (fp64), the relevance maps and
+receptive fields are normalised as documented, relevance finds the one informative patch, and
+oversized inputs are refused before any memory is taken."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from effviz import api
+from effviz.inspect import Inspection, estimate_bytes, inspect_input, inspect_model, main, mixing, rollout
+from effviz.models import create_model
+from effviz.ui.examples import ASSETS_DIR, save_photos
+
+SMALL = dict(embed_dim=48, depth=2, num_classes=10)
+# One random-model architecture per mixer, with attention in both implementations.
+RANDOM_ARCHS = ["deit-tiny", "deit-tiny-eager", "vir-tiny", "vrwkv-tiny", "vim-tiny"]
+CIFAR_MODELS = ["deit-cifar", "vir-cifar", "vrwkv-cifar", "vim-cifar"]
+EXACT = 1e-6  # relative error, fp64
+
+
+def mixer_inputs(model: torch.nn.Module, **model_input: torch.Tensor) -> list[tuple]:
+    """(mixer, its input, layout) for every block of one forward pass."""
+    seen = []
+    hooks = [block.mixer.register_forward_hook(lambda m, args, out: seen.append((m, args[0], args[1])))
+             for block in model.blocks]
+    try:
+        with torch.no_grad():
+            model(**model_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def assert_matrix_form_is_exact(mixer: torch.nn.Module, x: torch.Tensor, layout) -> None:
+    with torch.no_grad():
+        actual = mixer(x, layout)
+        rebuilt = mixing(mixer, x, layout)
+    assert actual.dtype == rebuilt.output.dtype == torch.float64
+    error = float((rebuilt.output - actual).norm() / actual.norm())
+    assert error <= EXACT, f"{type(mixer).__name__}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("arch", RANDOM_ARCHS)
+def test_matrix_applied_to_values_reproduces_the_mixer_on_random_inputs(arch):
+    torch.manual_seed(0)
+    model = create_model(arch, **SMALL).eval().double()
+    image = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for mixer, x, layout in mixer_inputs(model, image=image):
+        # Scaled up so that softmaxes and decays are far from uniform.
+        assert_matrix_form_is_exact(mixer, 3 * x, layout)
+
+
+def test_matrix_form_is_exact_for_audio_mamba_over_many_tokens():
+    torch.manual_seed(0)
+    model = create_model("aum-tiny", **SMALL).eval().double()
+    audio = torch.randn(1, 160, 128, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for mixer, x, layout in mixer_inputs(model, audio=audio)[:1]:
+        assert x.shape[1] == 81  # 8x10 patches + the class token
+        assert_matrix_form_is_exact(mixer, x, layout)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Image.Image:
+    return Image.open(save_photos(tmp_path_factory.mktemp("photos"))[0]).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def inspected(photo) -> dict[str, Inspection]:
+    """Each bundled CIFAR model inspected once on the photo, shared by the tests below."""
+    return {model_id: inspect_input(model_id, image=photo) for model_id in CIFAR_MODELS}
+
+
+@pytest.mark.parametrize("model_id", CIFAR_MODELS)
+def test_matrix_form_is_exact_on_a_bundled_model_and_a_real_photo(model_id, photo):
+    model = copy.deepcopy(api.load_model(model_id)).double()
+    image = api.model_inputs(model_id, image=photo)["image"].double()
+    inputs = mixer_inputs(model, image=image)
+    assert len(inputs) == model.config.depth
+    for mixer, x, layout in inputs:
+        assert_matrix_form_is_exact(mixer, x, layout)
+
+
+def test_mamba_branches_are_causal_and_anticausal(inspected):
+    model = api.load_model("vim-cifar")
+    result = inspected["vim-cifar"]
+    forward, backward = result.layers[0].matrices["forward"], result.layers[0].matrices["backward"]
+    assert torch.equal(forward, forward.tril()) and torch.equal(backward, backward.triu())
+    assert forward.shape == (model.config.expand * model.config.embed_dim, 17, 17)  # one per inner channel
+
+
+@pytest.mark.parametrize("model_id", CIFAR_MODELS)
+def test_rollout_rows_maps_and_receptive_fields_sum_to_one(model_id, inspected):
+    model = api.load_model(model_id)
+    result = inspected[model_id]
+    for matrix in (result.rollout, result.gradient_rollout):
+        assert (matrix >= 0).all()
+        torch.testing.assert_close(matrix.sum(-1), torch.ones(matrix.shape[0]), rtol=0, atol=1e-5)
+    for relevance in (result.rollout_map, result.gradient_map):
+        assert relevance.shape == (4, 4) and (relevance >= 0).all()
+        assert abs(float(relevance.sum()) - 1) < 1e-5
+    assert result.receptive_fields.shape == (model.config.depth, 16)
+    torch.testing.assert_close(result.receptive_fields.sum(-1), torch.ones(model.config.depth))
+    assert result.target == int(result.logits.argmax())
+    # The relevance does not depend on the shared model having been used: it was left as it was.
+    assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_rollout_of_identity_layers_is_the_identity_and_empty_rows_keep_their_token():
+    eye = torch.eye(5, dtype=torch.float64)
+    torch.testing.assert_close(rollout([eye, eye]), eye)
+    empty = torch.zeros(5, 5, dtype=torch.float64)
+    torch.testing.assert_close(rollout([empty]), eye)
+
+
+def test_receptive_fields_separate_decay_from_all_to_all(inspected):
+    """Vim's selective decay keeps more of its mass near the diagonal than the trained DeiT."""
+    near = {}
+    for model_id in ("vim-cifar", "deit-cifar"):
+        fields = inspected[model_id].receptive_fields
+        near[model_id] = float(fields[:, :2].sum(-1).mean())  # distance 0 and 1
+    assert near["vim-cifar"] > near["deit-cifar"]
+
+
+def one_textured_patch(row: int, col: int) -> Image.Image:
+    """A mid-gray 32x32 picture with random colour noise in one 8x8 cell of the 4x4 token grid."""
+    pixels = np.full((32, 32, 3), 128, np.uint8)
+    pixels[row * 8:(row + 1) * 8, col * 8:(col + 1) * 8] = np.random.default_rng(0).integers(0, 256, (8, 8, 3))
+    return Image.fromarray(pixels)
+
+
+# Measured: ViR's relevance piles up on the first patch (0, 0) and Vim's lands beside the textured
+# one. Rolling out causal (or one-sided) mixers moves mass only towards earlier tokens, so the
+# first tokens absorb it; this sanity check holds for the all-to-all mixers only.
+ROLLOUT_MISSES = {"vir-cifar", "vim-cifar"}
+
+
+@pytest.mark.parametrize("model_id", [
+    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="relevance does not peak on the patch (see ROLLOUT_MISSES)"))
+    if m in ROLLOUT_MISSES else m for m in CIFAR_MODELS])
+def test_relevance_peaks_on_the_one_informative_patch(model_id):
+    for row, col in ((1, 2), (3, 3)):
+        result = inspect_input(model_id, image=one_textured_patch(row, col))
+        for relevance in (result.rollout_map, result.gradient_map):
+            assert divmod(int(relevance.argmax()), 4) == (row, col), (model_id, row, col)
+
+
+def test_speech_relevance_runs_over_time():
+    result = inspect_input("ast-fsdd", audio=ASSETS_DIR / "spoken_three.wav")
+    rows, steps = result.grid
+    assert rows == 1 and steps >= 25  # full-spectrum strips: one token per time step
+    assert result.readout[0] == 1 and result.patch_tokens.tolist() == list(range(1, steps + 1))
+    assert abs(float(result.gradient_map.sum()) - 1) < 1e-5
+
+
+def test_ast_relevance_reads_the_class_and_distillation_tokens():
+    torch.manual_seed(0)
+    model = create_model("ast-base", **SMALL).eval()
+    result = inspect_model(model, audio=torch.randn(1, 48, 128))
+    assert result.readout[:2].tolist() == [0.5, 0.5] and result.patch_tokens[0] == 2
+    assert result.rollout_map.numel() == len(result.patch_tokens) == len(result.readout) - 2
+    assert abs(float(result.rollout_map.sum()) - 1) < 1e-5
+
+
+def test_oversized_input_is_refused_with_size_and_limit_before_computing():
+    model = create_model("vim-tiny", **SMALL).eval()
+    image = torch.zeros(1, 3, 16 * 40, 16 * 40)  # 1,601 tokens
+    need = estimate_bytes(model.config, 1601)
+    assert need > 2**30
+    with pytest.raises(ValueError, match=r"about \d+\.\d\d GiB \(1601 tokens.*limit of 1\.00 GiB"):
+        inspect_model(model, image=image, max_bytes=2**30)
+
+
+def test_command_line_writes_json(tmp_path, capsys):
+    picture = tmp_path / "patch.png"
+    one_textured_patch(1, 2).save(picture)
+    out = tmp_path / "inspect.json"
+    assert main(["deit-cifar", str(picture), "--layer", "1", "--json", str(out)]) == 0
+    exported = json.loads(out.read_text())
+    assert exported["mixer"] == "attention" and exported["layer"] == 1
+    assert np.array(exported["matrices"]["mixing"]).shape == (3, 17, 17)
+    assert np.isclose(np.sum(exported["gradient_map"]), 1)
+    assert "predicts" in capsys.readouterr().out
+    assert main(["deit-cifar", str(tmp_path / "missing.png")]) == 2
+
+
+def test_inside_tab_draws_relevance_matrices_and_receptive_fields(tmp_path):
+    import gradio as gr
+
+    from effviz.ui import inside
+    from effviz.ui.examples import prepare_examples
+
+    picture = tmp_path / "patch.png"
+    one_textured_patch(2, 1).save(picture)
+    status, state = inside.inspect_models(str(picture), None, ["deit-cifar", "vrwkv-cifar"], progress=lambda *a, **k: None)
+    assert "**deit-cifar** (attention, 6 layers, 17 tokens)" in status
+    relevance = inside.relevance_figure(state, "gradient rollout")
+    assert [t.type for t in relevance.data] == ["image", "heatmap", "image", "heatmap"]
+    assert np.isclose(np.sum(relevance.data[1].z), 1)
+    matrices = inside.matrix_figure(state, layer=5, head=2)
+    assert [np.shape(t.z) for t in matrices.data] == [(17, 17), (16, 16)]
+    assert len(inside.receptive_figure(state, layer=0).data) == 2
+    exported = json.loads(Path(inside.export_json(state, layer=5)).read_text())
+    assert set(exported) == {"deit-cifar", "vrwkv-cifar"} and exported["vrwkv-cifar"]["layer"] == 5
+    with pytest.raises(gr.Error, match="upload a picture or a sound"):
+        inside.inspect_models(None, None, ["deit-cifar"], progress=lambda *a, **k: None)
+    with gr.Blocks() as demo:
+        inside.build(prepare_examples(tmp_path / "examples"))
+    assert "inspect" in [fn.api_name for fn in demo.fns.values()]
