@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import torchaudio
 from PIL import Image, ImageDraw
 
 import effviz
@@ -198,18 +199,26 @@ def test_predict_on_audio_of_any_dtype_channels_rate_and_length(seconds, rate, c
     assert_distribution(effviz.predict("tiny-aum", audio=samples, sample_rate=rate), [str(d) for d in range(10)])
 
 
-def test_short_clips_are_centred_in_silence_as_in_training():
+def test_short_clips_are_framed_as_in_training():
     cfg = effviz.load_model("tiny-aum").config
-    clip = tone(0.3, cfg.sample_rate)
-    # Training's framing of a held-out clip (no augmentation) and the API's are the same features ...
-    trained = SpeechAugment(cfg).features(torch.from_numpy(clip), None)
+    clip = tone(0.3, 8000)  # an FSDD-like recording: 8 kHz
+    # Training's framing of a held-out clip (no augmentation) and the API's are the same features
+    # (the API finds the sound before resampling, training resamples whole clips: the edges differ) ...
+    trained = SpeechAugment(cfg).features(fsdd_waves_like(clip), None)
     pre = Preprocess.from_config(cfg).audio
-    torch.testing.assert_close(audio_to_tensor(clip, cfg.sample_rate, pre)[0], trained, rtol=0, atol=0)
-    # ... and the same prediction as the clip padded by hand to the 1 s it was trained on.
-    room = cfg.sample_rate - clip.shape[0]
-    padded = np.pad(clip, (room // 2, room - room // 2))
-    assert effviz.predict("tiny-aum", audio=clip, sample_rate=cfg.sample_rate) == effviz.predict(
-        "tiny-aum", audio=padded, sample_rate=cfg.sample_rate)
+    assert pre.band_hz == 4000 and pre.speech_only
+    assert (audio_to_tensor(clip, 8000, pre)[0] - trained).abs().mean() < 0.01
+    # ... and the same prediction as the clip padded by hand with silence, or recorded at 16 kHz.
+    alone = effviz.predict("tiny-aum", audio=clip, sample_rate=8000)
+    padded = np.pad(clip, (8000, 12000))
+    assert effviz.predict("tiny-aum", audio=padded, sample_rate=8000) == pytest.approx(alone, abs=0.02)
+    wideband = effviz.predict("tiny-aum", audio=tone(0.3, 16000), sample_rate=16000)
+    assert wideband == pytest.approx(alone, abs=0.02)
+
+
+def fsdd_waves_like(clip: np.ndarray) -> torch.Tensor:
+    """An 8 kHz clip brought to 16 kHz as effviz.train brings FSDD's recordings."""
+    return torchaudio.functional.resample(torch.from_numpy(clip), 8000, 16000)
 
 
 def test_predict_on_a_sound_file():
@@ -399,3 +408,21 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("EFFVIZ_DEVICE", "cuda")
     with pytest.raises(ValueError, match="no usable CUDA GPU"):
         api.prediction_device()
+
+
+def test_every_bundled_speech_model_hears_a_take_alike_at_any_rate_and_in_silence(monkeypatch):
+    """The app's spoken examples at 8, 16 and 48 kHz, and padded with 2 s of silence each side,
+    get the same top-1 from every bundled model that listens."""
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", REAL_WEIGHTS_DIR)
+    listeners = [m for m in effviz.list_models() if "audio" in effviz.load_model(m).config.modalities]
+    examples = sorted((registry.bundled_path("assets") / "examples").glob("spoken_*.wav"))
+    if not listeners or not examples:
+        pytest.skip("no bundled speech model or spoken example in this checkout")
+    for example in examples:
+        samples, rate = soundfile.read(example, dtype="float32")
+        takes = [(torchaudio.functional.resample(torch.from_numpy(samples), rate, r).numpy(), r) for r in (8000, 48000)]
+        silence = np.zeros(2 * rate, dtype=np.float32)
+        takes += [(samples, rate), (np.concatenate([silence, samples, silence]), rate)]
+        for model_id in listeners:
+            tops = {next(iter(effviz.predict(model_id, audio=x, sample_rate=r, top_k=1))) for x, r in takes}
+            assert len(tops) == 1, (example.name, model_id, tops)

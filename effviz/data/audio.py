@@ -237,12 +237,60 @@ def fit_length(waveform: torch.Tensor, num_samples: int, gen: torch.Generator | 
     return torch.nn.functional.pad(waveform, (offset, room - offset))
 
 
+# Speech finding: the energy of every 25 ms stretch; one is voiced within SPEECH_RANGE_DB of the loudest.
+SPEECH_RANGE_DB = 35.0
+
+
+def frame_speech(waveform: torch.Tensor, sample_rate: int, seconds: float) -> torch.Tensor:
+    """A ``seconds`` window framed like a training clip: the clip's spoken part (from the first
+    to the last 25 ms stretch within ``SPEECH_RANGE_DB`` of the loudest, found to the sample)
+    centred in silence, as training centres its clips; when the spoken part is longer than
+    ``seconds``, its ``seconds`` holding the most energy. Whatever surrounds the speech (silence,
+    a quiet background) thus changes nothing. A clip with no sound at all comes back unchanged."""
+    window, length = round(sample_rate * FRAME_LENGTH_MS / 1000), round(seconds * sample_rate)
+    # Stretches may reach past the clip's ends into silence, so that silence added around a take
+    # finds the same spoken part.
+    # No DC removal: a clip's mean moves with the silence around it (prepare_waveform's resampler
+    # and fbank's per-frame offset removal deal with DC).
+    extended = torch.nn.functional.pad(waveform.double(), (window, window))
+    power = torch.cat([extended.new_zeros(1), extended.pow(2).cumsum(0)])
+    energy = power[window:] - power[:-window]  # of the stretch starting at each sample of `extended`
+    if float(energy.max()) <= 0:
+        return waveform
+    voiced = torch.nonzero(energy > energy.max() * 10 ** (-SPEECH_RANGE_DB / 10)).flatten()
+    start, end = int(voiced[0]), int(voiced[-1]) + window  # in `extended`'s samples
+    if end - start <= length:
+        first = start - (length - (end - start)) // 2
+    else:  # the loudest window of the spoken part
+        starts = torch.arange(start, end - length + 1)
+        first = int(starts[(power[starts + length] - power[starts]).argmax()])
+    # In the clip's samples: the window starts at `first`; of the clip it keeps the spoken part
+    # only, in silence, as training clips are recordings cut to their speech and padded with zeros
+    # (a near-silent background would read quite differently in the log-mel features).
+    first, start, end = first - window, max(start - window, 0), min(end - window, waveform.shape[0])
+    framed = waveform.new_zeros(length)
+    keep_from, keep_to = max(start, first), min(end, first + length)
+    framed[keep_from - first:keep_to - first] = waveform[keep_from:keep_to]
+    return framed
+
+
 def audio_to_tensor(
     audio: np.ndarray, sample_rate: int, pre: AudioPreprocess, max_seconds: float = DEFAULT_MAX_SECONDS
 ) -> torch.Tensor:
-    """Model input ``(1, frames, pre.mel_bins)`` from decoded audio: :func:`prepare_waveform`
-    at ``pre.sample_rate``, centred in ``pre.min_seconds`` of silence when shorter (the clip
+    """Model input ``(1, frames, pre.mel_bins)`` from decoded audio, framed as ``pre`` says:
+    with ``pre.speech_only``, the spoken part found and framed in ``pre.min_seconds`` at the
+    input's own rate (:func:`frame_speech`: so silence around a take changes no sample of what
+    follows); then :func:`prepare_waveform` at ``pre.sample_rate`` (a wider input first at
+    ``2 * pre.band_hz``, the rate of the training recordings: their band, and then the same
+    resampling they had), centred in ``pre.min_seconds`` of silence when shorter (the clip
     length the model was trained on, framed as training frames its clips), then :func:`fbank`."""
-    waveform = prepare_waveform(audio, sample_rate, pre.sample_rate, max_seconds)
+    if pre.speech_only:
+        waveform = frame_speech(prepare_waveform(audio, sample_rate, sample_rate, max_seconds), sample_rate, pre.min_seconds)
+        audio = waveform.numpy()
+    recorded_rate = int(2 * pre.band_hz)
+    if pre.band_hz and sample_rate > recorded_rate:
+        waveform = _resample(prepare_waveform(audio, sample_rate, recorded_rate, max_seconds), recorded_rate, pre.sample_rate)
+    else:
+        waveform = prepare_waveform(audio, sample_rate, pre.sample_rate, max_seconds)
     waveform = fit_length(waveform, int(round(pre.min_seconds * pre.sample_rate)))
     return fbank(waveform, pre).unsqueeze(0)

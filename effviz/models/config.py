@@ -71,6 +71,9 @@ class ModelConfig:
     fbank_mean: float = 0.0
     fbank_std: float = 1.0
     min_audio_seconds: float = 0.0  # shorter clips are zero-padded to this (the trained clip length)
+    # Bandwidth of the training audio (FSDD is recorded at 8 kHz: nothing above 4 kHz), 0 = full band.
+    # Wider inputs are band-limited to it, so a 44.1 kHz microphone take reads as training data did.
+    audio_band_hz: float = 0.0
     modality_embed: bool = False  # learned per-modality embedding (multimodal early fusion)
 
     def __post_init__(self) -> None:

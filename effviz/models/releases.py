@@ -64,6 +64,11 @@ class AudioPreprocess:
         (how effviz.train frames its clips); "end": the fbank is padded with zero frames at the
         end up to ``max_frames`` and then normalised (AST's code and HF's ASTFeatureExtractor).
     max_frames: longer inputs are cut to this many frames (0: never cut).
+    band_hz: the training audio's bandwidth; a wider input is band-limited to it (0: full band).
+    speech_only: the model was trained on tight clips of one spoken word, ``min_seconds`` long:
+        the spoken part of an input is found (energy-based) and framed the same way, the loudest
+        ``min_seconds`` of it when it is longer, so silence around a take and a long recording
+        read as training clips did.
     """
 
     sample_rate: int = 16000
@@ -74,12 +79,16 @@ class AudioPreprocess:
     min_seconds: float = 0.0
     max_frames: int = 0
     frame_multiple: int = 1
+    band_hz: float = 0.0
+    speech_only: bool = False
 
     def __post_init__(self) -> None:
         if self.padding not in ("centre", "end"):
             raise ValueError(f"unknown audio padding {self.padding!r}: expected 'centre' or 'end'")
         if self.padding == "end" and self.max_frames <= 0:
             raise ValueError("padding 'end' pads up to max_frames, which must be positive")
+        if self.speech_only and self.min_seconds <= 0:
+            raise ValueError("speech_only frames the spoken part in min_seconds, which must be positive")
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ class Preprocess:
             audio = AudioPreprocess(
                 sample_rate=cfg.sample_rate, mel_bins=cfg.mel_bins, fbank_mean=cfg.fbank_mean,
                 fbank_std=cfg.fbank_std, min_seconds=cfg.min_audio_seconds, frame_multiple=cfg.audio_patch_size,
+                band_hz=cfg.audio_band_hz, speech_only=cfg.min_audio_seconds > 0,
             )
         return cls(image, audio)
 

@@ -12,6 +12,7 @@ import torch
 from torchaudio.compliance import kaldi
 
 from effviz.data import audio_to_tensor, fbank, prepare_waveform, read_audio
+from effviz.data.audio import frame_speech
 from effviz.models.releases import AudioPreprocess
 
 CFG = AudioPreprocess(sample_rate=16000, mel_bins=128, frame_multiple=16)
@@ -297,3 +298,45 @@ def test_fbank_needs_one_window():
         fbank(torch.zeros(399), CFG)
     with pytest.raises(ValueError, match="1-D"):
         fbank(torch.zeros(2, 4000), CFG)
+
+
+# --- framing speech as training clips were framed --------------------------------------------------
+
+
+def test_frame_speech_centres_the_spoken_part_whatever_silence_surrounds_it():
+    word = tone(0.4, RATE, hz=300.0)
+    alone = frame_speech(torch.from_numpy(word), RATE, seconds=1.0)
+    assert alone.shape[0] == RATE and alone.abs().max() == pytest.approx(float(np.abs(word).max()))
+    for before, after in ((RATE, 2 * RATE), (7, 12345), (0, RATE // 3)):
+        take = np.concatenate([np.zeros(before), word, np.zeros(after)]).astype(np.float32)
+        torch.testing.assert_close(frame_speech(torch.from_numpy(take), RATE, seconds=1.0), alone, atol=0, rtol=0)
+
+
+def test_frame_speech_keeps_the_loudest_window_of_a_long_take():
+    quiet, loud = 0.05 * tone(2.0, RATE, hz=300.0), tone(0.6, RATE, hz=500.0)
+    take = torch.from_numpy(np.concatenate([quiet, loud, quiet]).astype(np.float32))
+    framed = frame_speech(take, RATE, seconds=1.0)
+    assert framed.shape[0] == RATE  # one training clip's length
+    # The loud part lies inside the window: its energy is all there.
+    assert float(framed.pow(2).sum()) >= float((loud.astype(np.float64) ** 2).sum())
+
+
+def test_frame_speech_leaves_silence_alone():
+    silence = torch.zeros(RATE)
+    assert torch.equal(frame_speech(silence, RATE, seconds=1.0), silence)
+
+
+def test_wideband_input_is_brought_to_the_training_band():
+    """An 8 kHz-trained model reads 8 kHz, 16 kHz and 48 kHz recordings of one sound alike."""
+    pre = AudioPreprocess(band_hz=4000.0, min_seconds=1.0, speech_only=True, frame_multiple=8)
+    full_band = AudioPreprocess(min_seconds=1.0, speech_only=True, frame_multiple=8)
+    voice = {rate: tone(0.5, rate, hz=600.0) for rate in (8000, 16000, 48000)}
+    # Wideband recordings also hold energy above 4 kHz, which 8 kHz training recordings cannot.
+    hiss = {rate: voice[rate] + tone(0.5, rate, hz=6000.0, amplitude=0.2) for rate in (16000, 48000)}
+    reference = audio_to_tensor(voice[8000], 8000, pre)[0]
+    voice_bins, above_4khz = slice(0, 64), slice(100, None)  # below ~2 kHz; above ~5 kHz at 16 kHz, 128 bins
+    for rate, clip in hiss.items():
+        banded, unbanded = audio_to_tensor(clip, rate, pre)[0], audio_to_tensor(clip, rate, full_band)[0]
+        assert (banded - reference)[:, voice_bins].abs().mean() < 0.05
+        assert (banded - reference)[:, above_4khz].abs().mean() < 0.05  # as empty as training's
+        assert (unbanded - reference)[:, above_4khz].abs().mean() > 0.5
