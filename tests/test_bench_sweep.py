@@ -15,7 +15,7 @@ import pytest
 
 from effviz.bench import sweep
 from effviz.bench.__main__ import main
-from effviz.bench.fit import crossover, loglog_slope, upper_half
+from effviz.bench.fit import crossover, fit_exponent, loglog_slope, upper_half
 from effviz.bench.sweep import PointResult, SweepSpec, plan_input, run_sweep, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,9 +212,12 @@ def test_exponent_fit_recovers_linear_and_quadratic_scaling():
     ns = [100, 400, 1600, 6400]
     assert loglog_slope(ns, [3.0 * n for n in ns]) == pytest.approx(1.0)
     assert loglog_slope(ns, [0.5 * n**2 for n in ns]) == pytest.approx(2.0)
-    # A fixed overhead flattens the small sizes; the upper half sees the asymptotic exponent.
+    # A fixed overhead flattens the small sizes; the upper half (3 points at least) sees the
+    # asymptotic exponent.
+    ns = [100, 200, 400, 1600, 3200, 6400]
     with_overhead = [1e5 + n**2 for n in ns]
     full = loglog_slope(ns, with_overhead)
+    assert upper_half(ns, with_overhead)[0] == [1600, 3200, 6400]
     upper = loglog_slope(*upper_half(ns, with_overhead))
     assert full < upper and upper == pytest.approx(2.0, abs=0.1)
     with pytest.raises(ValueError, match="positive"):
@@ -285,3 +288,43 @@ def test_ast_base_overlapping_patches_and_two_prefix_tokens_are_counted():
     point = plan_input("ast-base", "seconds", 10.24)
     assert (point.audio_frames, point.tokens) == (1016, 12 * 101 + 2)
     assert plan_input("ast-tiny", "seconds", 10.24).tokens == 8 * 64 + 1  # no overlap: AST-Ti as AuM
+
+
+def test_exponent_is_refused_from_two_sizes_or_a_narrow_span():
+    two = fit_exponent([100, 400], [[1.0], [4.0]])
+    assert two.value is None and "2 sizes" in two.refused and "needs 3" in two.refused
+    narrow = fit_exponent([100, 130, 180], [[1.0], [1.3], [1.8]])
+    assert narrow.value is None and "1.8x" in narrow.refused
+    assert two.describe().startswith("—")
+    with pytest.raises(ValueError, match="at least one run"):
+        fit_exponent([1, 2, 4], [[1.0], [], [3.0]])
+
+
+def test_exponent_interval_comes_from_resampling_the_runs():
+    ns = [200, 800, 3200]
+    steady = fit_exponent(ns, [[1.0, 1.01, 1.02], [4.0, 4.02, 4.1], [16.0, 16.1, 16.3]])
+    assert steady.value == pytest.approx(1.0) and steady.low <= steady.value <= steady.high
+    assert steady.high - steady.low < 0.05
+    noisy = fit_exponent(ns, [[1.0, 3.0, 5.0], [4.0, 9.0, 12.0], [16.0, 30.0, 40.0]])
+    assert noisy.high - noisy.low > steady.high - steady.low
+    assert noisy == fit_exponent(ns, [[1.0, 3.0, 5.0], [4.0, 9.0, 12.0], [16.0, 30.0, 40.0]])  # seeded
+    assert "N^1.00 (" in steady.describe()
+    assert fit_exponent(ns, [[1.0], [4.0], [16.0]]).describe() == "N^1.00"  # one run each: no interval
+
+
+def test_crossover_needs_separated_intervals_and_two_points_for_always_or_never():
+    xs = [224, 448, 896]
+    # Headlines cross, but the intervals overlap at the crossing: within noise, no crossover x.
+    overlapping = crossover(xs, [(5.0, 9.0), (9.0, 12.0), (10.0, 13.0)], [(4.0, 6.0), (8.0, 11.0), (12.5, 14.0)])
+    assert overlapping.kind == "within noise" and overlapping.x is None
+    # Tied at 448, cheaper beyond noise at 896: where exactly is unknown, cheaper from 896.
+    tied = crossover(xs, [(5.0, 6.0), (9.0, 12.0), (10.0, 11.0)], [(2.0, 3.0), (10.0, 11.0), (20.0, 22.0)])
+    assert (tied.kind, tied.x) == ("within noise", 896) and "cheaper from" in tied.describe(" px")
+    # Separated on both sides: a crossover between them.
+    clear = crossover(xs, [(5.0, 6.0), (9.0, 10.0), (10.0, 11.0)], [(2.0, 3.0), (20.0, 22.0), (40.0, 44.0)])
+    assert clear.kind == "crossover" and 224 < clear.x < 448
+    # One common point says nothing about "always" or "never".
+    assert crossover([224], [1.0], [2.0]).kind == "too few points"
+    assert crossover([224], [3.0], [2.0]).kind == "too few points"
+    assert crossover([224, 448], [(1.0, 1.1), (2.0, 2.1)], [(3.0, 3.1), (6.0, 6.2)]).kind == "always"
+    assert crossover([224, 448], [(1.0, 1.1), (2.0, 2.1)], [(1.05, 1.2), (2.05, 2.2)]).kind == "within noise"
