@@ -87,11 +87,11 @@ def test_run_a_small_sweep_and_see_the_plot(page):
     values = page.locator("#sweep-values textarea")
     values.fill("32, 64")
     page.locator("#sweep-run").click()
-    # Both models at both sizes: four rows in the raw-points table, and curves in the plot.
-    _wait_for_text(page, "body", "Done: 4 points.")
-    for model_id in ("vim-tiny", "deit-tiny"):
+    # The three default models at both sizes: six rows in the raw-points table, and curves in the plot.
+    _wait_for_text(page, "body", "Done: 6 points.")
+    for model_id in ("vim-tiny", "deit-tiny", "deit-tiny-eager"):
         _wait_for_text(page, "#sweep-table", model_id)
-    assert page.locator("#sweep-table").inner_text().count("64 px") == 2
+    assert page.locator("#sweep-table").inner_text().count("64 px") == 3
     plot = page.locator("#sweep-latency .js-plotly-plot")
     plot.wait_for()
     assert page.locator("#sweep-latency .scatterlayer .trace").count() >= 2  # one curve per model

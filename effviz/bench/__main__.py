@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = commands.add_parser(
         "kernels",
         help="time every kernel op by backend and sequence length",
-        description="Latency (median after warm-up), peak memory, GB/s and speed-ups of every "
-        "kernel op and backend, with this machine's copy bandwidth and matmul GFLOP/s.",
+        description="Latency (the backends timed in turn for a time budget, disturbed runs run "
+        "again, minimum with p20-p80), peak memory, GB/s and speed-ups of every kernel op and "
+        "backend, with this machine's copy bandwidth and matmul GFLOP/s.",
     )
     k.add_argument(
         "--ops", nargs="+", choices=list(OPS), default=list(OPS), help="ops to run (default: all)"
@@ -76,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_LENGTHS),
         help="sequence lengths L (default: %(default)s)",
     )
-    k.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per point (median shown)")
+    k.add_argument("--budget", type=_non_negative_float, default=1.0,
+                   help="seconds of timed runs per op and length, all backends together (default: %(default)s)")
+    k.add_argument("--min-runs", type=_positive_int, default=3, help="undisturbed timed runs per backend, at least")
     k.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     k.add_argument("--dtype", choices=list(DTYPES), default="float32", help="input dtype (math is fp32)")
     k.add_argument("--json", type=Path, metavar="PATH", help="also write all numbers to this JSON file")
@@ -180,10 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from .kernels import DTYPES, format_report, run_bench
+    from .kernels import DTYPES, bench_policy, format_report, run_bench
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    result = run_bench(args.ops, args.lengths, args.repeats, device, DTYPES[args.dtype])
+    try:
+        policy = bench_policy(args.budget, device, min_runs=args.min_runs, max_runs=max(30, args.min_runs))
+    except ValueError as err:
+        parser.error(str(err))
+    result = run_bench(args.ops, args.lengths, policy, device, DTYPES[args.dtype])
     sys.stdout.write(format_report(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
