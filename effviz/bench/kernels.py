@@ -184,6 +184,7 @@ class Row:
     p20_ms: float | None = None
     p80_ms: float | None = None
     times_ms: list[float] | None = None
+    basis: str = "wall"  # "cpu": too few undisturbed runs on one thread, see effviz.bench.timing.Timing
     disturbed: int = 0
     gb_per_s: float | None = None
     peak_mib: float | None = None
@@ -224,7 +225,9 @@ def _sync(device: torch.device) -> None:
 
 def bench_policy(budget_s: float, device: torch.device, min_runs: int = 3, max_runs: int = 30) -> TimingPolicy:
     """The timing protocol's settings for this bench (CPU time is no guide on CUDA)."""
-    return TimingPolicy(budget_s=budget_s, min_runs=min_runs, max_runs=max_runs, check_cpu=device.type == "cpu")
+    on_cpu = device.type == "cpu"
+    return TimingPolicy(budget_s=budget_s, min_runs=min_runs, max_runs=max_runs, check_cpu=on_cpu,
+                        cpu_fallback=on_cpu and torch.get_num_threads() == 1)
 
 
 def _processor_name(device: torch.device) -> str:
@@ -406,7 +409,7 @@ def _time_group(
         for backend, timing in timings.items():
             row = by_backend[backend]
             row.min_ms, row.p20_ms, row.p80_ms = timing.min_ms, timing.p20_ms, timing.p80_ms
-            row.times_ms, row.disturbed = timing.used_ms, timing.disturbed
+            row.times_ms, row.disturbed, row.basis = timing.used_ms, timing.disturbed, timing.basis
             row.gb_per_s = (input_bytes + out_bytes[backend]) / row.min_ms / 1e6
             last_timed[backend] = row
     for row in by_backend.values():
@@ -501,7 +504,7 @@ def format_report(result: dict[str, Any]) -> str:
                     length,
                     _fmt(r["min_ms"]),
                     f"{_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}",
-                    f"{len(r['times_ms'])} ({r['disturbed']})",
+                    f"{len(r['times_ms'])} ({r['disturbed']})" + (" CPU times" if r["basis"] == "cpu" else ""),
                     _fmt(r["peak_mib"]),
                     _fmt(r["gb_per_s"]),
                     _fmt(share, 2),

@@ -197,7 +197,6 @@ class SweepSpec:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
-        self.policy()  # raises on a bad budget or run counts
         if not self.timeout_s > 0:
             raise ValueError(f"timeout must be positive, got {self.timeout_s}")
         if self.threads is not None and self.threads < 1:
@@ -207,6 +206,7 @@ class SweepSpec:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda asked for, but torch sees no CUDA GPU here")
+        self.policy()  # raises on a bad budget or run counts
         for model_id in self.models:
             for x in self.values:
                 plan_input(model_id, self.axis, x)
@@ -220,8 +220,9 @@ class SweepSpec:
 
     def policy(self) -> TimingPolicy:
         """The timing protocol's settings for this sweep (CPU time is no guide on CUDA)."""
+        on_cpu = torch.device(self.device).type == "cpu"
         return TimingPolicy(budget_s=self.budget_s, min_runs=self.min_runs, max_runs=self.max_runs,
-                            check_cpu=torch.device(self.device).type == "cpu")
+                            check_cpu=on_cpu, cpu_fallback=on_cpu and self.resolved_threads() == 1)
 
     def warmup_limit_s(self) -> float:
         """The longest one warm-up forward may take for the model's timed runs to fit its limit."""
@@ -254,10 +255,12 @@ class PointResult:
     reason: str
     inputs: str
     # The timing protocol's detail: spread of the runs the headline (minimum) came from, those
-    # runs, and every run as [wall ms, CPU ms, disturbed]. Absent in sweeps saved before it.
+    # runs, whether they are wall or CPU times (see effviz.bench.timing.Timing), and every run as
+    # [wall ms, CPU ms, disturbed]. Absent in sweeps saved before it.
     latency_p20_ms: float | None = None
     latency_p80_ms: float | None = None
     latency_runs_ms: list[float] | None = None
+    latency_basis: str = "wall"
     disturbed_runs: int = 0
     all_runs: list[list[Any]] | None = None
 
@@ -503,7 +506,7 @@ def _latency_child(request: dict[str, Any]) -> dict[str, Any]:
             except Exception as err:  # reported to the parent, which files it as oom or error
                 results[model_id] = _error(err)
                 continue
-            finally:
+            finally:  # failed or not, this model is done: only a hang or a death leaves it "starting"
                 progress.write(json.dumps({"warmed": model_id}) + "\n")
                 progress.flush()
             if warmup_s > request["warmup_limit_s"]:
@@ -644,10 +647,11 @@ def _with_latency(result: PointResult, latency: _ChildOutcome) -> PointResult:
     timing = latency.timing
     reason = ""
     if timing["unstable"]:
-        reason = (f"unstable: {timing['disturbed']} of {len(timing['all_runs'])} runs waited for the CPU; "
-                  "the numbers include them")
+        reason = f"unstable: {timing['disturbed']} of {len(timing['all_runs'])} runs waited for the CPU; "
+        reason += ("latency from their CPU times (1 thread: each run without its waiting)" if timing["basis"] == "cpu"
+                   else "latency from their wall times, waiting included")
     return replace(result, latency_ms=timing["min_ms"], latency_p20_ms=timing["p20_ms"],
-                   latency_p80_ms=timing["p80_ms"], latency_runs_ms=timing["runs_ms"],
+                   latency_p80_ms=timing["p80_ms"], latency_runs_ms=timing["runs_ms"], latency_basis=timing["basis"],
                    disturbed_runs=timing["disturbed"], all_runs=timing["all_runs"], reason=reason)
 
 
@@ -816,7 +820,9 @@ def describe_protocol(env: dict[str, Any]) -> str:
         f"{env['min_runs']}-{env['max_runs']} runs per model, the models of a point timed in turn "
         f"(A B A B ...) for about {env['budget_s']:g} s, {threads} torch thread{'s' if threads > 1 else ''}; "
         f"a run whose wall time exceeds its CPU time by over {100 * TimingPolicy().margin:.0f}% waited for the CPU "
-        "and is run again"
+        "and is run again; a point still short of undisturbed runs after 5 redos says \"unstable\" and takes "
+        + ("the CPU times of all its runs (with one thread, each run without its waiting)" if threads == 1
+           else "the wall times of all its runs")
     )
 
 

@@ -11,7 +11,10 @@ shared machine.
   flagged as disturbed and run again, a bounded number of times. With one thread the check is
   exact; with more, a run where only some threads waited can pass, so the sweeps default to one.
 - The headline is the minimum of the undisturbed runs (noise only ever adds time), with p20
-  and p80 beside it as the spread.
+  and p80 beside it as the spread. When the redos leave too few undisturbed runs (a machine busy
+  throughout), the statistics come from all runs and say so: from their CPU times when the
+  timed code runs one thread (``cpu_fallback``), where CPU time is the run without the waiting,
+  from their wall times otherwise.
 - ``calibrate`` times a fixed pure-Python workload a few times: its spread is the machine's
   noise, reported before a sweep.
 """
@@ -30,7 +33,9 @@ class TimingPolicy:
     ``margin``: fraction of a run's wall time it may spend waiting (wall - CPU) before it counts
     as disturbed. ``max_redos``: extra runs a callable may take, beyond ``min_runs``, to replace
     disturbed ones once the budget is spent. ``check_cpu`` is False on CUDA, where waiting for
-    the GPU is part of the work and CPU time says nothing about disturbance.
+    the GPU is part of the work and CPU time says nothing about disturbance. ``cpu_fallback``:
+    the timed code runs on one CPU thread, so a run's CPU time is its wall time minus the
+    waiting, and an unstable timing takes its statistics from CPU times.
     """
 
     budget_s: float = 2.0
@@ -39,6 +44,7 @@ class TimingPolicy:
     margin: float = 0.1
     max_redos: int = 5
     check_cpu: bool = True
+    cpu_fallback: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.budget_s) and self.budget_s >= 0):
@@ -73,17 +79,20 @@ def percentile(values: list[float] | tuple[float, ...], q: float) -> float:
 
 @dataclass(frozen=True)
 class Timing:
-    """All runs of one callable, in order. Statistics come from the undisturbed runs; when fewer
-    than ``min_runs`` of them were left after the redos, from all runs, and ``unstable`` says so."""
+    """All runs of one callable, in order. Statistics come from the wall times of the undisturbed
+    runs; when fewer than ``min_runs`` of them were left after the redos (``unstable``), from all
+    runs: their CPU times when ``basis`` is "cpu", their wall times otherwise."""
 
     runs: tuple[Run, ...]
     unstable: bool
+    basis: str = "wall"
 
     @property
     def used_ms(self) -> list[float]:
-        """Wall times the statistics are taken from."""
-        clean = [r.wall_ms for r in self.runs if not r.disturbed]
-        return [r.wall_ms for r in self.runs] if self.unstable else clean
+        """The times the statistics are taken from."""
+        if not self.unstable:
+            return [r.wall_ms for r in self.runs if not r.disturbed]
+        return [r.cpu_ms if self.basis == "cpu" else r.wall_ms for r in self.runs]
 
     @property
     def disturbed(self) -> int:
@@ -104,7 +113,7 @@ class Timing:
     def to_dict(self) -> dict[str, Any]:
         return {
             "min_ms": self.min_ms, "p20_ms": self.p20_ms, "p80_ms": self.p80_ms,
-            "runs_ms": self.used_ms, "disturbed": self.disturbed, "unstable": self.unstable,
+            "runs_ms": self.used_ms, "disturbed": self.disturbed, "unstable": self.unstable, "basis": self.basis,
             "all_runs": [[r.wall_ms, r.cpu_ms, r.disturbed] for r in self.runs],
         }
 
@@ -160,7 +169,11 @@ def measure_interleaved(
             runs[name].append(run)
             if on_run is not None:
                 on_run(name, run)
-    return {name: Timing(tuple(rs), unstable=clean(name) < policy.min_runs) for name, rs in runs.items()}
+    timings = {}
+    for name, rs in runs.items():
+        unstable = clean(name) < policy.min_runs
+        timings[name] = Timing(tuple(rs), unstable, "cpu" if unstable and policy.cpu_fallback else "wall")
+    return timings
 
 
 def measure(fn: Callable[[], Any], policy: TimingPolicy, sync: Callable[[], None] | None = None) -> Timing:
