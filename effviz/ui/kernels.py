@@ -80,8 +80,8 @@ def progress_line(progress: dict[str, Any]) -> str:
 
 
 def kernels_figure(result: dict[str, Any]) -> go.Figure:
-    """Top row: median latency vs L per backend (log-log). Bottom row: GB/s vs L, with the
-    machine's copy bandwidth as the ceiling."""
+    """Top row: latency (minimum, bar to p80) vs L per backend (log-log). Bottom row: GB/s vs
+    L, with the machine's copy bandwidth as the ceiling."""
     rows = [r for r in result["rows"] if r["min_ms"] is not None]
     cases = list(dict.fromkeys(r["op"] for r in result["rows"]))
     fig = make_subplots(rows=2, cols=max(len(cases), 1), subplot_titles=cases, vertical_spacing=0.12)
