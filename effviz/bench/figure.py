@@ -47,7 +47,8 @@ def scaling_figure(points: Sequence[PointResult], metric: str, summary: dict[str
         exponent = exponents.get(model)
         fig.add_trace(go.Scatter(
             x=[p.tokens for p in ok], y=[getattr(p, field) for p in ok], mode="lines+markers",
-            name=model + ("" if exponent is None else f": {exponent.describe()}"), legendgroup=model,
+            name=model + ("" if exponent is None or exponent.value is None else f" {exponent.describe()}"),
+            legendgroup=model,
             line=dict(color=colour), customdata=[f"{p.x:g} {unit}: {p.inputs}" for p in ok],
             error_y=dict(type="data", symmetric=False, array=[_upper(p, field) - getattr(p, field) for p in ok],
                          arrayminus=[0] * len(ok), thickness=1.5, width=4),
@@ -74,9 +75,10 @@ def scaling_figure(points: Sequence[PointResult], metric: str, summary: dict[str
         ))
     fig.update_xaxes(type="log", title_text="tokens N")
     fig.update_yaxes(type="log", title_text=title, range=[math.log10(y_range[0]), math.log10(y_range[1])])
-    # The legend to the right of the plot: long names and many models never cover the curves.
-    fig.update_layout(title=f"{title.split(',')[0]} vs tokens", height=420, margin=dict(t=50),
-                      legend=dict(x=1.02, y=1, xanchor="left"))
+    # The legend below the axis title, where plotly makes room for it: long names and many
+    # models never cover the curves nor squeeze the plot.
+    fig.update_layout(title=f"{title.split(',')[0]} vs tokens", height=480, margin=dict(t=50),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"))
     return fig
 
 
