@@ -388,3 +388,26 @@ def test_a_model_that_hangs_its_timing_child_is_blamed_and_the_others_are_timed_
     outcomes = sweep._time_point(spec, ["deit-cifar", "vim-cifar"], 32, None)
     assert requests == [(["deit-cifar", "vim-cifar"], 2 * spec.timeout_s), (["deit-cifar"], spec.timeout_s)]
     assert outcomes["vim-cifar"].status == "timeout" and outcomes["deit-cifar"].timing == timing
+
+
+def test_figure_draws_error_bars_keeps_guides_inside_the_data_and_stacks_crossover_labels():
+    from effviz.bench.figure import scaling_figure
+
+    def point(model, x, n, latency, p80):
+        return PointResult(model, "resolution", x, n, latency, 1.0, "ok", "", "", latency, p80, [latency, p80])
+
+    xs, ns = [224, 448, 896, 1792], [197, 785, 3137, 12545]
+    points = [point("vim-tiny", x, n, 0.5 * n, 0.55 * n) for x, n in zip(xs, ns)]
+    points += [point("vrwkv-tiny", x, n, 0.4 * n, 0.44 * n) for x, n in zip(xs, ns)]
+    points += [point("deit-tiny-eager", x, n, 1e-3 * n**2, 1.1e-3 * n**2) for x, n in zip(xs, ns)]
+    summary = summarize(points)
+    fig = scaling_figure(points, "latency", summary, "px")
+    traces = {t.name: t for t in fig.data}
+    vim = next(t for name, t in traces.items() if name.startswith("vim-tiny N^1.00"))
+    assert list(vim.error_y.array) == pytest.approx([0.05 * n for n in ns]) and list(vim.error_y.arrayminus) == [0] * 4
+    low, high = (10**v for v in fig.layout.yaxis.range)
+    for guide in ("O(N)", "O(N²)"):  # a steep guide never stretches the axis
+        assert traces[guide].y and all(low <= y <= high for y in traces[guide].y)
+    assert high < 10 * max(p.latency_p80_ms for p in points)
+    crossings = [t for name, t in traces.items() if name.startswith("crossover")]
+    assert len(crossings) == 2 and len({t.y[1] for t in crossings}) == 2  # two labels, two heights
