@@ -1,4 +1,5 @@
 """The kernel benchmark CLI and the child-process peak-memory measurement."""
+import io
 import json
 import os
 import subprocess
@@ -74,7 +75,7 @@ def test_caps_skip_quadratic_references_and_slow_loops():
         assert "O(L²)" in _reference_refusal(CASES[op], 16384)
 
     # A run extrapolated linearly from the previous length past the time cap is skipped.
-    previous = Row("selective_scan", LOOP, 1024, median_ms=MAX_SECONDS_PER_RUN * 1e3 / 3)
+    previous = Row("selective_scan", LOOP, 1024, min_ms=MAX_SECONDS_PER_RUN * 1e3 / 3)
     assert _too_slow(previous, 2048) is None
     assert "extrapolated from L=1024" in _too_slow(previous, 4096)
     assert _too_slow(None, 16384) is None
@@ -84,7 +85,7 @@ def test_cli_reports_every_op_and_backend(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "effviz.bench", "kernels"]
-        + ["--lengths", "32", "--repeats", "1", "--json", str(out)],
+        + ["--lengths", "32", "--budget", "0", "--min-runs", "1", "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -103,19 +104,40 @@ def test_cli_reports_every_op_and_backend(tmp_path):
         for backend in ("reference", "torch"):  # always runnable on CPU at L=32
             (row,) = [r for r in rows if r["op"] == op and r["backend"] == backend]
             assert row["skipped"] is None and row["length"] == 32
-            assert row["median_ms"] > 0 and row["gb_per_s"] > 0 and row["vs_reference"] > 0
+            assert row["min_ms"] > 0 and row["gb_per_s"] > 0 and row["vs_reference"] > 0
+            assert row["min_ms"] == min(row["times_ms"]) <= row["p20_ms"] <= row["p80_ms"]
             assert row["peak_mib"] is not None and row["peak_mib"] >= 0
     for row in rows:
-        assert (row["median_ms"] is None) == (row["skipped"] is not None), row
+        assert (row["min_ms"] is None) == (row["skipped"] is not None), row
     (torch_scan,) = [r for r in rows if r["op"] == "selective_scan" and r["backend"] == "torch"]
     assert torch_scan["vs_loop"] > 0
 
     table = proc.stdout
-    assert "copy bandwidth" in table and "GFLOP/s" in table
+    assert "copy bandwidth" in table and "GFLOP/s" in table and "timed in turn" in table
+    assert result["progress"] == {"groups": len(CASES), "timed": len(CASES), "done": True, "eta_s": None}
     for op in CASES:
         assert f"### {op}\n\n{CASES[op].shapes}\n" in table
     torch_lines = [ln for ln in table.splitlines() if ln.startswith("| torch | 32 |")]
     assert len(torch_lines) == len(CASES)
     for line in torch_lines:
-        median, peak, gbps = line.split("|")[3:6]
-        float(median), float(peak), float(gbps)  # numbers, not blanks
+        low, spread, runs, peak, gbps = line.split("|")[3:8]
+        float(low), float(peak), float(gbps)  # numbers, not blanks
+        assert "-" in spread and "(" in runs
+
+
+def test_bench_streams_a_table_per_op_and_length_with_a_time_left():
+    from effviz.bench.kernels import bench_policy, estimate_left_s, iter_bench
+
+    device = torch.device("cpu")
+    policy = bench_policy(0, device, min_runs=1, max_runs=1)
+    updates = list(iter_bench(["bi_wkv"], [16, 32], policy, device, torch.float32, log=io.StringIO()))
+    # The machine's limits, then each length, then peak memory filled in.
+    assert [u["progress"]["timed"] for u in updates] == [0, 1, 2, 2]
+    assert [u["progress"]["done"] for u in updates] == [False, False, False, True]
+    assert updates[0]["progress"]["eta_s"] is None and updates[1]["progress"]["eta_s"] >= 0
+    assert [len(u["rows"]) for u in updates[1:3]] == [len(updates[1]["rows"]), 2 * len(updates[1]["rows"])]
+    assert updates[-1]["rows"][0]["peak_mib"] is not None
+    # Linear in L from the op's last timed length, and at least the budget per group.
+    groups = [("scan", 100), ("scan", 200), ("scan", 400), ("wkv", 100)]
+    assert estimate_left_s(groups, {("scan", 100): 1.0}, bench_policy(0.5, device)) == pytest.approx(2 + 4 + 0.5)
+    assert estimate_left_s(groups, {}, policy) is None

@@ -1,7 +1,8 @@
 """Scaling sweeps: records, fits, crossovers, memory estimate, time limits, stopping, and the CLI.
 
-Every point costs two child processes that each import torch, so the sweeps here are a handful
-of bundled-config models at their smallest sizes, one timed run each, one thread.
+Every point costs child processes that each import torch (one timing child for the point's models,
+one memory child per model), so the sweeps here are a handful of bundled-config models at their
+smallest sizes, one timed run each (no time budget), one thread.
 """
 import json
 import math
@@ -15,7 +16,7 @@ import pytest
 
 from effviz.bench import sweep
 from effviz.bench.__main__ import main
-from effviz.bench.fit import crossover, loglog_slope, upper_half
+from effviz.bench.fit import crossover, fit_exponent, loglog_slope, upper_half
 from effviz.bench.sweep import PointResult, SweepSpec, plan_input, run_sweep, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def tiny_spec(models, axis, values, **kw) -> SweepSpec:
-    return SweepSpec(models=tuple(models), axis=axis, values=tuple(values), repeats=1, threads=1, **kw)
+    return SweepSpec(models=tuple(models), axis=axis, values=tuple(values), budget_s=0, min_runs=1, threads=1, **kw)
 
 
 @pytest.fixture
@@ -56,21 +57,32 @@ def no_children(monkeypatch):
 
 def test_tiny_sweep_gives_well_formed_records(spawned):
     # The tokens axis runs end to end in the CLI test below.
-    cases = [("deit-cifar", "resolution", 32), ("aum-fsdd", "seconds", 0.32)]
-    for model, axis, x in cases:
-        points = list(run_sweep(tiny_spec([model], axis, [x])))
-        assert len(points) == 1
-        p = points[0]
-        assert (p.model, p.axis, p.x) == (model, axis, x)
-        assert p.status == "ok", p.reason
-        assert p.tokens == plan_input(model, axis, x).tokens
-        assert p.latency_ms > 0 and p.peak_mem_mib >= 0
-        assert set(p.to_dict()) >= {"model", "axis", "x", "tokens", "latency_ms", "peak_mem_mib", "status", "reason"}
+    cases = [(["deit-cifar", "vim-cifar"], "resolution", 32), (["aum-fsdd"], "seconds", 0.32)]
+    for models, axis, x in cases:
+        points = list(run_sweep(tiny_spec(models, axis, [x])))
+        assert [p.model for p in points] == models
+        for p in points:
+            assert (p.axis, p.x) == (axis, x)
+            assert p.status == "ok"
+            assert p.tokens == plan_input(p.model, axis, x).tokens
+            assert p.latency_ms > 0 and p.peak_mem_mib >= 0
+            assert p.latency_ms == min(p.latency_runs_ms) <= p.latency_p20_ms <= p.latency_p80_ms
+            # Every run: wall ms, CPU ms, disturbed. The statistics come from the undisturbed runs'
+            # wall times or, when the redos left too few (a busy test machine), from all runs' CPU
+            # times (one thread), and the reason says so.
+            assert all(len(run) == 3 for run in p.all_runs)
+            assert p.disturbed_runs == sum(run[2] for run in p.all_runs)
+            if p.reason.startswith("unstable"):
+                assert p.latency_basis == "cpu" and p.latency_runs_ms == [run[1] for run in p.all_runs]
+            else:
+                assert p.latency_basis == "wall" and p.latency_runs_ms == [run[0] for run in p.all_runs if not run[2]]
+            assert set(p.to_dict()) >= {"model", "axis", "x", "tokens", "latency_ms", "peak_mem_mib", "status", "reason"}
     # deit-cifar: 4x4 tokens of 8 px from a 32 px image + class token; aum-fsdd: 32 frames = 7
     # full-spectrum strips of 8 frames, one every 4 frames, + class token
     assert plan_input("deit-cifar", "resolution", 32).tokens == 17
     assert plan_input("aum-fsdd", "seconds", 0.32).tokens == 8
-    assert len(spawned) == 2 * len(cases)  # a latency child and a memory child per point
+    # One timing child per value, for all its models together; a memory child per model.
+    assert len(spawned) == (1 + 2) + (1 + 1)
     assert all(proc.poll() is not None for proc in spawned)
 
 
@@ -114,13 +126,14 @@ def test_cli_sweep_end_to_end_on_the_tokens_axis_writes_parseable_json(tmp_path)
     out = tmp_path / "sweep.json"
     proc = subprocess.run(
         [sys.executable, "-m", "effviz.bench", "sweep", "--models", "av-mamba-digits,av-transformer-digits",
-         "--axis", "tokens", "--values", "40", "--device", "cpu", "--repeats", "1", "--threads", "1",
+         "--axis", "tokens", "--values", "40", "--device", "cpu", "--budget", "0", "--min-runs", "1", "--threads", "1",
          "--timeout", "120", "--fit-range", "20,80", "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=170,
     )
     assert proc.returncode == 0, proc.stderr
     record = json.loads(out.read_text())
     assert record["environment"]["device"] == "cpu" and record["environment"]["threads"] == 1
+    assert record["environment"]["calibration"]["runs"] == 9
     assert set(record["environment"]["kernel_backends"]) == set(sweep.KERNEL_OPS)
     points = record["points"]
     assert [(p["model"], p["status"]) for p in points] == [("av-mamba-digits", "ok"), ("av-transformer-digits", "ok")]
@@ -130,7 +143,7 @@ def test_cli_sweep_end_to_end_on_the_tokens_axis_writes_parseable_json(tmp_path)
     assert all(p["latency_ms"] > 0 and p["peak_mem_mib"] >= 0 for p in points)
     (pair,) = record["summary"]["crossovers"]
     assert (pair["efficient"], pair["baseline"]) == ("av-mamba-digits", "av-transformer-digits")
-    assert pair["latency"]["kind"] in ("always", "never in range")  # one common point: no crossing inside
+    assert pair["latency"]["kind"] in ("too few points", "within noise")  # one common point: no verdict
     assert "| av-mamba-digits | 40 tokens | 40 |" in proc.stdout  # the table
     assert "[2/2] av-transformer-digits" in proc.stderr  # progress
 
@@ -140,8 +153,8 @@ def test_cli_sweep_end_to_end_on_the_tokens_axis_writes_parseable_json(tmp_path)
                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert drawn.returncode == 0, drawn.stderr
     page = html.read_text()
-    assert page.count("median latency (ms) vs tokens") == 1 and page.count("peak memory (MiB) vs tokens") == 1
-    assert "av-mamba-digits" in page and "device: cpu" in page
+    assert page.count("latency (ms) vs tokens") == 1 and page.count("peak memory (MiB) vs tokens") == 1
+    assert "av-mamba-digits" in page and "device: cpu" in page and "machine noise" in page
     # plotly.js embedded, nothing fetched: the page draws offline.
     assert 'src="http' not in page and len(page) > 1_000_000
 
@@ -201,8 +214,11 @@ def test_tokens_axis_grows_image_and_audio_together():
 
 def test_default_spec_is_small_and_valid():
     spec = sweep.default_spec()
-    assert spec.repeats == 1 and len(spec.models) * len(spec.values) <= 6
+    assert len(spec.models) * len(spec.values) <= 12 and spec.threads == 1 and spec.budget_s <= 3
     assert {sweep.model_config(m).mixer for m in spec.models} >= {"mamba", "attention"}
+    # Enough sizes for an exponent: its upper half holds 3 sizes spanning 2x in tokens.
+    tokens = sorted(plan_input(spec.models[0], spec.axis, x).tokens for x in spec.values)
+    assert len(tokens) >= 3 and tokens[-1] >= 2 * tokens[-3]
 
 
 # ---- fits --------------------------------------------------------------------------------------
@@ -212,9 +228,12 @@ def test_exponent_fit_recovers_linear_and_quadratic_scaling():
     ns = [100, 400, 1600, 6400]
     assert loglog_slope(ns, [3.0 * n for n in ns]) == pytest.approx(1.0)
     assert loglog_slope(ns, [0.5 * n**2 for n in ns]) == pytest.approx(2.0)
-    # A fixed overhead flattens the small sizes; the upper half sees the asymptotic exponent.
+    # A fixed overhead flattens the small sizes; the upper half (3 points at least) sees the
+    # asymptotic exponent.
+    ns = [100, 200, 400, 1600, 3200, 6400]
     with_overhead = [1e5 + n**2 for n in ns]
     full = loglog_slope(ns, with_overhead)
+    assert upper_half(ns, with_overhead)[0] == [1600, 3200, 6400]
     upper = loglog_slope(*upper_half(ns, with_overhead))
     assert full < upper and upper == pytest.approx(2.0, abs=0.1)
     with pytest.raises(ValueError, match="positive"):
@@ -246,20 +265,26 @@ def test_summary_fits_each_model_and_pairs_efficient_models_with_baselines():
     points = [point("vim-tiny", x, n, 0.1 * n, 0.01 * n) for x, n in zip(xs, tokens)]
     points += [point("deit-tiny-eager", x, n, 1e-4 * n**2, 1e-5 * n**2) for x, n in zip(xs[:3], tokens)]
     points.append(point("deit-tiny-eager", 1792, tokens[3], None, None, status="oom"))
-    summary = summarize(points, fit_range=(448, 896))
+    summary = summarize(points, fit_range=(224, 896))
     fits = {f["model"]: f for f in summary["fits"]}
-    assert fits["vim-tiny"]["latency_exponent"] == pytest.approx(1.0)
-    assert fits["deit-tiny-eager"]["memory_exponent"] == pytest.approx(2.0)
-    assert fits["deit-tiny-eager"]["latency_exponent_in_range"] == pytest.approx(2.0)
+    assert fits["vim-tiny"]["latency"]["value"] == pytest.approx(1.0)
+    assert fits["deit-tiny-eager"]["memory"]["value"] == pytest.approx(2.0)
+    assert fits["deit-tiny-eager"]["latency_in_range"]["value"] == pytest.approx(2.0)
+    # Two sizes are not a fit.
+    two = summarize(points, fit_range=(448, 896))
+    assert all(f["latency_in_range"]["value"] is None and "2 sizes" in f["latency_in_range"]["refused"]
+               for f in two["fits"])
     (pair,) = summary["crossovers"]
     assert (pair["efficient"], pair["baseline"]) == ("vim-tiny", "deit-tiny-eager")
     # 0.1 n = 1e-4 n^2 at n = 1000 tokens: between 448 px (785 tokens) and 896 px (3137).
     assert pair["latency"]["kind"] == "crossover" and 448 < pair["latency"]["x"] < 896
     assert pair["latency"]["tokens"] == pytest.approx(1000, rel=0.05)
     report = sweep.format_report(
-        {"device_name": "cpu", "device": "cpu", "threads": 1, "dtype": "fp32", "batch": 1, "repeats": 1,
-         "timeout_s": 1, "python": "3", "torch": "2", "triton": None, "effviz": "0", "kernel_backends": {},
-         "memory_available_mib": None},
+        {"device_name": "cpu", "device": "cpu", "threads": 1, "dtype": "fp32", "batch": 1, "budget_s": 1,
+         "min_runs": 3, "max_runs": 9, "timeout_s": 1, "python": "3", "torch": "2", "triton": None, "effviz": "0",
+         "kernel_backends": {}, "memory_available_mib": None,
+         "calibration": {"workload": "loop", "runs": 9, "min_ms": 10, "p80_ms": 11, "max_ms": 12, "spread": 0.1,
+                         "disturbed": 0}},
         points, summary, "px",
     )
     assert "| vim-tiny | deit-tiny-eager |" in report and "| deit-tiny-eager | 1792 px |" in report
@@ -285,3 +310,104 @@ def test_ast_base_overlapping_patches_and_two_prefix_tokens_are_counted():
     point = plan_input("ast-base", "seconds", 10.24)
     assert (point.audio_frames, point.tokens) == (1016, 12 * 101 + 2)
     assert plan_input("ast-tiny", "seconds", 10.24).tokens == 8 * 64 + 1  # no overlap: AST-Ti as AuM
+
+
+def test_exponent_is_refused_from_two_sizes_or_a_narrow_span():
+    two = fit_exponent([100, 400], [[1.0], [4.0]])
+    assert two.value is None and "2 sizes" in two.refused and "needs 3" in two.refused
+    narrow = fit_exponent([100, 130, 180], [[1.0], [1.3], [1.8]])
+    assert narrow.value is None and "1.8x" in narrow.refused
+    assert two.describe().startswith("—")
+    with pytest.raises(ValueError, match="at least one run"):
+        fit_exponent([1, 2, 4], [[1.0], [], [3.0]])
+
+
+def test_exponent_interval_comes_from_resampling_the_runs():
+    ns = [200, 800, 3200]
+    steady = fit_exponent(ns, [[1.0, 1.01, 1.02], [4.0, 4.02, 4.1], [16.0, 16.1, 16.3]])
+    assert steady.value == pytest.approx(1.0) and steady.low <= steady.value <= steady.high
+    assert steady.high - steady.low < 0.05
+    noisy = fit_exponent(ns, [[1.0, 3.0, 5.0], [4.0, 9.0, 12.0], [16.0, 30.0, 40.0]])
+    assert noisy.high - noisy.low > steady.high - steady.low
+    assert noisy == fit_exponent(ns, [[1.0, 3.0, 5.0], [4.0, 9.0, 12.0], [16.0, 30.0, 40.0]])  # seeded
+    assert "N^1.00 (" in steady.describe()
+    assert fit_exponent(ns, [[1.0], [4.0], [16.0]]).describe() == "N^1.00"  # one run each: no interval
+
+
+def test_crossover_needs_separated_intervals_and_two_points_for_always_or_never():
+    xs = [224, 448, 896]
+    # Headlines cross, but the intervals overlap at the crossing: within noise, no crossover x.
+    overlapping = crossover(xs, [(5.0, 9.0), (9.0, 12.0), (10.0, 13.0)], [(4.0, 6.0), (8.0, 11.0), (12.5, 14.0)])
+    assert overlapping.kind == "within noise" and overlapping.x is None
+    # Tied at 448, cheaper beyond noise at 896: where exactly is unknown, cheaper from 896.
+    tied = crossover(xs, [(5.0, 6.0), (9.0, 12.0), (10.0, 11.0)], [(2.0, 3.0), (10.0, 11.0), (20.0, 22.0)])
+    assert (tied.kind, tied.x) == ("within noise", 896) and "cheaper from" in tied.describe(" px")
+    # Separated on both sides: a crossover between them.
+    clear = crossover(xs, [(5.0, 6.0), (9.0, 10.0), (10.0, 11.0)], [(2.0, 3.0), (20.0, 22.0), (40.0, 44.0)])
+    assert clear.kind == "crossover" and 224 < clear.x < 448
+    # One common point says nothing about "always" or "never".
+    assert crossover([224], [1.0], [2.0]).kind == "too few points"
+    assert crossover([224], [3.0], [2.0]).kind == "too few points"
+    assert crossover([224, 448], [(1.0, 1.1), (2.0, 2.1)], [(3.0, 3.1), (6.0, 6.2)]).kind == "always"
+    assert crossover([224, 448], [(1.0, 1.1), (2.0, 2.1)], [(1.05, 1.2), (2.05, 2.2)]).kind == "within noise"
+
+
+# ---- the timing child --------------------------------------------------------------------------
+
+
+def test_latency_child_times_models_in_turn_and_refuses_a_warm_up_over_its_limit(tmp_path):
+    request = {"models": ["deit-cifar", "vim-cifar"], "axis": "resolution", "x": 32, "device": "cpu", "dtype": "fp32",
+               "batch": 1, "policy": {"budget_s": 0, "min_runs": 2, "max_runs": 2}, "warmup_limit_s": 60,
+               "progress": str(tmp_path / "progress.jsonl")}
+    result = sweep._latency_child(request)["models"]
+    for model_id in request["models"]:
+        timing = result[model_id]["timing"]
+        # 2 undisturbed runs each, or up to 5 redos more when this busy test machine disturbs them
+        assert 2 <= len(timing["all_runs"]) <= 7 and timing["min_ms"] == min(timing["runs_ms"])
+    progress = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert progress == [{"starting": "deit-cifar"}, {"warmed": "deit-cifar"}, {"starting": "vim-cifar"},
+                        {"warmed": "vim-cifar"}]
+    slow = sweep._latency_child({**request, "warmup_limit_s": 0.0, "progress": str(tmp_path / "again.jsonl")})
+    assert all("timed runs would not fit the time limit" in slow["models"][m]["timeout"] for m in request["models"])
+
+
+def test_a_model_that_hangs_its_timing_child_is_blamed_and_the_others_are_timed_again(monkeypatch):
+    spec = tiny_spec(["deit-cifar", "vim-cifar"], "resolution", [32])
+    requests = []
+    timing = {"min_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0, "runs_ms": [1.0], "disturbed": 0, "unstable": False,
+              "all_runs": [[1.0, 1.0, False]]}
+
+    def fake_child(spec_, request, timeout_s, stop):
+        requests.append((list(request["models"]), timeout_s))
+        if len(requests) == 1:  # vim-cifar never finishes its warm-up
+            progress = [{"starting": "deit-cifar"}, {"warmed": "deit-cifar"}, {"starting": "vim-cifar"}]
+            return sweep._ChildEnding("timeout", None, progress, -9, "")
+        return sweep._ChildEnding("exited", {"models": {"deit-cifar": {"timing": timing}}}, [], 0, "")
+
+    monkeypatch.setattr(sweep, "_run_child", fake_child)
+    outcomes = sweep._time_point(spec, ["deit-cifar", "vim-cifar"], 32, None)
+    assert requests == [(["deit-cifar", "vim-cifar"], 2 * spec.timeout_s), (["deit-cifar"], spec.timeout_s)]
+    assert outcomes["vim-cifar"].status == "timeout" and outcomes["deit-cifar"].timing == timing
+
+
+def test_figure_draws_error_bars_keeps_guides_inside_the_data_and_stacks_crossover_labels():
+    from effviz.bench.figure import scaling_figure
+
+    def point(model, x, n, latency, p80):
+        return PointResult(model, "resolution", x, n, latency, 1.0, "ok", "", "", latency, p80, [latency, p80])
+
+    xs, ns = [224, 448, 896, 1792], [197, 785, 3137, 12545]
+    points = [point("vim-tiny", x, n, 0.5 * n, 0.55 * n) for x, n in zip(xs, ns)]
+    points += [point("vrwkv-tiny", x, n, 0.4 * n, 0.44 * n) for x, n in zip(xs, ns)]
+    points += [point("deit-tiny-eager", x, n, 1e-3 * n**2, 1.1e-3 * n**2) for x, n in zip(xs, ns)]
+    summary = summarize(points)
+    fig = scaling_figure(points, "latency", summary, "px")
+    traces = {t.name: t for t in fig.data}
+    vim = next(t for name, t in traces.items() if name.startswith("vim-tiny N^1.00"))
+    assert list(vim.error_y.array) == pytest.approx([0.05 * n for n in ns]) and list(vim.error_y.arrayminus) == [0] * 4
+    low, high = (10**v for v in fig.layout.yaxis.range)
+    for guide in ("O(N)", "O(N²)"):  # a steep guide never stretches the axis
+        assert traces[guide].y and all(low <= y <= high for y in traces[guide].y)
+    assert high < 10 * max(p.latency_p80_ms for p in points)
+    crossings = [t for name, t in traces.items() if name.startswith("crossover")]
+    assert len(crossings) == 2 and len({t.y[1] for t in crossings}) == 2  # two labels, two heights

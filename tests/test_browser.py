@@ -85,13 +85,14 @@ def test_upload_a_picture_and_get_labels_from_every_image_model(page, tmp_path):
 def test_run_a_small_sweep_and_see_the_plot(page):
     page.get_by_role("tab", name="Scaling lab").click()
     values = page.locator("#sweep-values textarea")
-    values.fill("32, 64")
+    values.fill("64, 128, 256")  # 3 sizes over 15x in tokens: enough for an exponent, in about a minute
     page.locator("#sweep-run").click()
-    # Both models at both sizes: four rows in the raw-points table, and curves in the plot.
-    _wait_for_text(page, "body", "Done: 4 points.")
-    for model_id in ("vim-tiny", "deit-tiny"):
+    # The three default models at three sizes: nine rows in the raw-points table, and curves in the plot.
+    _wait_for_text(page, "body", "Done: 9 points.")
+    for model_id in ("vim-tiny", "deit-tiny", "deit-tiny-eager"):
         _wait_for_text(page, "#sweep-table", model_id)
-    assert page.locator("#sweep-table").inner_text().count("64 px") == 2
+    assert page.locator("#sweep-table").inner_text().count("128 px") == 3
+    assert "a fit needs" not in page.locator("body").inner_text()  # every model has its exponent
     plot = page.locator("#sweep-latency .js-plotly-plot")
     plot.wait_for()
     assert page.locator("#sweep-latency .scatterlayer .trace").count() >= 2  # one curve per model

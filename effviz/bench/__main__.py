@@ -41,6 +41,13 @@ def _number_range(text: str) -> tuple[float, float]:
     return numbers[0], numbers[1]
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -56,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = commands.add_parser(
         "kernels",
         help="time every kernel op by backend and sequence length",
-        description="Latency (median after warm-up), peak memory, GB/s and speed-ups of every "
-        "kernel op and backend, with this machine's copy bandwidth and matmul GFLOP/s.",
+        description="Latency (the backends timed in turn for a time budget, disturbed runs run "
+        "again, minimum with p20-p80), peak memory, GB/s and speed-ups of every kernel op and "
+        "backend, with this machine's copy bandwidth and matmul GFLOP/s.",
     )
     k.add_argument(
         "--ops", nargs="+", choices=list(OPS), default=list(OPS), help="ops to run (default: all)"
@@ -69,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_LENGTHS),
         help="sequence lengths L (default: %(default)s)",
     )
-    k.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per point (median shown)")
+    k.add_argument("--budget", type=_non_negative_float, default=1.0,
+                   help="seconds of timed runs per op and length, all backends together (default: %(default)s)")
+    k.add_argument("--min-runs", type=_positive_int, default=3, help="undisturbed timed runs per backend, at least")
     k.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     k.add_argument("--dtype", choices=list(DTYPES), default="float32", help="input dtype (math is fp32)")
     k.add_argument("--json", type=Path, metavar="PATH", help="also write all numbers to this JSON file")
@@ -79,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = commands.add_parser(
         "sweep",
         help="latency and peak memory of whole models as resolution, audio length or tokens grow",
-        description="Run each model at each size in its own child processes (latency with normal "
-        "malloc, peak memory in a second child), then fit scaling exponents and find where the "
-        "efficient models overtake the attention baselines. Models: official tiny architectures "
-        "or bundled recipes, randomly initialised.",
+        description="At each size, time the models' forwards in turn (A B A B ...) in one child "
+        "process with normal malloc, filling a time budget and running again any run that waited "
+        "for the CPU; then measure each model's peak memory in a child of its own. Fit scaling "
+        "exponents with bootstrap intervals and find where the efficient models overtake the "
+        "attention baselines beyond noise. Models: official tiny architectures or bundled "
+        "recipes, randomly initialised.",
     )
     s.add_argument("--models", type=_comma_list, required=True, help="comma-separated model ids, e.g. vim-tiny,deit-tiny")
     s.add_argument("--axis", choices=list(AXES), required=True,
@@ -91,9 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
     s.add_argument("--dtype", choices=list(SWEEP_DTYPES), default="fp32", help="model and input dtype")
     s.add_argument("--batch", type=_positive_int, default=1)
-    s.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per point (median shown)")
+    s.add_argument("--budget", type=_non_negative_float, default=2.0,
+                   help="seconds of timed runs per point, all its models together (default: %(default)s)")
+    s.add_argument("--min-runs", type=_positive_int, default=3, help="undisturbed timed runs per model, at least")
+    s.add_argument("--max-runs", type=_positive_int, default=30, help="undisturbed timed runs per model, at most")
     s.add_argument("--timeout", type=_positive_float, default=120.0,
-                   help="seconds each child process may take (startup and model build included)")
+                   help="seconds each model may take per point (startup and model build included)")
     s.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's default)")
     s.add_argument("--fit-range", type=_number_range, metavar="LOW,HIGH",
                    help="also fit exponents over the points with LOW <= x <= HIGH (axis units)")
@@ -116,10 +131,12 @@ def _sweep_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         spec = SweepSpec(
             models=tuple(args.models), axis=args.axis, values=tuple(args.values),
             device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=args.dtype,
-            batch=args.batch, repeats=args.repeats, timeout_s=args.timeout, threads=args.threads,
+            batch=args.batch, budget_s=args.budget, min_runs=args.min_runs, max_runs=args.max_runs,
+            timeout_s=args.timeout, threads=args.threads,
         )
     except ValueError as err:
         parser.error(str(err))
+    print("[sweep] calibrating: timing a fixed workload to gauge this machine's noise", file=sys.stderr, flush=True)
     env = sweep_environment(spec)
     total = len(spec.models) * len(spec.values)
     points = []
@@ -127,7 +144,10 @@ def _sweep_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     try:
         for point in run_sweep(spec):
             points.append(point)
-            value = f"{point.latency_ms:.1f} ms" if point.latency_ms is not None else "no latency"
+            value = "no latency"
+            if point.latency_ms is not None:
+                value = (f"{point.latency_ms:.1f} ms (p20-p80 {point.latency_p20_ms:.1f}-{point.latency_p80_ms:.1f}, "
+                         f"{len(point.latency_runs_ms)} runs, {point.disturbed_runs} redone)")
             memory = f", {point.peak_mem_mib:.1f} MiB" if point.peak_mem_mib is not None else ""
             reason = f" ({point.reason})" if point.reason else ""
             print(f"[{len(points)}/{total}] {point.model} at {point.x:g} {spec.unit} ({point.tokens} tokens): "
@@ -163,10 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from .kernels import DTYPES, format_report, run_bench
+    from .kernels import DTYPES, bench_policy, format_report, run_bench
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    result = run_bench(args.ops, args.lengths, args.repeats, device, DTYPES[args.dtype])
+    try:
+        policy = bench_policy(args.budget, device, min_runs=args.min_runs, max_runs=max(30, args.min_runs))
+    except ValueError as err:
+        parser.error(str(err))
+    result = run_bench(args.ops, args.lengths, policy, device, DTYPES[args.dtype])
     sys.stdout.write(format_report(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

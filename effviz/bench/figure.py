@@ -6,28 +6,39 @@ OUT.html`` draws it from a saved sweep (the README's figures).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import plotly.colors
 import plotly.graph_objects as go
 
-from .fit import Crossover
-from .sweep import PointResult
+from .fit import Crossover, Exponent
+from .sweep import PointResult, summarize
+from .timing import describe_calibration
 
-METRICS = {"latency": ("latency_ms", "median latency (ms)"), "memory": ("peak_mem_mib", "peak memory (MiB)")}
+METRICS = {"latency": ("latency_ms", "latency (ms), min of the runs, bar to p80"), "memory": ("peak_mem_mib", "peak memory (MiB)")}
 FAILED_SYMBOLS = {"oom": "x", "timeout": "hourglass", "skipped": "circle-open", "error": "diamond-x"}
+# Crossover labels sit at the top, each this factor lower than the one before: close crossovers
+# and long model names never overprint.
+LABEL_STEP = 1.8
 
 
 def scaling_figure(points: Sequence[PointResult], metric: str, summary: dict[str, Any], unit: str) -> go.Figure:
-    """Log-log cost against token count per model, O(N) and O(N²) guides through the smallest
-    measured point, markers at the top edge for points with no value (out of memory, timed out,
-    skipped, failed), and dotted lines at the crossovers."""
+    """Log-log cost against token count per model, with error bars (latency: from the minimum
+    of the runs up to their p80; noise only adds time), O(N) and O(N²) guides through the
+    largest size and clipped to the data's range, markers at the top edge for points with no
+    value (out of memory, timed out, skipped, failed), and dotted lines at the crossovers."""
     field, title = METRICS[metric]
     fig = go.Figure()
     measured = [p for p in points if (getattr(p, field) or 0) > 0]
-    top = max((getattr(p, field) for p in measured), default=1.0) * 2
-    exponents = {f["model"]: f[f"{metric}_exponent"] for f in summary["fits"]}
+    crossings = [(c, Crossover(**c[metric])) for c in summary["crossovers"]]
+    crossings = [(c, found) for c, found in crossings if found.kind == "crossover" and found.tokens]
+    high = max((_upper(p, field) for p in measured), default=1.0)
+    low = min((getattr(p, field) for p in measured), default=0.5)
+    top = high * 2  # failed points' markers
+    y_range = (low / 1.5, top * LABEL_STEP ** len(crossings) * 1.2)
+    exponents = {f["model"]: Exponent(**f[metric]) for f in summary["fits"]}
     palette = plotly.colors.qualitative.Plotly
     models = list(dict.fromkeys(p.model for p in points))
     for i, model in enumerate(models):
@@ -36,8 +47,11 @@ def scaling_figure(points: Sequence[PointResult], metric: str, summary: dict[str
         exponent = exponents.get(model)
         fig.add_trace(go.Scatter(
             x=[p.tokens for p in ok], y=[getattr(p, field) for p in ok], mode="lines+markers",
-            name=model + ("" if exponent is None else f" (N^{exponent:.2f})"), legendgroup=model,
+            name=model + ("" if exponent is None or exponent.value is None else f" {exponent.describe()}"),
+            legendgroup=model,
             line=dict(color=colour), customdata=[f"{p.x:g} {unit}: {p.inputs}" for p in ok],
+            error_y=dict(type="data", symmetric=False, array=[_upper(p, field) - getattr(p, field) for p in ok],
+                         arrayminus=[0] * len(ok), thickness=1.5, width=4),
             hovertemplate="%{customdata}<br>%{x} tokens: %{y:.3g}<extra>" + model + "</extra>",
         ))
         failed = [p for p in points if p.model == model and getattr(p, field) is None and p.status != "ok"]
@@ -49,50 +63,67 @@ def scaling_figure(points: Sequence[PointResult], metric: str, summary: dict[str
                 name=f"{model}: no value", showlegend=False, customdata=[p.reason for p in failed],
                 hovertemplate="%{x} tokens: %{text}<br>%{customdata}<extra>" + model + "</extra>",
             ))
-    _add_guides(fig, measured, field)
-    bottom = min((getattr(p, field) for p in measured), default=0.5) / 2
-    for c in summary["crossovers"]:
-        found = Crossover(**c[metric])
-        if found.kind == "crossover" and found.tokens:
-            # A trace rather than add_vline: plotly places a shape's annotation wrongly on log axes.
-            label = f"{c['efficient']} < {c['baseline']}" + ("" if found.exact else " (by here)")
-            fig.add_trace(go.Scatter(
-                x=[found.tokens, found.tokens], y=[bottom, top], mode="lines+text", text=["", label],
-                textposition="bottom right", line=dict(color="black", dash="dot", width=1),
-                name=f"crossover: {label}", hovertemplate=f"crossover at ~%{{x:.0f}} tokens<extra>{label}</extra>",
-            ))
+    _add_guides(fig, measured, field, y_range)
+    for i, (c, found) in enumerate(crossings):
+        # A trace rather than add_vline: plotly places a shape's annotation wrongly on log axes.
+        label = f"{c['efficient']} < {c['baseline']}" + ("" if found.exact else " (by here)")
+        label_y = top * LABEL_STEP ** (i + 1)
+        fig.add_trace(go.Scatter(
+            x=[found.tokens, found.tokens], y=[y_range[0], label_y], mode="lines+text", text=["", label],
+            textposition="top center", line=dict(color="black", dash="dot", width=1),
+            name=f"crossover: {label}", hovertemplate=f"crossover at ~%{{x:.0f}} tokens<extra>{label}</extra>",
+        ))
     fig.update_xaxes(type="log", title_text="tokens N")
-    fig.update_yaxes(type="log", title_text=title)
-    fig.update_layout(title=f"{title} vs tokens", height=420, margin=dict(t=50), legend=dict(orientation="h", y=-0.2))
+    fig.update_yaxes(type="log", title_text=title, range=[math.log10(y_range[0]), math.log10(y_range[1])])
+    # The legend below the axis title, where plotly makes room for it: long names and many
+    # models never cover the curves nor squeeze the plot.
+    fig.update_layout(title=f"{title.split(',')[0]} vs tokens", height=480, margin=dict(t=50),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"))
     return fig
 
 
-def _add_guides(fig: go.Figure, measured: Sequence[PointResult], field: str) -> None:
-    """Dashed O(N) and O(N²) lines from the cheapest smallest point across the measured range."""
+def _upper(point: PointResult, field: str) -> float:
+    """The top of a point's error bar: p80 of its latency runs; its value when there is no spread."""
+    value = getattr(point, field)
+    if field == "latency_ms" and point.latency_p80_ms is not None:
+        return max(value, point.latency_p80_ms)
+    return value
+
+
+def _add_guides(fig: go.Figure, measured: Sequence[PointResult], field: str, y_range: tuple[float, float]) -> None:
+    """Dashed O(N) and O(N²) lines through the cheapest point at the largest size (where the
+    asymptotic term shows), drawn only where they stay inside the data's range: a steep guide
+    never stretches the axis and squashes the curves."""
     if len({p.tokens for p in measured}) < 2:
         return
     n0 = min(p.tokens for p in measured)
     n1 = max(p.tokens for p in measured)
-    y0 = min(getattr(p, field) for p in measured if p.tokens == n0)
-    steps = [n0 * (n1 / n0) ** (i / 20) for i in range(21)]
+    y1 = min(getattr(p, field) for p in measured if p.tokens == n1)
+    steps = [n0 * (n1 / n0) ** (i / 40) for i in range(41)]
     for power, name in ((1, "O(N)"), (2, "O(N²)")):
+        inside = [(n, y1 * (n / n1) ** power) for n in steps]
+        inside = [(n, y) for n, y in inside if y_range[0] <= y <= y_range[1]]
         fig.add_trace(go.Scatter(
-            x=steps, y=[y0 * (n / n0) ** power for n in steps], mode="lines", name=name,
+            x=[n for n, _ in inside], y=[y for _, y in inside], mode="lines", name=name,
             line=dict(color="grey", dash="dash" if power == 1 else "dot", width=1), hoverinfo="skip",
         ))
 
 
 def write_html(sweep_json: Path, out: Path) -> None:
     """Both figures of a sweep saved with ``sweep --json``, side by side in one offline HTML page
-    (plotly.js embedded), with the environment the sweep ran in as its caption."""
+    (plotly.js embedded), with the environment the sweep ran in as its caption. The fits are
+    made again from the points, by today's rules, whatever the file's summary says."""
     record = json.loads(Path(sweep_json).read_text())
     points = [PointResult(**p) for p in record["points"]]
     unit, env = record["spec"]["unit"], record["environment"]
-    figures = [scaling_figure(points, metric, record["summary"], unit) for metric in METRICS]
+    summary = summarize(points)
+    figures = [scaling_figure(points, metric, summary, unit) for metric in METRICS]
     for fig in figures:
         fig.update_layout(width=680)
     caption = ", ".join(f"{k}: {v:.0f}" if isinstance(v, float) else f"{k}: {v}"
                         for k, v in env.items() if not isinstance(v, (dict, list)))
+    if "calibration" in env:
+        caption += "; " + describe_calibration(env["calibration"])
     body = "".join(
         '<div style="display:inline-block">'
         + fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displayModeBar": False}) + "</div>"

@@ -5,19 +5,22 @@ definition), against a plain sequential loop (selective_scan only: the baseline 
 has to beat), and against this machine's own limits, measured in the same run: the bandwidth of
 a large tensor copy (scans are memory-bound) and matmul GFLOP/s.
 
-Latency is timed in this process with normal malloc: median of ``repeats`` runs after one
-warm-up run. Peak memory is measured afterwards for the same calls in a child process
-(``effviz.bench.memory``), which is why ``prepare`` builds a call from plain data.
+Latency is timed in this process with normal malloc by the shared protocol of
+``effviz.bench.timing``: after one warm-up run each, the backends of an (op, length) are timed in
+turn (A B A B ...) for a time budget; runs that waited for the CPU are run again, and the
+minimum is the headline, with p20 and p80 beside it. ``iter_bench`` yields the table after each
+(op, length), with an estimate of the time left, so the app can stream it. Peak memory is
+measured afterwards for the same calls in a child process (``effviz.bench.memory``), which is
+why ``prepare`` builds a call from plain data.
 """
 from __future__ import annotations
 
 import math
 import platform
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 import effviz
 from effviz import kernels
 from effviz.bench.memory import measure_peak_memory
+from effviz.bench.timing import TimingPolicy, measure, measure_interleaved
 
 LOOP = "sequential loop"
 DEFAULT_LENGTHS = (1024, 4096, 16384)
@@ -169,13 +173,19 @@ CASES: dict[str, OpCase] = {case.name: case for group in OPS.values() for case i
 
 @dataclass
 class Row:
-    """One (op, backend, length) point; ``skipped`` says why there are no numbers."""
+    """One (op, backend, length) point; ``skipped`` says why there are no numbers. ``min_ms`` is
+    the headline; ``times_ms`` the runs it and ``p20_ms``/``p80_ms`` come from; ``disturbed``
+    the runs that waited for the CPU and were run again."""
 
     op: str
     backend: str
     length: int | None
-    median_ms: float | None = None
+    min_ms: float | None = None
+    p20_ms: float | None = None
+    p80_ms: float | None = None
     times_ms: list[float] | None = None
+    basis: str = "wall"  # "cpu": too few undisturbed runs on one thread, see effviz.bench.timing.Timing
+    disturbed: int = 0
     gb_per_s: float | None = None
     peak_mib: float | None = None
     vs_reference: float | None = None
@@ -213,16 +223,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
-    """Wall time in ms of each of ``repeats`` runs of ``fn``; the caller runs it once before
-    to warm up (Triton compiles, native kernels load, thread pools start)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+def bench_policy(budget_s: float, device: torch.device, min_runs: int = 3, max_runs: int = 30) -> TimingPolicy:
+    """The timing protocol's settings for this bench (CPU time is no guide on CUDA)."""
+    on_cpu = device.type == "cpu"
+    return TimingPolicy(budget_s=budget_s, min_runs=min_runs, max_runs=max_runs, check_cpu=on_cpu,
+                        cpu_fallback=on_cpu and torch.get_num_threads() == 1)
 
 
 def _processor_name(device: torch.device) -> str:
@@ -243,12 +248,13 @@ def measure_machine(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     src = torch.ones(64 * 2**20, device=device)  # 256 MiB: far beyond any cache
     dst = torch.zeros_like(src)
     dst.copy_(src)
-    copy_ms = statistics.median(time_call(lambda: dst.copy_(src), 5, device))
+    sync = (lambda: _sync(device))
+    copy_ms = measure(lambda: dst.copy_(src), bench_policy(0, device, min_runs=5, max_runs=5), sync).min_ms
     size = 4096 if device.type == "cuda" else 2048
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     a @ b
-    matmul_ms = statistics.median(time_call(lambda: a @ b, 3, device))
+    matmul_ms = measure(lambda: a @ b, bench_policy(0, device, max_runs=3), sync).min_ms
     return {
         "processor": _processor_name(device),
         "device": str(device),
@@ -296,7 +302,7 @@ def _reference_refusal(case: OpCase, length: int) -> str | None:
 def _too_slow(previous: Row | None, length: int) -> str | None:
     if previous is None:
         return None
-    seconds = previous.median_ms / 1e3 * length / previous.length
+    seconds = previous.min_ms / 1e3 * length / previous.length
     if seconds <= MAX_SECONDS_PER_RUN:
         return None
     return (
@@ -312,64 +318,136 @@ def _output_bytes(out: torch.Tensor | tuple) -> int:
 def run_bench(
     ops: Sequence[str],
     lengths: Sequence[int],
-    repeats: int,
+    policy: TimingPolicy,
     device: torch.device,
     dtype: torch.dtype,
     log: TextIO = sys.stderr,
 ) -> dict[str, Any]:
     """Time every (op, backend, length), then measure peak memory of the calls that ran."""
+    for result in iter_bench(ops, lengths, policy, device, dtype, log):
+        pass
+    return result
+
+
+def iter_bench(
+    ops: Sequence[str],
+    lengths: Sequence[int],
+    policy: TimingPolicy,
+    device: torch.device,
+    dtype: torch.dtype,
+    log: TextIO = sys.stderr,
+) -> Iterator[dict[str, Any]]:
+    """The bench as it goes: ``{"machine", "rows", "progress"}`` after the machine's limits, after
+    each (op, length) is timed, and once more with peak memory filled in (``progress["done"]``
+    True). ``progress`` counts the (op, length) groups and estimates the seconds left."""
     print(f"[bench] measuring copy bandwidth and matmul throughput on {device}", file=log, flush=True)
-    machine = measure_machine(device, dtype)
+    machine = {**measure_machine(device, dtype), "protocol": describe_policy(policy)}
     backends, unavailable = candidate_backends(device)
     dtype_name = machine["dtype"]
+    cases = [c for op in ops for c in OPS[op]]
+    lengths = sorted(set(lengths))
+    groups = [(case.name, length) for case in cases for length in lengths]
     rows: list[Row] = []
-    for case in (c for op in ops for c in OPS[op]):
+    took: dict[tuple[str, int], float] = {}  # seconds each timed group took
+
+    def snapshot(done: bool = False) -> dict[str, Any]:
+        progress = {"groups": len(groups), "timed": len(took), "done": done,
+                    "eta_s": None if done else estimate_left_s(groups, took, policy)}
+        return {"machine": machine, "rows": [asdict(r) for r in rows], "progress": progress}
+
+    yield snapshot()
+    for case in cases:
         names = ([LOOP] if case.name == "selective_scan" else []) + backends
         refused = {b: why for b in backends if (why := _dispatch_refusal(case, b, device, dtype))}
         refused |= unavailable
         last_timed: dict[str, Row] = {}
-        for length in sorted(set(lengths)):
-            inputs = _inputs(case, length, device, dtype)
-            input_bytes = sum(t.nbytes for t in inputs.values())
-            by_backend: dict[str, Row] = {}
-            for backend in (b for b in names if b not in refused):
-                row = Row(case.name, backend, length)
-                rows.append(row)
-                by_backend[backend] = row
-                # The memory cap first: a linear time extrapolation understates an O(L²) reference.
-                if backend == "reference":
-                    row.skipped = _reference_refusal(case, length)
-                row.skipped = row.skipped or _too_slow(last_timed.get(backend), length)
-                if row.skipped:
-                    continue
-                print(f"[bench] {case.name} {backend} L={length}", file=log, flush=True)
-
-                def call(backend: str = backend) -> torch.Tensor:
-                    with torch.no_grad():
-                        return case.run(inputs, backend)
-
-                try:
-                    out_bytes = _output_bytes(call())  # also the warm-up run
-                    _sync(device)
-                    row.times_ms = time_call(call, repeats, device)
-                except (RuntimeError, MemoryError) as err:  # out of memory: a marker, not a crash
-                    row.skipped = f"failed: {type(err).__name__}: {str(err).splitlines()[0]}"
-                    continue
-                row.median_ms = statistics.median(row.times_ms)
-                last_timed[backend] = row
-                row.gb_per_s = (input_bytes + out_bytes) / row.median_ms / 1e6
-            for row in by_backend.values():
-                for base, attr in (("reference", "vs_reference"), (LOOP, "vs_loop")):
-                    baseline = by_backend.get(base)
-                    if row.median_ms and baseline is not None and baseline.median_ms:
-                        setattr(row, attr, baseline.median_ms / row.median_ms)
+        for length in lengths:
+            started = time.perf_counter()
+            by_backend = _time_group(case, length, [b for b in names if b not in refused], last_timed, policy,
+                                     device, dtype, log)
+            rows.extend(by_backend.values())
+            took[(case.name, length)] = time.perf_counter() - started
+            yield snapshot()
         rows += [Row(case.name, backend, None, skipped=reason) for backend, reason in refused.items()]
     _measure_memory(rows, device, dtype_name, log)
-    return {"machine": machine, "rows": [asdict(r) for r in rows]}
+    yield snapshot(done=True)
+
+
+def _time_group(
+    case: OpCase, length: int, backends: list[str], last_timed: dict[str, Row], policy: TimingPolicy,
+    device: torch.device, dtype: torch.dtype, log: TextIO,
+) -> dict[str, Row]:
+    """Every backend of ``case`` at ``length``: warmed up one by one, then timed in turn."""
+    inputs = _inputs(case, length, device, dtype)
+    input_bytes = sum(t.nbytes for t in inputs.values())
+    by_backend: dict[str, Row] = {}
+    calls: dict[str, Callable[[], torch.Tensor]] = {}
+    out_bytes: dict[str, int] = {}
+    for backend in backends:
+        row = by_backend[backend] = Row(case.name, backend, length)
+        # The memory cap first: a linear time extrapolation understates an O(L²) reference.
+        if backend == "reference":
+            row.skipped = _reference_refusal(case, length)
+        row.skipped = row.skipped or _too_slow(last_timed.get(backend), length)
+        if row.skipped:
+            continue
+        print(f"[bench] {case.name} {backend} L={length}", file=log, flush=True)
+
+        def call(backend: str = backend) -> torch.Tensor:
+            with torch.no_grad():
+                return case.run(inputs, backend)
+
+        try:
+            out_bytes[backend] = _output_bytes(call())  # also the warm-up run
+            _sync(device)
+        except (RuntimeError, MemoryError) as err:  # out of memory: a marker, not a crash
+            row.skipped = f"failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+            continue
+        calls[backend] = call
+    if calls:
+        timings = measure_interleaved(calls, policy, lambda: _sync(device))
+        for backend, timing in timings.items():
+            row = by_backend[backend]
+            row.min_ms, row.p20_ms, row.p80_ms = timing.min_ms, timing.p20_ms, timing.p80_ms
+            row.times_ms, row.disturbed, row.basis = timing.used_ms, timing.disturbed, timing.basis
+            row.gb_per_s = (input_bytes + out_bytes[backend]) / row.min_ms / 1e6
+            last_timed[backend] = row
+    for row in by_backend.values():
+        for base, attr in (("reference", "vs_reference"), (LOOP, "vs_loop")):
+            baseline = by_backend.get(base)
+            if row.min_ms and baseline is not None and baseline.min_ms:
+                setattr(row, attr, baseline.min_ms / row.min_ms)
+    return by_backend
+
+
+def estimate_left_s(groups: Sequence[tuple[str, int]], took: dict[tuple[str, int], float],
+                    policy: TimingPolicy) -> float | None:
+    """Seconds the untimed (op, length) groups should take: each at least the time budget, and
+    at least the op's last timed group scaled linearly with the length (an O(L²) reference
+    grows faster, so this is a lower bound). None before any group is timed."""
+    if not took:
+        return None
+    left = 0.0
+    for op, length in groups:
+        if (op, length) in took:
+            continue
+        before = [(n, t) for (o, n), t in took.items() if o == op]
+        scaled = max(before)[1] * length / max(before)[0] if before else 0.0
+        left += max(policy.budget_s, scaled)
+    return left
+
+
+def describe_policy(policy: TimingPolicy) -> str:
+    """How the bench times, in one sentence."""
+    return (
+        f"backends timed in turn for {policy.budget_s:g} s per op and length, {policy.min_runs}-{policy.max_runs} "
+        f"undisturbed runs each, minimum shown (p20-p80 beside it); runs that waited for the CPU "
+        f"(wall over CPU time by {100 * policy.margin:.0f}%) run again"
+    )
 
 
 def _measure_memory(rows: list[Row], device: torch.device, dtype_name: str, log: TextIO) -> None:
-    timed = [r for r in rows if r.median_ms is not None]
+    timed = [r for r in rows if r.min_ms is not None]
     if not timed:
         return
     print(f"[bench] measuring peak memory of {len(timed)} calls in a child process", file=log, flush=True)
@@ -403,12 +481,15 @@ def format_report(result: dict[str, Any]) -> str:
         "",
         f"Measured limits: copy bandwidth **{m['copy_gb_per_s']:.1f} GB/s** (read + write), "
         f"matmul **{m['matmul_gflop_per_s']:.0f} GFLOP/s**.",
+        "",
+        f"Timing: {m['protocol']}.",
     ]
     rows = result["rows"]
     for op in dict.fromkeys(r["op"] for r in rows):
         op_rows = [r for r in rows if r["op"] == op]
         with_loop = any(r["backend"] == LOOP for r in op_rows)
-        header = ["backend", "L", "median ms", "peak MiB", "GB/s", "% of copy BW", "vs reference"]
+        header = ["backend", "L", "min ms", "p20-p80 ms", "runs (redone)", "peak MiB", "GB/s", "% of copy BW",
+                  "vs reference"]
         header += ["vs loop"] if with_loop else []
         lines += ["", f"### {op}", "", CASES[op].shapes, ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -421,7 +502,9 @@ def format_report(result: dict[str, Any]) -> str:
                 cells = [
                     r["backend"],
                     length,
-                    _fmt(r["median_ms"]),
+                    _fmt(r["min_ms"]),
+                    f"{_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}",
+                    f"{len(r['times_ms'])} ({r['disturbed']})" + (" CPU times" if r["basis"] == "cpu" else ""),
                     _fmt(r["peak_mib"]),
                     _fmt(r["gb_per_s"]),
                     _fmt(share, 2),

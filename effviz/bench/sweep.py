@@ -7,14 +7,21 @@ A sweep runs every model of a ``SweepSpec`` at every value of one axis:
 - ``tokens``: fused audio-visual sequence length, for models that take both modalities: image
   side and audio length grow together, about half the tokens each; the actual count is reported.
 
-Each point runs in isolation, one at a time, in two fresh child processes (this module run as a
-script): one times the forward with normal malloc (one warm-up, then the median of ``repeats``;
-CUDA events on GPU), the other, started with ``MALLOC_MMAP_THRESHOLD_=65536``, measures the peak
-memory of one forward as ``effviz.bench.memory`` does. Before a point runs its memory is
-estimated, and it is recorded as "oom" without running when the estimate exceeds what the machine
-has free. A child that runs out of memory or past the time limit is recorded as such and the
-larger points of that model are skipped. Nothing a point does can crash the sweep or keep memory
-afterwards: it all lived in the child.
+Each point (one value of the axis) runs in fresh child processes (this module run as a script),
+one point at a time. One timing child builds every model of the point and times their forwards
+with normal malloc and the shared protocol of ``effviz.bench.timing``: one warm-up each, then
+rounds of one forward per model (A B C A B C ...), so that a busy spell of the machine hits all
+of them alike, as many rounds as the time budget allows; a run that waited for the CPU (wall
+time over CPU time) is flagged and run again. The headline latency is the minimum of a model's
+undisturbed runs, with p20 and p80 kept beside it. Then each model's peak memory is measured in
+a child of its own, started with ``MALLOC_MMAP_THRESHOLD_=65536`` as ``effviz.bench.memory``
+does (that setting slows forwards, so it never shares a process with timing).
+
+Before a point runs each model's memory is estimated, and it is recorded as "oom" without running
+when the estimate exceeds what the machine has free. A model that runs out of memory or past its
+time limit is recorded as such and its larger points are skipped; the other models of the point
+are timed again without it. Nothing a point does can crash the sweep or keep memory afterwards:
+it all lived in the children.
 
 ``run_sweep`` yields each point as it finishes, so the app can draw curves as they grow, and
 stops promptly (killing the running child) when its ``stop`` event is set. Sweeps in one process
@@ -30,7 +37,6 @@ import math
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,9 +49,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 import effviz
-from effviz.bench.fit import Crossover, crossover, loglog_slope, upper_half
+from effviz.bench.fit import Cost, Crossover, Exponent, crossover, fit_exponent, upper_half
 from effviz.bench.kernels import _processor_name
 from effviz.bench.memory import MALLOC_ENV, peak_of_call_mib
+from effviz.bench.timing import TimingPolicy, calibrate, describe_calibration, measure_interleaved, time_once
 from effviz.kernels import native
 from effviz.kernels.dispatch import pick
 from effviz.models import EffvizModel, ModelConfig, architecture_config
@@ -155,9 +162,14 @@ def plan_input(model_id: str, axis: str, x: float) -> PointInput:
 class SweepSpec:
     """What a sweep runs: ``models`` (registry ids) at each of ``values`` along ``axis``.
 
-    ``values`` are sorted and de-duplicated. ``timeout_s`` bounds each child process (starting
-    Python and torch and building the model included). ``threads`` defaults to this process's
-    torch thread count. Invalid specs raise ValueError on construction, before anything runs.
+    ``values`` are sorted and de-duplicated. ``budget_s`` is the time the timed runs of one
+    point may fill (all its models together), within ``min_runs`` and ``max_runs`` undisturbed
+    runs per model. ``timeout_s`` is each model's time limit: in the timing child its share
+    (starting Python and torch and building the model included), and each memory child. One
+    warm-up forward over ``timeout_s / (1 + min_runs + max_redos)`` counts as a timeout: its
+    timed runs and redos could not fit. ``threads`` defaults to this process's torch thread
+    count; with one, a run that waited for the CPU is told apart exactly. Invalid specs raise
+    ValueError on construction, before anything runs.
     """
 
     models: tuple[str, ...]
@@ -166,7 +178,9 @@ class SweepSpec:
     device: str = "cpu"
     dtype: str = "fp32"
     batch: int = 1
-    repeats: int = 3
+    budget_s: float = 2.0
+    min_runs: int = 3
+    max_runs: int = 30
     timeout_s: float = 120.0
     threads: int | None = None
 
@@ -181,8 +195,8 @@ class SweepSpec:
             raise ValueError(f"sweep values must be positive numbers, got {list(self.values)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if self.batch < 1 or self.repeats < 1:
-            raise ValueError(f"batch and repeats must be >= 1, got {self.batch} and {self.repeats}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout must be positive, got {self.timeout_s}")
         if self.threads is not None and self.threads < 1:
@@ -192,6 +206,7 @@ class SweepSpec:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda asked for, but torch sees no CUDA GPU here")
+        self.policy()  # raises on a bad budget or run counts
         for model_id in self.models:
             for x in self.values:
                 plan_input(model_id, self.axis, x)
@@ -203,11 +218,24 @@ class SweepSpec:
     def resolved_threads(self) -> int:
         return self.threads or torch.get_num_threads()
 
+    def policy(self) -> TimingPolicy:
+        """The timing protocol's settings for this sweep (CPU time is no guide on CUDA)."""
+        on_cpu = torch.device(self.device).type == "cpu"
+        return TimingPolicy(budget_s=self.budget_s, min_runs=self.min_runs, max_runs=self.max_runs,
+                            check_cpu=on_cpu, cpu_fallback=on_cpu and self.resolved_threads() == 1)
+
+    def warmup_limit_s(self) -> float:
+        """The longest one warm-up forward may take for the model's timed runs to fit its limit."""
+        policy = self.policy()
+        return self.timeout_s / (1 + policy.min_runs + policy.max_redos)
+
 
 def default_spec() -> SweepSpec:
-    """A quick sweep for the app's default (well under a minute on a 2-core CPU): Vim-Ti against
-    DeiT-Ti at small resolutions, one timed run per point."""
-    return SweepSpec(models=("vim-tiny", "deit-tiny"), axis="resolution", values=(64, 128, 192), repeats=1, timeout_s=60)
+    """The app's default sweep, a few minutes on a 2-core CPU: Vim-Ti against DeiT-Ti (SDPA and
+    eager) at four resolutions spanning 4x in side (16x in tokens), so that each model gets an
+    exponent from 3 or more sizes; 1 thread, so that disturbed runs are told apart exactly."""
+    return SweepSpec(models=("vim-tiny", "deit-tiny", "deit-tiny-eager"), axis="resolution",
+                     values=(160, 320, 480, 640), budget_s=2.0, min_runs=3, max_runs=20, timeout_s=120, threads=1)
 
 
 @dataclass(frozen=True)
@@ -226,6 +254,15 @@ class PointResult:
     status: str
     reason: str
     inputs: str
+    # The timing protocol's detail: spread of the runs the headline (minimum) came from, those
+    # runs, whether they are wall or CPU times (see effviz.bench.timing.Timing), and every run as
+    # [wall ms, CPU ms, disturbed]. Absent in sweeps saved before it.
+    latency_p20_ms: float | None = None
+    latency_p80_ms: float | None = None
+    latency_runs_ms: list[float] | None = None
+    latency_basis: str = "wall"
+    disturbed_runs: int = 0
+    all_runs: list[list[Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -294,30 +331,41 @@ def _memory_refusal(spec: SweepSpec, model_id: str, x: float) -> str | None:
     )
 
 
-# ---- one point in a child process ------------------------------------------------------------
+# ---- one point in child processes ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _ChildOutcome:
     status: str  # a STATUSES entry, or "stopped"
-    value: float | None = None
+    value: float | None = None  # peak memory
     reason: str = ""
+    timing: dict[str, Any] | None = None  # Timing.to_dict() of a latency run
 
 
-def _run_child(spec: SweepSpec, mode: str, model_id: str, x: float, stop: threading.Event | None) -> _ChildOutcome:
-    """Run this module as a child that measures ``mode`` ("latency" or "memory") of one point."""
-    request = {
-        "mode": mode, "model": model_id, "axis": spec.axis, "x": x, "device": spec.device,
-        "dtype": spec.dtype, "batch": spec.batch, "repeats": spec.repeats, "threads": spec.resolved_threads(),
-    }
+@dataclass(frozen=True)
+class _ChildEnding:
+    """How a child ended: "exited", "timeout" or "stopped"; its result file and progress lines."""
+
+    ending: str
+    result: dict[str, Any] | None
+    progress: list[dict[str, Any]]
+    returncode: int | None
+    stderr: str
+
+
+def _run_child(spec: SweepSpec, request: dict[str, Any], timeout_s: float, stop: threading.Event | None) -> _ChildEnding:
+    """Run this module as a child that measures what ``request`` says; kill it on timeout or stop."""
+    request = {**request, "axis": spec.axis, "device": spec.device, "dtype": spec.dtype, "batch": spec.batch,
+               "threads": spec.resolved_threads()}
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}  # latency: normal malloc
-    if mode == "memory":
+    if request["mode"] == "memory":
         env.update(MALLOC_ENV)
     env["OMP_NUM_THREADS"] = str(request["threads"])
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="effviz-sweep-") as tmp:
-        result_path, stderr_path = Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
+        result_path, stderr_path, progress_path = Path(tmp) / "result.json", Path(tmp) / "stderr.txt", Path(tmp) / "progress.jsonl"
+        request["progress"] = str(progress_path)
         with open(stderr_path, "wb") as stderr:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "effviz.bench.sweep", str(result_path)],
@@ -329,21 +377,14 @@ def _run_child(spec: SweepSpec, mode: str, model_id: str, x: float, stop: thread
                     proc.stdin.close()
                 except BrokenPipeError:  # the child died at once; its exit status says why
                     pass
-                ending = _wait(proc, spec.timeout_s, stop)
+                ending = _wait(proc, timeout_s, stop)
             finally:  # also on KeyboardInterrupt: never leave a child running
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-        if ending == "stopped":
-            return _ChildOutcome("stopped")
-        if ending == "timeout":
-            return _ChildOutcome(
-                "timeout", reason=f"{mode} run exceeded the {spec.timeout_s:g} s limit "
-                "(which includes starting the process and building the model)",
-            )
-        if result_path.exists():
-            return _outcome_from_result(json.loads(result_path.read_text()), mode)
-        return _outcome_from_death(proc.returncode, stderr_path.read_text(errors="replace"), mode)
+        result = json.loads(result_path.read_text()) if result_path.exists() else None
+        progress = [json.loads(line) for line in progress_path.read_text().splitlines()] if progress_path.exists() else []
+        return _ChildEnding(ending, result, progress, proc.returncode, stderr_path.read_text(errors="replace"))
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float, stop: threading.Event | None) -> str:
@@ -367,8 +408,10 @@ def _is_out_of_memory(error_type: str, message: str) -> bool:
 
 
 def _outcome_from_result(result: dict[str, Any], mode: str) -> _ChildOutcome:
+    if "timeout" in result:
+        return _ChildOutcome("timeout", reason=f"{mode} run: {result['timeout']}")
     if "error" not in result:
-        return _ChildOutcome("ok", result["value"])
+        return _ChildOutcome("ok", result.get("value"), timing=result.get("timing"))
     status = "oom" if _is_out_of_memory(result["type"], result["error"]) else "error"
     return _ChildOutcome(status, reason=f"{mode} run: {result['error']}")
 
@@ -382,6 +425,43 @@ def _outcome_from_death(returncode: int, stderr: str, mode: str) -> _ChildOutcom
     if _is_out_of_memory("", stderr):
         return _ChildOutcome("oom", reason=f"{mode} run: {tail}")
     return _ChildOutcome("error", reason=f"{mode} run exited with code {returncode}" + (f": {tail}" if tail else ""))
+
+
+def _time_point(
+    spec: SweepSpec, models: Sequence[str], x: float, stop: threading.Event | None
+) -> dict[str, _ChildOutcome] | None:
+    """Latency of ``models`` at ``x``, timed interleaved in one child; None when stopped.
+
+    A child that runs past its limit (each model's ``timeout_s``) or dies is blamed on the model
+    it was building or warming up (its progress file says which), and the others are timed again
+    in a fresh child without it; a child that fails during the interleaved runs fails them all.
+    """
+    outcomes: dict[str, _ChildOutcome] = {}
+    pending = list(models)
+    while pending:
+        request = {"mode": "latency", "models": pending, "x": x, "policy": asdict(spec.policy()),
+                   "warmup_limit_s": spec.warmup_limit_s()}
+        ended = _run_child(spec, request, spec.timeout_s * len(pending), stop)
+        if ended.ending == "stopped":
+            return None
+        if ended.ending == "exited" and ended.result is not None:
+            for model_id in pending:
+                outcomes[model_id] = _outcome_from_result(ended.result["models"][model_id], "latency")
+            return outcomes
+        if ended.ending == "timeout":
+            failed = _ChildOutcome("timeout", reason=f"latency run exceeded the {spec.timeout_s:g} s limit "
+                                   "(which includes starting the process and building the model)")
+        else:
+            failed = _outcome_from_death(ended.returncode, ended.stderr, "latency")
+        warmed = {line["warmed"] for line in ended.progress if "warmed" in line}
+        started = [line["starting"] for line in ended.progress if "starting" in line]
+        culprit = started[-1] if started and started[-1] not in warmed else None
+        if culprit is None:  # during the timed runs, or before any model: no one to single out
+            outcomes.update({m: failed for m in pending})
+            return outcomes
+        outcomes[culprit] = failed
+        pending.remove(culprit)
+    return outcomes
 
 
 def _point_forward(model_id: str, axis: str, x: float, device: str, dtype: str, batch: int) -> Callable[[], Any]:
@@ -403,39 +483,73 @@ def _point_forward(model_id: str, axis: str, x: float, device: str, dtype: str, 
     return forward
 
 
-def _median_latency_ms(forward: Callable[[], Any], repeats: int, device: str) -> float:
-    forward()  # warm-up: native kernels load, Triton compiles, thread pools start
-    times = []
-    for _ in range(repeats):
-        if torch.device(device).type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            forward()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            forward()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def _error(err: BaseException) -> dict[str, str]:
+    return {"error": f"{type(err).__name__}: {err}", "type": type(err).__name__}
+
+
+def _latency_child(request: dict[str, Any]) -> dict[str, Any]:
+    """Build and warm up each model (one failing does not stop the others), then time the ones
+    that are ready interleaved."""
+    device = request["device"]
+    policy = TimingPolicy(**request["policy"])
+    sync = (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else None
+    results: dict[str, dict[str, Any]] = {}
+    forwards: dict[str, Callable[[], Any]] = {}
+    with open(request["progress"], "a") as progress:
+        for model_id in request["models"]:
+            progress.write(json.dumps({"starting": model_id}) + "\n")
+            progress.flush()
+            try:
+                forward = _point_forward(model_id, request["axis"], request["x"], device, request["dtype"], request["batch"])
+                # Warm-up: native kernels load, Triton compiles, thread pools start.
+                warmup_s = time_once(forward, policy, sync).wall_ms / 1e3
+            except Exception as err:  # reported to the parent, which files it as oom or error
+                results[model_id] = _error(err)
+                continue
+            finally:  # failed or not, this model is done: only a hang or a death leaves it "starting"
+                progress.write(json.dumps({"warmed": model_id}) + "\n")
+                progress.flush()
+            if warmup_s > request["warmup_limit_s"]:
+                results[model_id] = {"timeout": (
+                    f"one forward took {warmup_s:.1f} s: its timed runs would not fit the time limit "
+                    f"(a warm-up may take {request['warmup_limit_s']:.1f} s)")}
+            else:
+                forwards[model_id] = forward
+    if forwards:
+        timings = measure_interleaved(forwards, policy, sync)
+        results.update({m: {"timing": t.to_dict()} for m, t in timings.items()})
+    return {"models": results}
 
 
 def _child_main(result_path: str) -> None:
     request = json.load(sys.stdin)
+    torch.set_num_threads(request["threads"])
     try:
-        torch.set_num_threads(request["threads"])
-        forward = _point_forward(
-            request["model"], request["axis"], request["x"], request["device"], request["dtype"], request["batch"]
-        )
         if request["mode"] == "latency":
-            result = {"value": _median_latency_ms(forward, request["repeats"], request["device"])}
+            result = _latency_child(request)
         else:
+            forward = _point_forward(
+                request["model"], request["axis"], request["x"], request["device"], request["dtype"], request["batch"]
+            )
             forward()  # warm-up, as for latency: one-time loading is not the forward's memory
             result = {"value": peak_of_call_mib(forward, request["device"])}
     except Exception as err:  # reported to the parent, which files it as oom or error
-        result = {"error": f"{type(err).__name__}: {err}", "type": type(err).__name__}
+        result = _error(err)
+        if request["mode"] == "latency":  # failed during the interleaved runs: all models alike
+            result = {"models": {m: result for m in request["models"]}}
     Path(result_path).write_text(json.dumps(result))
+
+
+def _memory_child(spec: SweepSpec, model_id: str, x: float, stop: threading.Event | None) -> _ChildOutcome:
+    ended = _run_child(spec, {"mode": "memory", "model": model_id, "x": x}, spec.timeout_s, stop)
+    if ended.ending == "stopped":
+        return _ChildOutcome("stopped")
+    if ended.ending == "timeout":
+        return _ChildOutcome("timeout", reason=f"memory run exceeded the {spec.timeout_s:g} s limit "
+                             "(which includes starting the process and building the model)")
+    if ended.result is not None:
+        return _outcome_from_result(ended.result, "memory")
+    return _outcome_from_death(ended.returncode, ended.stderr, "memory")
 
 
 # ---- the sweep -----------------------------------------------------------------------------
@@ -470,11 +584,12 @@ def _acquire_turn(stop: threading.Event | None) -> bool:
 
 
 def run_sweep(spec: SweepSpec, stop: threading.Event | None = None) -> Iterator[PointResult]:
-    """Measure every model at every value, smallest values first, yielding each point when done.
+    """Measure every model at every value, smallest values first, yielding each point when done
+    (the models of one value are timed together, then measured for memory one by one).
 
     Waits (from the first ``next``) while another sweep runs in this process. Setting ``stop``
-    kills the running child and ends the sweep without yielding that point. Exhaust or close
-    the generator to let the next sweep run.
+    kills the running child and ends the sweep without yielding the points of that value that
+    were not finished. Exhaust or close the generator to let the next sweep run.
     """
     if not _acquire_turn(stop):
         return
@@ -482,43 +597,72 @@ def run_sweep(spec: SweepSpec, stop: threading.Event | None = None) -> Iterator[
         native.available()  # builds the C kernels here if needed, not inside a child's time limit
         blocked: dict[str, str] = {}  # model -> why its larger points are skipped
         for x in spec.values:
-            for model_id in spec.models:
-                if stop is not None and stop.is_set():
-                    return
-                try:
-                    result = _run_point(spec, model_id, x, blocked.get(model_id), stop)
-                except Exception as err:  # on this side (no process could start ...): record it, go on
-                    point = plan_input(model_id, spec.axis, x)
-                    result = PointResult(model_id, spec.axis, x, point.tokens, None, None, "error",
-                                         f"could not run: {type(err).__name__}: {err}", point.describe())
+            if stop is not None and stop.is_set():
+                return
+            for result in _run_value(spec, x, blocked, stop):
                 if result is None:
                     return
-                if result.status in ("oom", "timeout") and model_id not in blocked:
-                    blocked[model_id] = f"after {result.status} at {x:g} {spec.unit}: {result.reason}"
+                if result.status in ("oom", "timeout") and result.model not in blocked:
+                    blocked[result.model] = f"after {result.status} at {x:g} {spec.unit}: {result.reason}"
                 yield result
     finally:
         _SWEEP_LOCK.release()
 
 
-def _run_point(
-    spec: SweepSpec, model_id: str, x: float, blocked: str | None, stop: threading.Event | None
-) -> PointResult | None:
-    point = plan_input(model_id, spec.axis, x)
-    result = PointResult(model_id, spec.axis, x, point.tokens, None, None, "ok", "", point.describe())
-    if blocked is not None:
-        return replace(result, status="skipped", reason=blocked)
-    refusal = _memory_refusal(spec, model_id, x)
-    if refusal is not None:
-        return replace(result, status="oom", reason=refusal)
-    latency = _run_child(spec, "latency", model_id, x, stop)
-    if latency.status == "stopped":
-        return None
+def _run_value(
+    spec: SweepSpec, x: float, blocked: dict[str, str], stop: threading.Event | None
+) -> Iterator[PointResult | None]:
+    """Every model at ``x``, in the spec's order; None when stopped."""
+    results: dict[str, PointResult] = {}
+    for model_id in spec.models:
+        point = plan_input(model_id, spec.axis, x)
+        result = PointResult(model_id, spec.axis, x, point.tokens, None, None, "ok", "", point.describe())
+        if model_id in blocked:
+            result = replace(result, status="skipped", reason=blocked[model_id])
+        elif (refusal := _memory_refusal(spec, model_id, x)) is not None:
+            result = replace(result, status="oom", reason=refusal)
+        results[model_id] = result
+    to_time = [m for m, r in results.items() if r.status == "ok"]
+    try:
+        latencies = _time_point(spec, to_time, x, stop) if to_time else {}
+    except Exception as err:  # on this side (no process could start ...): record it, go on
+        latencies = {m: _ChildOutcome("error", reason=f"could not run: {type(err).__name__}: {err}") for m in to_time}
+    if latencies is None:
+        yield None
+        return
+    for model_id, result in results.items():
+        if model_id in latencies:
+            result = _with_latency(result, latencies[model_id])
+            if result.status == "ok":
+                result = _with_memory(spec, result, stop)
+        if result is None:
+            yield None
+            return
+        yield result
+
+
+def _with_latency(result: PointResult, latency: _ChildOutcome) -> PointResult:
     if latency.status != "ok":
         return replace(result, status=latency.status, reason=latency.reason)
-    result = replace(result, latency_ms=latency.value)
+    timing = latency.timing
+    reason = ""
+    if timing["unstable"]:
+        reason = f"unstable: {timing['disturbed']} of {len(timing['all_runs'])} runs waited for the CPU; "
+        reason += ("latency from their CPU times (1 thread: each run without its waiting)" if timing["basis"] == "cpu"
+                   else "latency from their wall times, waiting included")
+    return replace(result, latency_ms=timing["min_ms"], latency_p20_ms=timing["p20_ms"],
+                   latency_p80_ms=timing["p80_ms"], latency_runs_ms=timing["runs_ms"], latency_basis=timing["basis"],
+                   disturbed_runs=timing["disturbed"], all_runs=timing["all_runs"], reason=reason)
+
+
+def _with_memory(spec: SweepSpec, result: PointResult, stop: threading.Event | None) -> PointResult | None:
     if torch.device(spec.device).type == "cpu" and not Path("/proc/self/clear_refs").exists():
-        return replace(result, reason="peak memory not measured: CPU peak memory needs Linux (/proc/self/clear_refs)")
-    memory = _run_child(spec, "memory", model_id, x, stop)
+        note = "peak memory not measured: CPU peak memory needs Linux (/proc/self/clear_refs)"
+        return replace(result, reason="; ".join(r for r in (result.reason, note) if r))
+    try:
+        memory = _memory_child(spec, result.model, result.x, stop)
+    except Exception as err:  # on this side (no process could start ...): record it, go on
+        memory = _ChildOutcome("error", reason=f"could not run: {type(err).__name__}: {err}")
     if memory.status == "stopped":
         return None
     if memory.status != "ok":
@@ -550,7 +694,8 @@ def _package_version(name: str) -> str | None:
 
 
 def sweep_environment(spec: SweepSpec) -> dict[str, Any]:
-    """Where and how the sweep is measured: the header of every report."""
+    """Where and how the sweep is measured: the header of every report. Includes a calibration
+    of the machine's noise, taken now (``effviz.bench.timing.calibrate``)."""
     return {
         "device": spec.device,
         "device_name": _processor_name(torch.device(spec.device)),
@@ -562,9 +707,12 @@ def sweep_environment(spec: SweepSpec) -> dict[str, Any]:
         "kernel_backends": kernel_backends(spec.device),
         "dtype": spec.dtype,
         "batch": spec.batch,
-        "repeats": spec.repeats,
+        "budget_s": spec.budget_s,
+        "min_runs": spec.min_runs,
+        "max_runs": spec.max_runs,
         "timeout_s": spec.timeout_s,
         "memory_available_mib": available_memory_mib(spec.device),
+        "calibration": calibrate(),
     }
 
 
@@ -572,35 +720,48 @@ def _value(point: PointResult, metric: str) -> float | None:
     return point.latency_ms if metric == "latency" else point.peak_mem_mib
 
 
-def _cost(point: PointResult, metric: str, as_baseline: bool) -> float | None:
-    """A point's cost for the crossover: its value; for a baseline that ran out of memory or time
-    (or was skipped after that), infinity; otherwise nothing."""
+def _runs(point: PointResult, metric: str) -> list[float] | None:
+    """What a point's headline came from: its undisturbed latency runs (the headline alone in
+    sweeps saved before they were kept), or its one memory reading."""
+    value = _value(point, metric)
+    if value is None or value <= 0:
+        return None
+    if metric == "latency" and point.latency_runs_ms:
+        return list(point.latency_runs_ms)
+    return [value]
+
+
+def _cost(point: PointResult, metric: str, as_baseline: bool) -> Cost:
+    """A point's cost for the crossover: (headline, p80) of its latency runs, its memory reading;
+    for a baseline that ran out of memory or time (or was skipped after that), infinity;
+    otherwise nothing."""
     value = _value(point, metric)
     if value is not None:
+        if metric == "latency" and point.latency_p80_ms is not None:
+            return value, point.latency_p80_ms
         return value
     return math.inf if as_baseline and point.status in ("oom", "timeout", "skipped") else None
 
 
-def _exponent(points: Sequence[PointResult], metric: str, x_range: tuple[float, float] | None) -> float | None:
+def _exponent(points: Sequence[PointResult], metric: str, x_range: tuple[float, float] | None) -> Exponent:
     measured = [
-        (p.tokens, _value(p, metric)) for p in points
-        if (_value(p, metric) or 0) > 0 and (x_range is None or x_range[0] <= p.x <= x_range[1])
+        (p.tokens, runs) for p in points
+        if (runs := _runs(p, metric)) and (x_range is None or x_range[0] <= p.x <= x_range[1])
     ]
-    if len({n for n, _ in measured}) < 2:
-        return None
-    ns, costs = [n for n, _ in measured], [c for _, c in measured]
+    ns, runs = [n for n, _ in measured], [r for _, r in measured]
     if x_range is None:
-        ns, costs = upper_half(ns, costs)
-    return loglog_slope(ns, costs)
+        ns, runs = upper_half(ns, runs)
+    return fit_exponent(ns, runs)
 
 
 def summarize(points: Sequence[PointResult], fit_range: tuple[float, float] | None = None) -> dict[str, Any]:
     """Scaling exponents per model and crossovers of each efficient model against each
     attention baseline, for latency and for memory.
 
-    Exponents are least-squares slopes of log(cost) vs log(tokens) over the upper half of a
-    model's measured points and, with ``fit_range`` (x units, inclusive), over that range; None
-    where fewer than two points were measured.
+    Exponents (``Exponent.to_dict()``: value, 95% bootstrap interval, or why refused) are
+    least-squares slopes of log(cost) vs log(tokens) over the upper half of a model's measured
+    points (3 at least) and, with ``fit_range`` (x units, inclusive), over that range; refused
+    from fewer than 3 sizes or a span under 2x in tokens (``effviz.bench.fit``).
     """
     by_model: dict[str, list[PointResult]] = {}
     for p in sorted(points, key=lambda p: p.x):
@@ -610,11 +771,11 @@ def summarize(points: Sequence[PointResult], fit_range: tuple[float, float] | No
         {
             "model": m,
             "mixer": mixers[m],
-            "latency_exponent": _exponent(ps, "latency", None),
-            "memory_exponent": _exponent(ps, "memory", None),
+            "latency": _exponent(ps, "latency", None).to_dict(),
+            "memory": _exponent(ps, "memory", None).to_dict(),
             "fit_range": list(fit_range) if fit_range else None,
-            "latency_exponent_in_range": _exponent(ps, "latency", fit_range) if fit_range else None,
-            "memory_exponent_in_range": _exponent(ps, "memory", fit_range) if fit_range else None,
+            "latency_in_range": _exponent(ps, "latency", fit_range).to_dict() if fit_range else None,
+            "memory_in_range": _exponent(ps, "memory", fit_range).to_dict() if fit_range else None,
         }
         for m, ps in by_model.items()
     ]
@@ -637,6 +798,11 @@ def summarize(points: Sequence[PointResult], fit_range: tuple[float, float] | No
     return {"fits": fits, "crossovers": crossovers}
 
 
+def disturbed_runs(points: Sequence[PointResult]) -> int:
+    """Timed runs of the sweep so far that waited for the CPU and were measured again."""
+    return sum(p.disturbed_runs for p in points)
+
+
 # ---- report --------------------------------------------------------------------------------
 
 
@@ -646,24 +812,43 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
 
 
+def describe_protocol(env: dict[str, Any]) -> str:
+    """How latency was measured, in one sentence."""
+    threads = env["threads"]
+    return (
+        f"latency: the minimum of each model's undisturbed runs (p20-p80 beside it), "
+        f"{env['min_runs']}-{env['max_runs']} runs per model, the models of a point timed in turn "
+        f"(A B A B ...) for about {env['budget_s']:g} s, {threads} torch thread{'s' if threads > 1 else ''}; "
+        f"a run whose wall time exceeds its CPU time by over {100 * TimingPolicy().margin:.0f}% waited for the CPU "
+        "and is run again; a point still short of undisturbed runs after 5 redos says \"unstable\" and takes "
+        + ("the CPU times of all its runs (with one thread, each run without its waiting)" if threads == 1
+           else "the wall times of all its runs")
+    )
+
+
 def format_environment(env: dict[str, Any]) -> str:
     backends = ", ".join(f"{op} {b}" for op, b in env["kernel_backends"].items())
     memory = env["memory_available_mib"]
     return (
         f"**{env['device_name']}** ({env['device']}, {env['threads']} threads), {env['dtype']}, "
-        f"batch {env['batch']}, median of {env['repeats']}, time limit {env['timeout_s']:g} s per run; "
+        f"batch {env['batch']}, time limit {env['timeout_s']:g} s per model and point; "
         f"python {env['python']}, torch {env['torch']}, triton {env['triton'] or 'not installed'}, "
-        f"effviz {env['effviz']}; free memory {_fmt(memory, 4)} MiB\n\nKernel backends: {backends}\n"
+        f"effviz {env['effviz']}; free memory {_fmt(memory, 4)} MiB\n\n"
+        f"Measuring: {describe_protocol(env)}.\n\n"
+        f"Noise: {describe_calibration(env['calibration'])}.\n\nKernel backends: {backends}\n"
     )
 
 
 def format_report(env: dict[str, Any], points: Sequence[PointResult], summary: dict[str, Any], unit: str) -> str:
     """Markdown: environment, one row per point, exponents, crossovers."""
-    lines = [format_environment(env), "| model | x | tokens | input | latency ms | peak MiB | status | reason |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [format_environment(env),
+             "| model | x | tokens | input | latency ms (min) | p20-p80 ms | runs (redone) | peak MiB | status | reason |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
+        spread = "—" if p.latency_p20_ms is None else f"{_fmt(p.latency_p20_ms)}-{_fmt(p.latency_p80_ms)}"
+        runs = "—" if not p.latency_runs_ms else f"{len(p.latency_runs_ms)} ({p.disturbed_runs})"
         lines.append(
-            f"| {p.model} | {p.x:g} {unit} | {p.tokens} | {p.inputs} | {_fmt(p.latency_ms)} | "
+            f"| {p.model} | {p.x:g} {unit} | {p.tokens} | {p.inputs} | {_fmt(p.latency_ms)} | {spread} | {runs} | "
             f"{_fmt(p.peak_mem_mib)} | {p.status} | {p.reason} |"
         )
     fit_range = next((f["fit_range"] for f in summary["fits"] if f["fit_range"]), None)
@@ -671,15 +856,17 @@ def format_report(env: dict[str, Any], points: Sequence[PointResult], summary: d
     if fit_range:
         span = f"{fit_range[0]:g}-{fit_range[1]:g} {unit}"
         header += [f"latency exponent ({span})", f"memory exponent ({span})"]
-    lines += ["", "Scaling exponents: slope of log(cost) vs log(tokens), upper half of the points.", "",
+    lines += ["", "Scaling exponents: slope of log(cost) vs log(tokens) over the upper half of the points (3 at "
+              "least, spanning 2x in tokens), with its 95% bootstrap interval over the runs.", "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for f in summary["fits"]:
-        cells = [f["model"], f["mixer"], _fmt(f["latency_exponent"]), _fmt(f["memory_exponent"])]
+        cells = [f["model"], f["mixer"], Exponent(**f["latency"]).describe(), Exponent(**f["memory"]).describe()]
         if fit_range:
-            cells += [_fmt(f["latency_exponent_in_range"]), _fmt(f["memory_exponent_in_range"])]
+            cells += [Exponent(**f["latency_in_range"]).describe(), Exponent(**f["memory_in_range"]).describe()]
         lines.append("| " + " | ".join(cells) + " |")
     if summary["crossovers"]:
-        lines += ["", "Crossovers: where the efficient model becomes faster / smaller than the baseline.", "",
+        lines += ["", "Crossovers: where the efficient model becomes faster / smaller than the baseline, beyond "
+                  "the spread of the runs.", "",
                   "| efficient | baseline | faster from | smaller from |", "|---|---|---|---|"]
         for c in summary["crossovers"]:
             faster = Crossover(**c["latency"]).describe(f" {unit}")

@@ -1,10 +1,11 @@
 """Kernels tab: each op of the shared runtime timed by backend against sequence length, with the
 achieved bandwidth drawn against this machine's own measured copy bandwidth (the scans are
-memory-bound, so that is the limit they are judged by)."""
+memory-bound, so that is the limit they are judged by). The table and plot grow as each op and
+length is timed, with an estimate of the time left."""
 from __future__ import annotations
 
 import platform
-from typing import Any
+from typing import Any, Iterator
 
 import gradio as gr
 import plotly.colors
@@ -22,7 +23,8 @@ DEFAULT_OPS = ["selective_scan", "bi_wkv"]
 DEFAULT_LENGTHS = "256, 1024, 4096"
 MAX_LENGTH = 65_536
 MAX_LENGTHS = 8
-MAX_REPEATS = 10
+MAX_BUDGET_S = 10.0
+DEFAULT_BUDGET_S = 1.0
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -46,9 +48,10 @@ def parse_lengths(text: str) -> list[int]:
 @gpu
 @reports_bad_input
 def run_kernels(
-    ops: list[str], lengths: str, repeats: float, device: str, dtype: str
-) -> tuple[go.Figure, str]:
-    """Run the kernel benchmark; returns the plot and the Markdown report."""
+    ops: list[str], lengths: str, budget_s: float, device: str, dtype: str
+) -> Iterator[tuple[go.Figure, str]]:
+    """Run the kernel benchmark, yielding the plot and the Markdown report (a status line on top)
+    after the machine's limits, after each op and length, and at the end with peak memory."""
     unknown = [op for op in ops or [] if op not in kernel_bench.OPS]
     if not ops or unknown:
         raise ValueError(f"choose ops among {', '.join(kernel_bench.OPS)}" + (f" (not {unknown})" if unknown else ""))
@@ -56,19 +59,30 @@ def run_kernels(
         raise ValueError(f"device {device!r} is not available here; choose {' or '.join(devices())}")
     if dtype not in kernel_bench.DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(kernel_bench.DTYPES)}")
-    repeats = int(repeats)
-    if not 1 <= repeats <= MAX_REPEATS:
-        raise ValueError(f"repeats must be 1..{MAX_REPEATS}")
-    result = kernel_bench.run_bench(
-        ops, parse_lengths(lengths), repeats, torch.device(device), kernel_bench.DTYPES[dtype]
-    )
-    return kernels_figure(result), kernel_bench.format_report(result)
+    if budget_s is None or not 0 < float(budget_s) <= MAX_BUDGET_S:
+        raise ValueError(f"time budget must be more than 0 and at most {MAX_BUDGET_S:g} s, got {budget_s}")
+    policy = kernel_bench.bench_policy(float(budget_s), torch.device(device))
+    for result in kernel_bench.iter_bench(
+        ops, parse_lengths(lengths), policy, torch.device(device), kernel_bench.DTYPES[dtype]
+    ):
+        yield kernels_figure(result), f"**{progress_line(result['progress'])}**\n\n" + kernel_bench.format_report(result)
+
+
+def progress_line(progress: dict[str, Any]) -> str:
+    """Where the bench is, and a time left that says what it rests on."""
+    if progress["done"]:
+        return f"Done: {progress['groups']} op and length pairs timed, peak memory measured."
+    head = f"{progress['timed']} of {progress['groups']} op and length pairs timed"
+    if progress["eta_s"] is None:
+        return f"{head}; the time left is estimated once the first is timed."
+    return (f"{head}; about {progress['eta_s']:.0f} s of timing left or more (scaled linearly in L from "
+            "what is timed; O(L²) references take longer), then peak memory in a child process.")
 
 
 def kernels_figure(result: dict[str, Any]) -> go.Figure:
-    """Top row: median latency vs L per backend (log-log). Bottom row: GB/s vs L, with the
-    machine's copy bandwidth as the ceiling."""
-    rows = [r for r in result["rows"] if r["median_ms"] is not None]
+    """Top row: latency (minimum, bar to p80) vs L per backend (log-log). Bottom row: GB/s vs
+    L, with the machine's copy bandwidth as the ceiling."""
+    rows = [r for r in result["rows"] if r["min_ms"] is not None]
     cases = list(dict.fromkeys(r["op"] for r in result["rows"]))
     fig = make_subplots(rows=2, cols=max(len(cases), 1), subplot_titles=cases, vertical_spacing=0.12)
     backends = list(dict.fromkeys(r["backend"] for r in rows))
@@ -82,7 +96,11 @@ def kernels_figure(result: dict[str, Any]) -> go.Figure:
             style = dict(color=palette[backends.index(backend) % len(palette)])
             x = [r["length"] for r in points]
             common = dict(name=backend, legendgroup=backend, mode="lines+markers", line=style)
-            fig.add_trace(go.Scatter(x=x, y=[r["median_ms"] for r in points], showlegend=col == 1, **common), 1, col)
+            fig.add_trace(go.Scatter(
+                x=x, y=[r["min_ms"] for r in points], showlegend=col == 1,
+                error_y=dict(type="data", symmetric=False, array=[r["p80_ms"] - r["min_ms"] for r in points],
+                             arrayminus=[0] * len(points), thickness=1.5, width=4),
+                **common), 1, col)
             fig.add_trace(go.Scatter(x=x, y=[r["gb_per_s"] for r in points], showlegend=False, **common), 2, col)
         lengths = sorted({r["length"] for r in rows if r["op"] == case})
         if lengths:  # a trace rather than add_hline: plotly misplaces a shape's label on log axes
@@ -94,7 +112,7 @@ def kernels_figure(result: dict[str, Any]) -> go.Figure:
         fig.update_xaxes(type="log", row=1, col=col)
         fig.update_yaxes(type="log", row=1, col=col)
         fig.update_yaxes(type="log", row=2, col=col)
-    fig.update_yaxes(title_text="median latency (ms)", row=1, col=1)
+    fig.update_yaxes(title_text="latency (ms), min, bar to p80", row=1, col=1)
     fig.update_yaxes(title_text="GB/s (inputs + outputs)", row=2, col=1)
     m = result["machine"]
     fig.update_layout(
@@ -117,8 +135,11 @@ def _machine_markdown() -> str:
 def build() -> None:
     """The Kernels tab's components and events (inside the caller's ``gr.Blocks``)."""
     gr.Markdown(
-        "Each op of the shared kernel runtime, by backend, against sequence length L: median of "
-        "the repeats after a warm-up, then peak memory per call measured in a child process. "
+        "Each op of the shared kernel runtime, by backend, against sequence length L. After a "
+        "warm-up, the backends of an op and length are timed in turn (A B A B ...) for the time "
+        "budget; a run whose wall time exceeds its CPU time waited for the machine and is run "
+        "again; the minimum is shown, with an error bar up to p80. The table grows as each length "
+        "is timed; then peak memory per call is measured in a child process. "
         "Scans are memory-bound, so throughput (bytes of inputs and outputs per second) is drawn "
         "against this machine's own large-copy bandwidth, measured in the same run. Points that "
         "would take over 30 s or an O(L²) reference over 4 GiB are skipped, with the reason in "
@@ -128,13 +149,13 @@ def build() -> None:
     with gr.Row():
         ops = gr.CheckboxGroup(list(kernel_bench.OPS), value=DEFAULT_OPS, label="ops")
         lengths = gr.Textbox(DEFAULT_LENGTHS, label="sequence lengths L", info=f"up to {MAX_LENGTH}")
-        repeats = gr.Slider(1, MAX_REPEATS, value=3, step=1, label="timed repeats")
+        budget = gr.Slider(0.2, MAX_BUDGET_S, value=DEFAULT_BUDGET_S, step=0.1, label="time budget per length (s)")
         device = gr.Dropdown(devices(), value=devices()[-1], label="device")
         dtype = gr.Dropdown(list(kernel_bench.DTYPES), value="float32", label="dtype")
     run = gr.Button("Run kernels benchmark", variant="primary")
     plot = gr.Plot(label="latency and throughput")
     report = gr.Markdown()
     run.click(
-        run_kernels, [ops, lengths, repeats, device, dtype], [plot, report], api_name="kernels",
+        run_kernels, [ops, lengths, budget, device, dtype], [plot, report], api_name="kernels",
         concurrency_limit=1, concurrency_id=BENCH_CONCURRENCY,
     )

@@ -1,7 +1,14 @@
 """Scaling lab: latency and peak memory of whole models as their input grows, streamed point by
 point as log-log curves against O(N) and O(N²) guides, with fitted exponents, the crossover
 where an efficient model overtakes a transformer, and markers where a point ran out of memory
-or time. The measuring is ``effviz.bench.sweep``'s (each point in its own child processes)."""
+or time. The measuring is ``effviz.bench.sweep``'s: the models of a point timed in turn in one
+child process by the shared protocol of ``effviz.bench.timing`` (time budget, runs that waited
+for the CPU detected and run again, minimum with p20/p80), peak memory in a child per model.
+
+Predictions in the other tabs keep running during a sweep (a sweep takes minutes; holding them
+would stall every visitor). The sweep's child times with one pinned torch thread, so a run that a
+prediction slowed is seen exactly (its wall time exceeds its CPU time) and run again; the status
+line counts those runs."""
 from __future__ import annotations
 
 import json
@@ -17,16 +24,17 @@ import pandas as pd
 
 from ..bench import sweep
 from ..bench.figure import scaling_figure
-from ..bench.fit import Crossover
+from ..bench.fit import Crossover, Exponent
 from ..models.registry import ARCHITECTURES, BUNDLED_RECIPES
 from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
 
-# Limits of one sweep from the app: each point costs two child processes.
-MAX_MODELS, MAX_VALUES, MAX_BATCH, MAX_REPEATS, MAX_TIMEOUT_S = 8, 12, 64, 20, 600
-# Suggested values when the axis changes: from where the overheads dominate to where the
-# quadratic term of attention does, within a few minutes on a 2-core CPU.
-SUGGESTED_VALUES = {"resolution": "64, 128, 192, 256, 384", "seconds": "1, 2, 4, 8", "tokens": "64, 128, 256, 512"}
-TABLE_COLUMNS = ["model", "x", "tokens", "input", "latency ms", "peak MiB", "status", "reason"]
+# Limits of one sweep from the app: each point costs a timing child and a memory child per model.
+MAX_MODELS, MAX_VALUES, MAX_BATCH, MAX_BUDGET_S, MAX_TIMEOUT_S = 8, 12, 64, 30, 600
+# Suggested values when the axis changes: 4 sizes over 4x in tokens or more (an exponent needs 3
+# sizes over 2x in its upper half), within a few minutes on a 2-core CPU.
+SUGGESTED_VALUES = {"resolution": "160, 320, 480, 640", "seconds": "2, 4, 8, 16", "tokens": "128, 256, 512, 1024"}
+TABLE_COLUMNS = ["model", "x", "tokens", "input", "latency ms (min)", "p20 ms", "p80 ms", "runs (redone)",
+                 "peak MiB", "status", "reason"]
 
 # Stop events of the sweeps running now, by Gradio session: Stop ends its own session's sweep only.
 _stops: dict[str | None, threading.Event] = {}
@@ -48,39 +56,43 @@ def parse_values(text: str) -> list[float]:
 
 
 def make_spec(
-    models: Sequence[str], axis: str, values: str, device: str, dtype: str, batch: float, repeats: float, timeout_s: float
+    models: Sequence[str], axis: str, values: str, device: str, dtype: str, batch: float, budget_s: float, timeout_s: float
 ) -> sweep.SweepSpec:
-    """A validated ``SweepSpec`` from the form's fields (ValueError with the reason otherwise)."""
+    """A validated ``SweepSpec`` from the form's fields (ValueError with the reason otherwise);
+    run counts and threads are the default sweep's."""
     models = list(models or [])
     if len(models) > MAX_MODELS:
         raise ValueError(f"at most {MAX_MODELS} models per sweep (got {len(models)})")
     if device not in devices():
         raise ValueError(f"device {device!r} is not available here; choose {' or '.join(devices())}")
-    for name, value, limit in (("batch", batch, MAX_BATCH), ("repeats", repeats, MAX_REPEATS),
+    for name, value, limit in (("batch", batch, MAX_BATCH), ("time budget", budget_s, MAX_BUDGET_S),
                                ("time limit", timeout_s, MAX_TIMEOUT_S)):
         if value is None or not 0 < float(value) <= limit:
             raise ValueError(f"{name} must be more than 0 and at most {limit}, got {value}")
+    default = sweep.default_spec()
     return sweep.SweepSpec(
         models=tuple(models), axis=axis, values=tuple(parse_values(values)), device=device, dtype=dtype,
-        batch=int(batch), repeats=int(repeats), timeout_s=float(timeout_s),
+        batch=int(batch), budget_s=float(budget_s), min_runs=default.min_runs, max_runs=default.max_runs,
+        timeout_s=float(timeout_s), threads=default.threads,
     )
 
 
 @gpu
 @reports_bad_input
 def stream_sweep(
-    models: Sequence[str], axis: str, values: str, device: str, dtype: str, batch: float, repeats: float,
+    models: Sequence[str], axis: str, values: str, device: str, dtype: str, batch: float, budget_s: float,
     timeout_s: float, session: str | None = None,
 ) -> Iterator[tuple]:
     """Run a sweep, yielding the whole view (status, latency plot, memory plot, summary, table,
     files) at the start, after every point, and once more at the end with the downloads."""
-    spec = make_spec(models, axis, values, device, dtype, batch, repeats, timeout_s)
+    spec = make_spec(models, axis, values, device, dtype, batch, budget_s, timeout_s)
     total = len(spec.models) * len(spec.values)
     stop = _stops[session] = threading.Event()
     points: list[sweep.PointResult] = []
     try:
         environment = sweep.sweep_environment(spec)
-        yield _view(spec, environment, points, f"Running {total} points, smallest first ...")
+        yield _view(spec, environment, points, f"Running {total} points, smallest first (the models of a size are "
+                    "timed in turn, then measured for memory one by one) ...")
         measured = sweep.run_sweep(spec, stop)
         try:
             for point in measured:
@@ -107,7 +119,7 @@ def _view(spec: sweep.SweepSpec, environment: dict, points: list[sweep.PointResu
     summary = sweep.summarize(points)
     files = _write_files(spec, environment, points, summary) if with_files else None
     return (
-        f"**{status}**",
+        f"**{status}** {disturbance_note(points)}",
         scaling_figure(points, "latency", summary, spec.unit),
         scaling_figure(points, "memory", summary, spec.unit),
         sweep.format_environment(environment) + "\n" + summary_markdown(summary, spec.unit),
@@ -116,9 +128,22 @@ def _view(spec: sweep.SweepSpec, environment: dict, points: list[sweep.PointResu
     )
 
 
+def disturbance_note(points: Sequence[sweep.PointResult]) -> str:
+    """What other work on the machine (predictions in the other tabs, other processes) did to
+    the timing so far: the status line's second half."""
+    redone = sweep.disturbed_runs(points)
+    unstable = [p for p in points if p.reason.startswith("unstable")]
+    note = ("Other work keeps running during a sweep: timed runs it slows (wall time over CPU time) are "
+            f"detected and run again; {redone} so far.")
+    if unstable:
+        note += f" {len(unstable)} point(s) stayed disturbed after the redos: see their reason."
+    return note
+
+
 def points_table(points: Sequence[sweep.PointResult], unit: str) -> pd.DataFrame:
-    rows = [[p.model, f"{p.x:g} {unit}", p.tokens, p.inputs, _round(p.latency_ms), _round(p.peak_mem_mib),
-             p.status, p.reason] for p in points]
+    rows = [[p.model, f"{p.x:g} {unit}", p.tokens, p.inputs, _round(p.latency_ms), _round(p.latency_p20_ms),
+             _round(p.latency_p80_ms), "" if not p.latency_runs_ms else f"{len(p.latency_runs_ms)} ({p.disturbed_runs})",
+             _round(p.peak_mem_mib), p.status, p.reason] for p in points]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
@@ -128,22 +153,19 @@ def _round(value: float | None) -> float | None:
 
 def summary_markdown(summary: dict[str, Any], unit: str) -> str:
     """Fitted exponents per model and crossovers per (efficient, baseline) pair, as bullet lists."""
-    lines = ["**Scaling exponents** (slope of log cost vs log tokens over the upper half of the points; "
-             "1 is linear, 2 quadratic):"]
+    lines = ["**Scaling exponents** (slope of log cost vs log tokens over the upper half of the points, 3 sizes "
+             "at least spanning 2x in tokens, with a 95% bootstrap interval over the runs; 1 is linear, 2 quadratic):"]
     for fit in summary["fits"]:
-        lines.append(f"- {fit['model']} ({fit['mixer']}): latency {_exponent(fit['latency_exponent'])}, "
-                     f"memory {_exponent(fit['memory_exponent'])}")
+        lines.append(f"- {fit['model']} ({fit['mixer']}): latency {Exponent(**fit['latency']).describe()}, "
+                     f"memory {Exponent(**fit['memory']).describe()}")
     if summary["crossovers"]:
-        lines.append("\n**Crossovers** (where the efficient model becomes cheaper than the transformer):")
+        lines.append("\n**Crossovers** (where the efficient model becomes cheaper than the transformer beyond the "
+                     "spread of the runs; \"within noise\" where their ranges overlap):")
         for c in summary["crossovers"]:
             faster = Crossover(**c["latency"]).describe(f" {unit}")
             smaller = Crossover(**c["memory"]).describe(f" {unit}")
             lines.append(f"- {c['efficient']} vs {c['baseline']}: faster {faster}; smaller {smaller}")
     return "\n".join(lines)
-
-
-def _exponent(value: float | None) -> str:
-    return "—" if value is None else f"N^{value:.2f}"
 
 
 def _write_files(spec: sweep.SweepSpec, environment: dict, points: Sequence[sweep.PointResult],
@@ -170,11 +192,16 @@ def build() -> None:
     """The Scaling lab's components and events (inside the caller's ``gr.Blocks``)."""
     spec = sweep.default_spec()
     gr.Markdown(
-        "Pick models and an axis; each point runs alone in fresh processes (latency: median "
-        "after a warm-up; peak memory: the kernel's high-water mark, in a second process) and the "
-        "curves grow as points finish. Weights are random: timing does not depend on them. "
-        "Sweeps run one at a time for everyone (overlapping timings would measure each other); "
-        "a waiting sweep shows its place in the queue. Predictions in the other tabs keep running."
+        "Pick models and an axis; the curves grow as points finish. At each size the models are "
+        "timed in turn (A B A B ...) in a fresh process with 1 torch thread, for the time budget "
+        f"({spec.min_runs} to {spec.max_runs} runs each): a run whose wall time exceeds its CPU time "
+        "waited for the machine and is run again, and the latency shown is the minimum of the rest "
+        "(noise only adds time), its error bar reaching up to their p80. Peak memory is the "
+        "kernel's high-water mark, in a process per model. A fixed workload timed first gauges the "
+        "machine's noise. Weights are random: timing does not depend on them. Sweeps run one at a "
+        "time for everyone (overlapping timings would measure each other); a waiting sweep shows "
+        "its place in the queue. Predictions in the other tabs keep running; the status line "
+        "counts the runs they disturbed."
     )
     with gr.Row():
         models = gr.CheckboxGroup(list(ARCHITECTURES) + list(BUNDLED_RECIPES), value=list(spec.models), elem_id="sweep-models",
@@ -188,8 +215,9 @@ def build() -> None:
         dtype = gr.Dropdown(list(sweep.DTYPES), value=spec.dtype, label="dtype")
     with gr.Row():
         batch = gr.Number(spec.batch, precision=0, label="batch", minimum=1, maximum=MAX_BATCH)
-        repeats = gr.Number(spec.repeats, precision=0, label="timed repeats", minimum=1, maximum=MAX_REPEATS)
-        timeout = gr.Number(spec.timeout_s, label="time limit per run (s)", minimum=1, maximum=MAX_TIMEOUT_S)
+        budget = gr.Number(spec.budget_s, label="time budget per size (s)", minimum=0.1, maximum=MAX_BUDGET_S,
+                           info="timed runs of all models of a size together")
+        timeout = gr.Number(spec.timeout_s, label="time limit per model and size (s)", minimum=1, maximum=MAX_TIMEOUT_S)
         run = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
         stop = gr.Button("Stop", variant="stop")
     status = gr.Markdown()
@@ -202,14 +230,14 @@ def build() -> None:
 
     axis.change(lambda a: SUGGESTED_VALUES[a], axis, values, api_visibility="private")
 
-    def on_run(models, axis, values, device, dtype, batch, repeats, timeout, request: gr.Request):
-        yield from stream_sweep(models, axis, values, device, dtype, batch, repeats, timeout, request.session_hash)
+    def on_run(models, axis, values, device, dtype, batch, budget, timeout, request: gr.Request):
+        yield from stream_sweep(models, axis, values, device, dtype, batch, budget, timeout, request.session_hash)
 
     def on_stop(request: gr.Request) -> str:
         return stop_sweep(request.session_hash)
 
     run.click(
-        on_run, [models, axis, values, device, dtype, batch, repeats, timeout],
+        on_run, [models, axis, values, device, dtype, batch, budget, timeout],
         [status, latency_plot, memory_plot, summary, table, files], api_name="sweep",
         concurrency_limit=1, concurrency_id=BENCH_CONCURRENCY,
     )
