@@ -129,14 +129,6 @@ def list_releases(task: str | None = None) -> dict[str, Release]:
             if r.repo_id is not None and (task is None or _release_task(r) == task)}
 
 
-def hub_offline() -> bool:
-    """Whether huggingface_hub is told to stay offline (``HF_HUB_OFFLINE``): read from the
-    environment, no connection attempted."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def release_file(release: Release) -> Path | None:
     """The release's checkpoint in the local Hugging Face cache, or None (no network call)."""
     return cached_file(release.repo_id, release.filenames, release.revision) if release.repo_id else None
@@ -219,12 +211,10 @@ def predict(
     Raises ValueError with a specific message for missing input, a modality the model does not
     take, a missing sample rate, unreadable or too large input, and an invalid model id.
     """
-    if image is None and audio is None:
-        raise ValueError("nothing to predict on: give an image and/or audio")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None (all classes), got {top_k!r}")
     model, pre = _loaded(model_id)
-    inputs = model_inputs(model_id, image=image, audio=audio, sample_rate=sample_rate)
+    inputs = _framed_inputs(model_id, model.config, pre, image, audio, sample_rate)
     cfg = model.config
     device = next(model.parameters()).device
     with torch.inference_mode():
@@ -245,10 +235,17 @@ def model_inputs(
     """The tensors ``model_id`` reads for these inputs (``{"image": (1, C, H, W), "audio": (1,
     frames, mel)}``, on the CPU), decoded and framed by its Preprocess record, as
     :func:`predict` frames them. Raises ValueError as :func:`predict` does."""
+    model, pre = _loaded(model_id)
+    return _framed_inputs(model_id, model.config, pre, image, audio, sample_rate)
+
+
+def _framed_inputs(
+    model_id: str, cfg: ModelConfig, pre: Preprocess, image: Image.Image | bytes | str | Path | None,
+    audio: np.ndarray | bytes | str | Path | None, sample_rate: int | None,
+) -> dict[str, torch.Tensor]:
     if image is None and audio is None:
         raise ValueError("nothing to predict on: give an image and/or audio")
-    model, pre = _loaded(model_id)
-    modalities = model.config.modalities
+    modalities = cfg.modalities
     refused = [name for name, x in (("image", image), ("audio", audio)) if x is not None and name not in modalities]
     if refused:
         raise ValueError(f"{model_id} takes {' and/or '.join(modalities)}, not {' and '.join(refused)}")
@@ -283,10 +280,11 @@ def model_card(model_id: str) -> dict:
 
 
 def _release_card(release: Release) -> dict:
+    from .bench.sweep import parameter_count  # the bench imports this module
+
     cfg = registry.architecture_config(release.arch)
     cached = release_file(release)
-    with torch.device("meta"):  # counted without allocating the weights
-        params = sum(p.numel() for p in EffvizModel(cfg).parameters())
+    params = parameter_count(release.arch)
     return {
         "model_id": release.name, "task": _release_task(release), "architecture": release.arch, "params": params,
         "weights": f"official: {release.repo_id}" + ("" if cached else f" (downloads ~{release.size_mb} MB on first use)"),

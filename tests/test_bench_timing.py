@@ -83,7 +83,7 @@ def test_redos_are_bounded_and_an_always_disturbed_call_is_unstable():
     policy = TimingPolicy(budget_s=0, min_runs=3, max_runs=10, max_redos=2)
     result = measure(lambda: time.sleep(0.002), policy)
     assert len(result.runs) == 5 and result.disturbed == 5 and result.unstable
-    assert result.min_ms >= 2 and result.basis == "wall"  # statistics from all runs when too few were undisturbed
+    assert result.min_ms >= 2 and result.basis == "wall"  # too few undisturbed runs: statistics of all runs
     # Code on one thread: the CPU time of a run is the run without its waiting.
     cpu_based = measure(lambda: time.sleep(0.002), TimingPolicy(budget_s=0, min_runs=2, max_redos=0, cpu_fallback=True))
     assert cpu_based.unstable and cpu_based.basis == "cpu"

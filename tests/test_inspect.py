@@ -108,7 +108,7 @@ def test_rollout_rows_maps_and_receptive_fields_sum_to_one(model_id, inspected):
     assert result.receptive_fields.shape == (model.config.depth, 16)
     torch.testing.assert_close(result.receptive_fields.sum(-1), torch.ones(model.config.depth))
     assert result.target == int(result.logits.argmax())
-    # The relevance does not depend on the shared model having been used: it was left as it was.
+    # Inspection works on a private copy: the shared model keeps no gradients.
     assert not any(p.grad is not None for p in model.parameters())
 
 

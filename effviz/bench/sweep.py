@@ -799,7 +799,7 @@ def summarize(points: Sequence[PointResult], fit_range: tuple[float, float] | No
 
 
 def disturbed_runs(points: Sequence[PointResult]) -> int:
-    """Timed runs of the sweep so far that waited for the CPU and were measured again."""
+    """Timed runs of the sweep so far that waited for the CPU and are measured again."""
     return sum(p.disturbed_runs for p in points)
 
 
@@ -813,7 +813,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def describe_protocol(env: dict[str, Any]) -> str:
-    """How latency was measured, in one sentence."""
+    """How latency is measured, in one sentence."""
     threads = env["threads"]
     return (
         f"latency: the minimum of each model's undisturbed runs (p20-p80 beside it), "

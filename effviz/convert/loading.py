@@ -40,15 +40,26 @@ def is_hub_repo_id(source: str) -> bool:
     return bool(_REPO_ID.fullmatch(source)) and not source.endswith(SUFFIXES)
 
 
-def _hub_offline_reason() -> str | None:
-    """Why the Hub cannot be reached, or None if it may be. Checked before downloading because
-    huggingface_hub retries a failed connection with back-off for ~25 s before giving up."""
+def hub_offline_setting() -> str | None:
+    """Why huggingface_hub is told to stay offline (``HF_HUB_OFFLINE``), or None: read from the
+    environment, no connection attempted."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE was set when huggingface_hub was imported"
+    return None
+
+
+def _hub_offline_reason() -> str | None:
+    """Why the Hub cannot be reached, or None if it may be. Checked before downloading because
+    huggingface_hub retries a failed connection with back-off for ~25 s before giving up."""
+    setting = hub_offline_setting()
+    if setting is not None:
+        return setting
+    from huggingface_hub import constants
+
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None  # behind a proxy a direct connection says nothing; let the download try
     endpoint = urlparse(constants.ENDPOINT)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from .. import api
 from ..bench.memory import measure_peak_memory
+from ..convert.loading import hub_offline_setting
 from ..data.audio import read_audio
 from ..data.image import open_image
 
@@ -208,7 +209,7 @@ def default_models(task: str) -> list[str]:
 
 def official_models_note() -> str:
     """What the tabs say about official weights; offline, plainly that they need the Hub."""
-    if api.hub_offline():
+    if hub_offline_setting() is not None:
         return ("Official models (ImageNet-1k, AudioSet) need the Hugging Face Hub, and this app runs "
                 "offline (`HF_HUB_OFFLINE` is set): only those already in its cache can be used.")
     return ("Official models (ImageNet-1k, AudioSet) are downloaded from the Hugging Face Hub the first "
