@@ -7,8 +7,8 @@ by side in one run, on clips no model was trained on:
 
     python docs/speech_framing.py --data ../shared/data --json docs/speech-framing.json
 
-Needs Debian's espeak-ng. "before" is the framing the models had until this measure: the clip
-resampled straight to 16 kHz and centred whole in 1 s of silence.
+Needs Debian's espeak-ng. "before" is the plain framing: the clip resampled straight to 16 kHz
+and centred whole in 1 s of silence.
 """
 from __future__ import annotations
 
