@@ -14,6 +14,7 @@ import soundfile
 import torch
 
 from effviz import train
+from effviz.data import synthetic_speech
 from effviz.models import EffvizModel, registry
 from effviz.train import Recipe
 
@@ -43,6 +44,25 @@ def tiny_fsdd(path: Path) -> Path:
     return path
 
 
+def tone_word(word: str, pitch: float) -> synthetic_speech.Utterance:
+    t = np.arange(2000) / synthetic_speech.RATE
+    return synthetic_speech.Utterance(torch.from_numpy((0.3 * np.sin(2 * np.pi * pitch * t)).astype(np.float32)),
+                                      word, "tone")
+
+
+@pytest.fixture(autouse=True)
+def tiny_speech_corpus(tmp_path, monkeypatch):
+    """Tone "voices" in place of the synthesisers, one room, two bank variants, a private cache."""
+    words = [*synthetic_speech.DIGIT_WORDS, "apple"]
+    monkeypatch.setattr(synthetic_speech, "training_utterances",
+                        lambda: [tone_word(w, 330 + 150 * i) for i, w in enumerate(words)])
+    monkeypatch.setattr(synthetic_speech, "test_utterances",
+                        lambda: [tone_word(w, 310 + 150 * i) for i, w in enumerate([*words, "banana"])])
+    monkeypatch.setattr(train, "room_impulse_responses", lambda rate: [torch.tensor([1.0, 0.0, 0.0, 0.3])])
+    monkeypatch.setattr(train, "SPEECH_BANK_VARIANTS", 2)
+    monkeypatch.setenv("EFFVIZ_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def tiny_setup(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.BUNDLED_RECIPES, "aum-fsdd", lambda: tiny("aum-fsdd"))
@@ -54,16 +74,19 @@ def tiny_setup(tmp_path, monkeypatch):
 
 def test_training_saves_a_strictly_loadable_model_with_an_honest_card(tiny_setup):
     data, out = tiny_setup
-    card = train.train("aum-fsdd", data, out_dir=out)
+    card = train.train("aum-fsdd", data, out_dir=out, test_speaker="theo")
     assert [h["epoch"] for h in card["history"]] == [1, 2]
-    assert 0.0 <= card["metrics"]["val"] <= 1.0 and card["metrics"]["val"] == card["history"][-1]["val"]
-    assert "all 20 clips of speaker 'theo' held out" in card["data"]
+    assert set(card["metrics"]) == {"train_loss", "train_acc", "speaker", "speaker_digits_only", "synthetic_voices",
+                                    "synthetic_voices_digits_only", "no_digit_words", "no_digit_sounds"}
+    assert 0.0 <= card["metrics"]["speaker"] <= 1.0 and card["metrics"]["speaker"] == card["history"][-1]["speaker"]
+    assert "FSDD: 20 clips of 1 speakers (jackson), all 20 clips of speaker 'theo' held out" in card["data"]
+    assert card["test_speaker"] == "theo"
     assert card["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     assert json.loads((out / "card.json").read_text())["sha256"] == card["sha256"]
     assert f"sha256 of model.safetensors: `{card['sha256']}`" in (out / "README.md").read_text()
     model = EffvizModel.from_pretrained(str(out), strict=True)
     assert model.config == tiny("aum-fsdd")
-    checkpoint = torch.load(out.parents[1] / "runs" / "aum-fsdd" / "last.pt", weights_only=True)
+    checkpoint = torch.load(out.parents[1] / "runs" / "aum-fsdd-without-theo" / "last.pt", weights_only=True)
     for name, value in model.state_dict().items():
         assert torch.equal(checkpoint["model"][name], value), name
 
@@ -151,13 +174,15 @@ def test_eval_re_measures_the_card_from_the_saved_weights(tiny_setup, monkeypatc
     from effviz.__main__ import main as cli_main
 
     data, out = tiny_setup
-    card = train.train("aum-fsdd", data, out_dir=out)
+    card = train.train("aum-fsdd", data, out_dir=out, test_speaker="theo")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", out.parent)
     results = train.evaluate_saved("aum-fsdd", data)
-    assert results == {"val": {"card": card["metrics"]["val"], "measured": pytest.approx(card["metrics"]["val"], abs=1e-9)}}
+    assert set(results) == set(card["metrics"]) - {"train_loss", "train_acc"}
+    for name, result in results.items():
+        assert result == {"card": card["metrics"][name], "measured": pytest.approx(card["metrics"][name], abs=1e-9)}
     # The command line reads the data folder's usual file names.
     Path(data["fsdd"]).rename(Path(data["fsdd"]).with_name("fsdd-5speakers.zip"))
     assert cli_main(["eval", "aum-fsdd", "--data", str(Path(data["fsdd"]).parent), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["val"]["measured"] == pytest.approx(card["metrics"]["val"], abs=1e-9)
+    assert json.loads(capsys.readouterr().out)["speaker"]["measured"] == pytest.approx(card["metrics"]["speaker"], abs=1e-9)
     assert cli_main(["eval", "aum-fsdd", "--data", str(out / "nowhere")]) == 1
     assert "error:" in capsys.readouterr().err

@@ -241,13 +241,18 @@ def fit_length(waveform: torch.Tensor, num_samples: int, gen: torch.Generator | 
 SPEECH_RANGE_DB = 35.0
 
 
-def frame_speech(waveform: torch.Tensor, sample_rate: int, seconds: float) -> torch.Tensor:
-    """A ``seconds`` window framed like a training clip: the clip's spoken part (from the first
-    to the last 25 ms stretch within ``SPEECH_RANGE_DB`` of the loudest, found to the sample)
-    centred in silence, as training centres its clips; when the spoken part is longer than
-    ``seconds``, its ``seconds`` holding the most energy. Whatever surrounds the speech (silence,
-    a quiet background) thus changes nothing. A clip with no sound at all comes back unchanged."""
-    window, length = round(sample_rate * FRAME_LENGTH_MS / 1000), round(seconds * sample_rate)
+def speech_span(waveform: torch.Tensor, sample_rate: int) -> tuple[int, int] | None:
+    """``(start, end)`` sample indices of the spoken part of a clip: from the first to the last 25 ms
+    stretch within ``SPEECH_RANGE_DB`` of the loudest, found to the sample. None for a clip with no
+    sound at all."""
+    window = round(sample_rate * FRAME_LENGTH_MS / 1000)
+    start, end, _ = _voiced(waveform, window)
+    return None if start is None else (max(start - window, 0), min(end - window, waveform.shape[0]))
+
+
+def _voiced(waveform: torch.Tensor, window: int) -> tuple[int | None, int | None, torch.Tensor]:
+    """First and last voiced sample in the clip padded by ``window`` zeros each side, and the
+    cumulative power of that padded clip."""
     # Stretches may reach past the clip's ends into silence, so that silence added around a take
     # finds the same spoken part.
     # No DC removal: a clip's mean moves with the silence around it (prepare_waveform's resampler
@@ -256,9 +261,20 @@ def frame_speech(waveform: torch.Tensor, sample_rate: int, seconds: float) -> to
     power = torch.cat([extended.new_zeros(1), extended.pow(2).cumsum(0)])
     energy = power[window:] - power[:-window]  # of the stretch starting at each sample of `extended`
     if float(energy.max()) <= 0:
-        return waveform
+        return None, None, power
     voiced = torch.nonzero(energy > energy.max() * 10 ** (-SPEECH_RANGE_DB / 10)).flatten()
-    start, end = int(voiced[0]), int(voiced[-1]) + window  # in `extended`'s samples
+    return int(voiced[0]), int(voiced[-1]) + window, power
+
+
+def frame_speech(waveform: torch.Tensor, sample_rate: int, seconds: float) -> torch.Tensor:
+    """A ``seconds`` window framed like a training clip: the clip's spoken part (:func:`speech_span`)
+    centred in silence, as training centres its clips; when the spoken part is longer than
+    ``seconds``, its ``seconds`` holding the most energy. Whatever surrounds the speech (silence,
+    a quiet background) thus changes nothing. A clip with no sound at all comes back unchanged."""
+    window, length = round(sample_rate * FRAME_LENGTH_MS / 1000), round(seconds * sample_rate)
+    start, end, power = _voiced(waveform, window)  # in the padded clip's samples
+    if start is None:
+        return waveform
     if end - start <= length:
         first = start - (length - (end - start)) // 2
     else:  # the loudest window of the spoken part

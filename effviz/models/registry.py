@@ -166,7 +166,7 @@ def _fsdd(cfg: ModelConfig) -> ModelConfig:
     4-9 epochs while they learned it (AST ended at 72%, RWKV at 70%); a strip carries frequency in
     its channels, and every mixer leaves chance in the first epoch or two."""
     cfg = _small(cfg, depth=4)
-    cfg.modalities, cfg.num_classes, cfg.labels = ("audio",), 10, DIGITS
+    cfg.modalities, cfg.num_classes, cfg.labels = ("audio",), 11, [*DIGITS, "no digit"]
     cfg.audio_patch_mel, cfg.audio_patch_size, cfg.audio_patch_stride = cfg.mel_bins, 8, 4
     cfg.audio_grid_size, cfg.min_audio_seconds, cfg.audio_band_hz = (1, 25), 1.0, 4000.0
     cfg.fbank_mean, cfg.fbank_std = FSDD_FBANK_MEAN, FSDD_FBANK_STD

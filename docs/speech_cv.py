@@ -1,0 +1,101 @@
+"""Leave-one-speaker-out cross-validation of the speech recipe over FSDD's five speakers.
+
+Each fold trains a speech model on four speakers (plus the recipe's synthetic voices and
+non-word sounds) and tests it on the fifth; nothing is chosen on the test speaker (the last
+epoch is reported, the recipe is the same for every fold). The folds' accuracies, their mean
+and worst, go to ``docs/speech-cv.json`` and into the card of every bundled speech model
+(``weights/<id>/card.json`` and ``README.md``), which is trained on all five speakers.
+
+    python docs/speech_cv.py --data ../shared/data --train   # train missing folds (2 at a time)
+    python docs/speech_cv.py                                 # collect finished folds only
+
+A fold writes ``runs/cv/<model>/<speaker>/`` (the model, its card, its epoch history) and
+resumes from ``runs/<model>-without-<speaker>/last.pt`` if interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from effviz.data.datasets import load_fsdd  # noqa: E402
+from effviz.models.registry import BUNDLED_RECIPES, task_of, weight_folders  # noqa: E402
+from effviz.train import render_card  # noqa: E402
+
+CV_DIR = REPO / "runs" / "cv"
+SPEECH_MODELS = [m for m in BUNDLED_RECIPES if task_of(BUNDLED_RECIPES[m]()) == "audio"]
+# Averaged over the folds beside the test speaker's accuracy.
+ALSO = ("speaker_digits_only", "synthetic_voices", "no_digit_words", "no_digit_sounds")
+
+
+def fold_card(model: str, speaker: str) -> dict | None:
+    path = CV_DIR / model / speaker / "card.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def train_fold(model: str, speaker: str, data: str) -> None:
+    command = [sys.executable, "-m", "effviz.train", model, "--data", data, "--threads", "1", "--resume",
+               "--test-speaker", speaker, "--out", str(CV_DIR / model / speaker)]
+    log = REPO / "runs" / "logs" / f"{model}-{speaker}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=True)
+
+
+def summarise(model: str, speakers: list[str]) -> dict | None:
+    cards = {s: fold_card(model, s) for s in speakers}
+    if any(c is None for c in cards.values()):
+        return None
+    folds = {s: {k: c["metrics"][k] for k in ("speaker", *ALSO)} for s, c in cards.items()}
+    accuracy = [f["speaker"] for f in folds.values()]
+    return {
+        "mean": statistics.mean(accuracy),
+        "worst": min(accuracy),
+        "worst_speaker": min(folds, key=lambda s: folds[s]["speaker"]),
+        **{f"mean_{k}": statistics.mean(f[k] for f in folds.values()) for k in ALSO},
+        "folds": folds,
+        "recipe": cards[speakers[0]]["recipe"],
+        "command": "python docs/speech_cv.py --data ../shared/data --train",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--train", action="store_true", help="train the folds that have no card yet")
+    parser.add_argument("--jobs", type=int, default=2, help="folds trained at once (one CPU thread each)")
+    args = parser.parse_args()
+    speakers = sorted({clip.speaker for clip in load_fsdd(Path(args.data) / "fsdd-5speakers.zip")})
+    if args.train:
+        todo = [(m, s) for s in speakers for m in SPEECH_MODELS if fold_card(m, s) is None]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda job: train_fold(*job, args.data), todo))
+    results = {m: summarise(m, speakers) for m in SPEECH_MODELS}
+    print("| model | " + " | ".join(speakers) + " | mean | worst |")
+    print("|---|" + "---|" * (len(speakers) + 2))
+    for m, r in results.items():
+        if r is None:
+            print(f"| `{m}` | folds missing |")
+            continue
+        cells = " | ".join(f"{100 * r['folds'][s]['speaker']:.1f}%" for s in speakers)
+        print(f"| `{m}` | {cells} | {100 * r['mean']:.1f}% | {100 * r['worst']:.1f}% |")
+    done = {m: r for m, r in results.items() if r is not None}
+    (REPO / "docs" / "speech-cv.json").write_text(json.dumps(done, indent=2) + "\n")
+    folders = weight_folders()
+    for m, r in done.items():  # the bundled model's card shows its recipe's cross-validation
+        card_path = folders[m] / "card.json"
+        card = json.loads(card_path.read_text())
+        card["cross_validation"] = {k: v for k, v in r.items() if k != "recipe"}
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        (folders[m] / "README.md").write_text(render_card(card))
+
+
+if __name__ == "__main__":
+    main()
