@@ -188,11 +188,11 @@ def mixing(mixer: torch.nn.Module, x: torch.Tensor, layout: TokenLayout) -> Mixi
 # ---- memory ---------------------------------------------------------------------------------------
 
 
-def matrices_per_layer(cfg: ModelConfig) -> int:
-    """How many (L, L) matrices one layer holds: one per head, per channel (RWKV), or per inner
-    channel and branch (Mamba)."""
+def matrices_per_layer(cfg: ModelConfig, mixer: str) -> int:
+    """How many (L, L) matrices one layer of ``mixer`` holds: one per head, per channel (RWKV), or
+    per inner channel and branch (Mamba)."""
     return {"attention": cfg.num_heads, "retention": cfg.num_heads, "rwkv": cfg.embed_dim,
-            "mamba": 2 * cfg.expand * cfg.embed_dim}[cfg.mixer]
+            "mamba": 2 * cfg.expand * cfg.embed_dim}[mixer]
 
 
 def estimate_bytes(cfg: ModelConfig, tokens: int, itemsize: int = 4) -> int:
@@ -203,8 +203,9 @@ def estimate_bytes(cfg: ModelConfig, tokens: int, itemsize: int = 4) -> int:
     retention and RWKV peaked at 6-8 matrix-sized copies, Mamba before its per-state sum was
     checkpointed at 2.7 per state (less since). A few hundred MB of fixed overhead (libraries,
     thread pools) come on top and are not counted."""
-    copies = 3 * cfg.d_state + 4 if cfg.mixer == "mamba" else 10
-    return cfg.depth * matrices_per_layer(cfg) * tokens**2 * itemsize * copies
+    copies = sum(matrices_per_layer(cfg, mixer) * (3 * cfg.d_state + 4 if mixer == "mamba" else 10)
+                 for mixer in cfg.block_mixers())
+    return copies * tokens**2 * itemsize
 
 
 def check_memory(cfg: ModelConfig, tokens: int, itemsize: int, max_bytes: int) -> None:
@@ -213,9 +214,9 @@ def check_memory(cfg: ModelConfig, tokens: int, itemsize: int, max_bytes: int) -
     if need > max_bytes:
         raise ValueError(
             f"inspecting this input would need about {need / 2**30:.2f} GiB ({tokens} tokens: "
-            f"{cfg.depth} layers x {matrices_per_layer(cfg)} matrices of {tokens}x{tokens}), above the "
-            f"limit of {max_bytes / 2**30:.2f} GiB; use a smaller input (fewer tokens) or raise the limit "
-            "(max_bytes, or $EFFVIZ_MAX_INSPECT_BYTES)"
+            f"{sum(matrices_per_layer(cfg, m) for m in cfg.block_mixers())} matrices of {tokens}x{tokens} in "
+            f"{cfg.depth} layers), above the limit of {max_bytes / 2**30:.2f} GiB; use a smaller input (fewer "
+            "tokens) or raise the limit (max_bytes, or $EFFVIZ_MAX_INSPECT_BYTES)"
         )
 
 

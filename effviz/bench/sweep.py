@@ -287,8 +287,10 @@ def estimate_memory_mib(model_id: str, axis: str, x: float, batch: int = 1, dtyp
     item = DTYPES[dtype].itemsize
     length = point.tokens
     total = parameter_count(model_id) * item
-    total += ACTIVATION_VALUES[cfg.mixer] * batch * length * cfg.embed_dim * 4
-    if cfg.mixer == "attention" and cfg.attn_impl == "eager":
+    # One block's activations are alive at a time: a hybrid peaks in its costliest kind of block.
+    mixers = set(cfg.block_mixers())
+    total += max(ACTIVATION_VALUES[m] for m in mixers) * batch * length * cfg.embed_dim * 4
+    if "attention" in mixers and cfg.attn_impl == "eager":
         total += EAGER_SCORE_COPIES * batch * cfg.num_heads * length**2 * item
     # Image stem: each full-resolution conv + GELU holds 2 x stem_channels values per pixel; the
     # stride-2 conv + GELU holds 2 x 2*stem_channels at 1/4 of the pixels.

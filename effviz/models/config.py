@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+TOKEN_MIXERS = ("mamba", "rwkv", "retention", "attention")
+CHANNEL_MIXERS = ("mlp", "rwkv", None)
+
 
 @dataclass
 class ModelConfig:
@@ -10,9 +13,15 @@ class ModelConfig:
 
     Token mixers: "mamba" (Vim's bidirectional Mamba, v2), "rwkv" (Vision-RWKV spatial mix),
     "retention" (RetNet retention, ViR), "attention" (softmax attention, DeiT/AST).
+
+    A hybrid names each block's token mixer in ``mixer_schedule`` (MambaVision: Mamba blocks, then
+    attention in the last ones). ``mixer`` is then the model's main mixer, the one it is compared
+    as (sweeps set efficient mixers against attention baselines), and must appear in the schedule.
     """
 
     mixer: str
+    # One token mixer per block, block 0 first; empty: every block uses ``mixer``.
+    mixer_schedule: tuple[str, ...] = ()
     embed_dim: int = 192
     depth: int = 12
     num_classes: int = 1000
@@ -78,13 +87,25 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; restore them so configs compare equal after a round trip.
-        for name in ("modalities", "grid_size", "audio_grid_size", "image_size", "image_mean", "image_std"):
+        for name in ("mixer_schedule", "modalities", "grid_size", "audio_grid_size", "image_size", "image_mean",
+                     "image_std"):
             setattr(self, name, tuple(getattr(self, name)))
-        if self.mixer not in ("mamba", "rwkv", "retention", "attention"):
-            raise ValueError(f"unknown mixer {self.mixer!r}")
+        for mixer in (self.mixer, *self.mixer_schedule):
+            if mixer not in TOKEN_MIXERS:
+                raise ValueError(f"unknown mixer {mixer!r}; known: {', '.join(TOKEN_MIXERS)}")
+        if self.mixer_schedule and len(self.mixer_schedule) != self.depth:
+            raise ValueError(f"mixer_schedule names {len(self.mixer_schedule)} blocks, but depth is {self.depth}")
+        if self.mixer_schedule and self.mixer not in self.mixer_schedule:
+            raise ValueError(f"the main mixer {self.mixer!r} is not in mixer_schedule {self.mixer_schedule}")
+        if self.channel_mixer not in CHANNEL_MIXERS:
+            raise ValueError(f"unknown channel mixer {self.channel_mixer!r}")
         if self.cls_token not in ("first", "middle", "last", None):
             raise ValueError(f"unknown cls_token position {self.cls_token!r}")
         if self.dist_token and self.cls_token != "first":
             raise ValueError("a distillation token follows a class token in first position (cls_token='first')")
         if self.labels and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+
+    def block_mixers(self) -> tuple[str, ...]:
+        """The token mixer of every block, block 0 first."""
+        return self.mixer_schedule or (self.mixer,) * self.depth

@@ -68,6 +68,31 @@ def deit_small() -> ModelConfig:
     return cfg
 
 
+def tail_schedule(body: str, tail: str, depth: int, tail_blocks: int) -> tuple[str, ...]:
+    """A hybrid's mixer schedule: ``body`` in the first blocks, ``tail`` in the last ``tail_blocks``."""
+    if not 0 < tail_blocks < depth:
+        raise ValueError(f"a hybrid needs 1 to {depth - 1} tail blocks of {depth}, got {tail_blocks}")
+    return (body,) * (depth - tail_blocks) + (tail,) * tail_blocks
+
+
+def vim_tiny_hybrid() -> ModelConfig:
+    """Vim-Ti with attention in its last quarter (blocks 19-24), as MambaVision (Hatamizadeh & Kautz,
+    arXiv 2407.08083) puts self-attention after its Mamba blocks: the late attention restores
+    global, content-based mixing that the scans only approximate. Like Vim, no channel mixer;
+    attention has 3 heads, DeiT-Ti's."""
+    cfg = vim_tiny()
+    cfg.mixer_schedule = tail_schedule("mamba", "attention", cfg.depth, cfg.depth // 4)
+    return cfg
+
+
+def vrwkv_tiny_hybrid() -> ModelConfig:
+    """VRWKV-T with attention in its last quarter (blocks 10-12), every block keeping VRWKV's
+    channel mix: what one cheap stage of full attention adds to a linear-time model."""
+    cfg = vrwkv_tiny()
+    cfg.mixer_schedule = tail_schedule("rwkv", "attention", cfg.depth, cfg.depth // 4)
+    return cfg
+
+
 def _audio(cfg: ModelConfig, num_classes: int = 527) -> ModelConfig:
     """The same architecture over 128-bin fbank patches (AST/AuM: 10 s = 1024 frames = 8x64 patches)."""
     cfg.modalities, cfg.num_classes = ("audio",), num_classes
@@ -88,6 +113,8 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "vim-tiny": vim_tiny,
     "vim-small": vim_small,
     "vrwkv-tiny": vrwkv_tiny,
+    "vim-tiny-hybrid": vim_tiny_hybrid,
+    "vrwkv-tiny-hybrid": vrwkv_tiny_hybrid,
     "vir-tiny": vir_tiny,
     "deit-tiny": deit_tiny,
     "deit-tiny-eager": lambda: deit_tiny("eager"),

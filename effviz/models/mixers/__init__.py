@@ -9,15 +9,17 @@ from ..layers import Mlp
 
 
 def build_mixer(cfg: ModelConfig, layer_idx: int) -> nn.Module:
-    if cfg.mixer == "mamba":
+    """The token mixer of block ``layer_idx``: the config's mixer, or its schedule's for a hybrid."""
+    kind = cfg.block_mixers()[layer_idx]
+    if kind == "mamba":
         from .mamba import BiMamba
 
         return BiMamba(cfg.embed_dim, cfg.d_state, cfg.expand, cfg.d_conv)
-    if cfg.mixer == "rwkv":
+    if kind == "rwkv":
         from .rwkv import SpatialMix
 
         return SpatialMix(cfg.embed_dim, layer_idx, cfg.depth)
-    if cfg.mixer == "retention":
+    if kind == "retention":
         from .retention import MultiScaleRetention
 
         return MultiScaleRetention(cfg.embed_dim, cfg.num_heads)
