@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TOKEN_MIXERS = ("mamba", "rwkv", "retention", "attention")
+TOKEN_MIXERS = ("mamba", "rwkv", "retention", "attention", "window_attention")
 CHANNEL_MIXERS = ("mlp", "rwkv", None)
 
 
@@ -12,7 +12,8 @@ class ModelConfig:
     """Architecture of an effviz model; saved as config.json beside model.safetensors.
 
     Token mixers: "mamba" (Vim's bidirectional Mamba, v2), "rwkv" (Vision-RWKV spatial mix),
-    "retention" (RetNet retention, ViR), "attention" (softmax attention, DeiT/AST).
+    "retention" (RetNet retention, ViR), "attention" (softmax attention, DeiT/AST),
+    "window_attention" (softmax attention within a sliding window, a sparse-attention baseline).
 
     A hybrid names each block's token mixer in ``mixer_schedule`` (MambaVision: Mamba blocks, then
     attention in the last ones). ``mixer`` is then the model's main mixer, the one it is compared
@@ -67,6 +68,8 @@ class ModelConfig:
     # Mixer details.
     num_heads: int = 3
     attn_impl: str = "sdpa"  # "sdpa" (fused) or "eager" (materialised attention matrix)
+    # window_attention: each token attends to the tokens at most this many positions away.
+    window_radius: int = 32
     d_state: int = 16
     expand: int = 2
     d_conv: int = 4
@@ -99,6 +102,8 @@ class ModelConfig:
             raise ValueError(f"the main mixer {self.mixer!r} is not in mixer_schedule {self.mixer_schedule}")
         if self.channel_mixer not in CHANNEL_MIXERS:
             raise ValueError(f"unknown channel mixer {self.channel_mixer!r}")
+        if "window_attention" in self.block_mixers() and self.window_radius < 1:
+            raise ValueError(f"window_radius must be at least 1, got {self.window_radius}")
         if self.cls_token not in ("first", "middle", "last", None):
             raise ValueError(f"unknown cls_token position {self.cls_token!r}")
         if self.dist_token and self.cls_token != "first":

@@ -61,6 +61,15 @@ def deit_tiny(attn_impl: str = "sdpa") -> ModelConfig:
                        norm="layer", norm_eps=1e-6, cls_token="first", channel_mixer="mlp")
 
 
+def deit_tiny_window() -> ModelConfig:
+    """DeiT-Ti with sliding-window attention of radius 32 (65 patches; at 224 px, 14 patches a
+    row, about two rows either side) and a global class token: the sparse-attention baseline,
+    linear in the token count like the efficient mixers."""
+    cfg = deit_tiny()
+    cfg.mixer, cfg.window_radius = "window_attention", 32
+    return cfg
+
+
 def deit_small() -> ModelConfig:
     """DeiT-S (facebook/deit-small-patch16-224): D=384, depth 12, 6 heads."""
     cfg = deit_tiny()
@@ -118,6 +127,7 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "vir-tiny": vir_tiny,
     "deit-tiny": deit_tiny,
     "deit-tiny-eager": lambda: deit_tiny("eager"),
+    "deit-tiny-window": deit_tiny_window,
     "deit-small": deit_small,
     "aum-tiny": lambda: _audio(vim_tiny()),
     "audio-rwkv-tiny": lambda: _audio(vrwkv_tiny()),

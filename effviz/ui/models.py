@@ -81,6 +81,7 @@ def _paper(cfg: ModelConfig) -> str:
     if cfg.mixer_schedule:
         return "Hatamizadeh & Kautz, MambaVision, arXiv:2407.08083 (its Mamba-then-attention pattern)"
     return {
+        "window_attention": "Beltagy et al., Longformer, arXiv:2004.05150 (its sliding window, over patches)",
         "retention": "Hatamizadeh et al., ViR, arXiv:2310.19731 (no code or weights released)",
         "mamba": "Erol et al., Audio Mamba, 2024",
         "rwkv": "Vision-RWKV's backbone over spectrogram patches",

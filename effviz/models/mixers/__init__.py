@@ -23,6 +23,10 @@ def build_mixer(cfg: ModelConfig, layer_idx: int) -> nn.Module:
         from .retention import MultiScaleRetention
 
         return MultiScaleRetention(cfg.embed_dim, cfg.num_heads)
+    if kind == "window_attention":
+        from .window_attention import WindowAttention
+
+        return WindowAttention(cfg.embed_dim, cfg.num_heads, cfg.window_radius)
     from .attention import Attention
 
     return Attention(cfg.embed_dim, cfg.num_heads, cfg.attn_impl)
