@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TOKEN_MIXERS = ("mamba", "rwkv", "retention", "attention", "window_attention")
-CHANNEL_MIXERS = ("mlp", "rwkv", None)
+CHANNEL_MIXERS = ("mlp", "rwkv", "moe", None)
 
 
 @dataclass
@@ -62,9 +62,17 @@ class ModelConfig:
     norm: str = "layer"  # "layer" or "rms"
     norm_eps: float = 1e-6
     input_norm: bool = False  # Vision-RWKV normalises the embeddings before the first block (ln0)
-    # Channel mixer after every token mixer: "mlp" (transformers, ViR), "rwkv" (VRWKV), None (Vim).
+    # Channel mixer after every token mixer: "mlp" (transformers, ViR), "rwkv" (VRWKV), "moe"
+    # (a top-k mixture of MLP experts, V-MoE), None (Vim).
     channel_mixer: str | None = "mlp"
     mlp_ratio: float = 4.0
+    # Mixture of experts ("moe"): experts per block, experts each token goes to, and how many
+    # tokens one expert takes per forward: capacity_factor * tokens * top_k / experts, rounded up.
+    moe_experts: int = 8
+    moe_top_k: int = 2
+    moe_capacity_factor: float = 1.25
+    # Weight of each MoE block's load-balancing loss in EffvizModel.auxiliary_loss() (Switch's 0.01).
+    moe_balance_weight: float = 0.01
     # Mixer details.
     num_heads: int = 3
     attn_impl: str = "sdpa"  # "sdpa" (fused) or "eager" (materialised attention matrix)
@@ -102,6 +110,10 @@ class ModelConfig:
             raise ValueError(f"the main mixer {self.mixer!r} is not in mixer_schedule {self.mixer_schedule}")
         if self.channel_mixer not in CHANNEL_MIXERS:
             raise ValueError(f"unknown channel mixer {self.channel_mixer!r}")
+        if self.channel_mixer == "moe" and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ValueError(f"moe_top_k must be between 1 and moe_experts ({self.moe_experts}), got {self.moe_top_k}")
+        if self.channel_mixer == "moe" and self.moe_capacity_factor <= 0:
+            raise ValueError(f"moe_capacity_factor must be positive, got {self.moe_capacity_factor}")
         if "window_attention" in self.block_mixers() and self.window_radius < 1:
             raise ValueError(f"window_radius must be at least 1, got {self.window_radius}")
         if self.cls_token not in ("first", "middle", "last", None):

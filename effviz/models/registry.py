@@ -70,6 +70,17 @@ def deit_tiny_window() -> ModelConfig:
     return cfg
 
 
+def moe(cfg: ModelConfig, experts: int = 8, top_k: int = 2) -> ModelConfig:
+    """An architecture with its MLPs replaced by top-k mixtures of MLP experts of the same size.
+    V-MoE (arXiv:2106.05974) routes each token to 2 of 8 or 32 experts in every other block; here
+    every block has experts, so that one field says what a model is. Each token costs the router
+    plus ``top_k`` MLPs; the weights are ``experts`` MLPs per block."""
+    if cfg.channel_mixer != "mlp":
+        raise ValueError(f"experts replace an MLP channel mixer, and this architecture has {cfg.channel_mixer!r}")
+    cfg.channel_mixer, cfg.moe_experts, cfg.moe_top_k = "moe", experts, top_k
+    return cfg
+
+
 def deit_small() -> ModelConfig:
     """DeiT-S (facebook/deit-small-patch16-224): D=384, depth 12, 6 heads."""
     cfg = deit_tiny()
@@ -128,6 +139,8 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "deit-tiny": deit_tiny,
     "deit-tiny-eager": lambda: deit_tiny("eager"),
     "deit-tiny-window": deit_tiny_window,
+    "deit-tiny-moe": lambda: moe(deit_tiny()),
+    "vir-tiny-moe": lambda: moe(vir_tiny()),
     "deit-small": deit_small,
     "aum-tiny": lambda: _audio(vim_tiny()),
     "audio-rwkv-tiny": lambda: _audio(vrwkv_tiny()),

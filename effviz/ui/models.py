@@ -68,18 +68,23 @@ def architectures_table() -> pd.DataFrame:
 
 
 def _mixers_text(cfg: ModelConfig) -> str:
-    """The token mixers in block order, runs counted: "mamba x18, attention (sdpa) x6" for a hybrid."""
+    """The token mixers in block order, runs counted ("mamba x18, attention (sdpa) x6" for a
+    hybrid), and the experts of a mixture-of-experts model."""
     runs = [(mixer, len(list(blocks))) for mixer, blocks in itertools.groupby(cfg.block_mixers())]
-    names = [mixer + (f" ({cfg.attn_impl})" if mixer == "attention" else "") for mixer, _ in runs]
-    if len(runs) == 1:
-        return names[0]
-    return ", ".join(f"{name} x{count}" for name, (_, count) in zip(names, runs))
+    details = {"attention": f" ({cfg.attn_impl})", "window_attention": f" (radius {cfg.window_radius})"}
+    names = [mixer + details.get(mixer, "") for mixer, _ in runs]
+    text = names[0] if len(runs) == 1 else ", ".join(f"{name} x{count}" for name, (_, count) in zip(names, runs))
+    if cfg.channel_mixer == "moe":
+        text += f"; MLP experts: {cfg.moe_top_k} of {cfg.moe_experts} per token"
+    return text
 
 
 def _paper(cfg: ModelConfig) -> str:
     """The paper an architecture without published weights follows."""
     if cfg.mixer_schedule:
         return "Hatamizadeh & Kautz, MambaVision, arXiv:2407.08083 (its Mamba-then-attention pattern)"
+    if cfg.channel_mixer == "moe":
+        return "Riquelme et al., V-MoE, arXiv:2106.05974 (its top-k routed MLP experts)"
     return {
         "window_attention": "Beltagy et al., Longformer, arXiv:2004.05150 (its sliding window, over patches)",
         "retention": "Hatamizadeh et al., ViR, arXiv:2310.19731 (no code or weights released)",

@@ -36,6 +36,11 @@ def build_channel_mixer(cfg: ModelConfig, layer_idx: int) -> nn.Module | None:
     hidden = int(cfg.embed_dim * cfg.mlp_ratio)
     if cfg.channel_mixer == "mlp":
         return Mlp(cfg.embed_dim, hidden)
+    if cfg.channel_mixer == "moe":
+        from .moe import MoeMlp
+
+        return MoeMlp(cfg.embed_dim, hidden, cfg.moe_experts, cfg.moe_top_k, cfg.moe_capacity_factor,
+                      cfg.moe_balance_weight)
     if cfg.channel_mixer == "rwkv":
         from .rwkv import ChannelMix
 
