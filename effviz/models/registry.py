@@ -70,11 +70,11 @@ def deit_tiny_window() -> ModelConfig:
     return cfg
 
 
-def moe(cfg: ModelConfig, experts: int = 8, top_k: int = 2) -> ModelConfig:
+def _moe(cfg: ModelConfig, experts: int = 8, top_k: int = 2) -> ModelConfig:
     """An architecture with its MLPs replaced by top-k mixtures of MLP experts of the same size.
     V-MoE (arXiv:2106.05974) routes each token to 2 of 8 or 32 experts in every other block; here
-    every block has experts, so that one field says what a model is. Each token costs the router
-    plus ``top_k`` MLPs; the weights are ``experts`` MLPs per block."""
+    every block has experts, since a config has one channel mixer for all blocks. Each token
+    costs the router plus ``top_k`` MLPs; the weights are ``experts`` MLPs per block."""
     if cfg.channel_mixer != "mlp":
         raise ValueError(f"experts replace an MLP channel mixer, and this architecture has {cfg.channel_mixer!r}")
     cfg.channel_mixer, cfg.moe_experts, cfg.moe_top_k = "moe", experts, top_k
@@ -97,9 +97,9 @@ def tail_schedule(body: str, tail: str, depth: int, tail_blocks: int) -> tuple[s
 
 def vim_tiny_hybrid() -> ModelConfig:
     """Vim-Ti with attention in its last quarter (blocks 19-24), as MambaVision (Hatamizadeh & Kautz,
-    arXiv 2407.08083) puts self-attention after its Mamba blocks: the late attention restores
-    global, content-based mixing that the scans only approximate. Like Vim, no channel mixer;
-    attention has 3 heads, DeiT-Ti's."""
+    arXiv 2407.08083) puts self-attention after its Mamba blocks, where its ablations found it
+    best at recovering long-range spatial dependencies. Like Vim, no channel mixer; attention has
+    3 heads, DeiT-Ti's."""
     cfg = vim_tiny()
     cfg.mixer_schedule = tail_schedule("mamba", "attention", cfg.depth, cfg.depth // 4)
     return cfg
@@ -139,8 +139,8 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "deit-tiny": deit_tiny,
     "deit-tiny-eager": lambda: deit_tiny("eager"),
     "deit-tiny-window": deit_tiny_window,
-    "deit-tiny-moe": lambda: moe(deit_tiny()),
-    "vir-tiny-moe": lambda: moe(vir_tiny()),
+    "deit-tiny-moe": lambda: _moe(deit_tiny()),
+    "vir-tiny-moe": lambda: _moe(vir_tiny()),
     "deit-small": deit_small,
     "aum-tiny": lambda: _audio(vim_tiny()),
     "audio-rwkv-tiny": lambda: _audio(vrwkv_tiny()),
