@@ -5,7 +5,8 @@ is exactly a matrix product ``y = M v`` per head (or per channel); everything el
 acts on one token at a time. The functions below rebuild M from the ops' definitions, with the
 mixer's own parameters and projections, and compute the mixer's output through it:
 
-- attention (DeiT, AST), per head h:  M[i, j] = softmax_j(q_i·k_j / √d), y = M v.
+- attention (DeiT, AST), per head h:  M[i, j] = softmax_j(q_i·k_j / √d), y = M v; with a sliding
+  window the softmax runs over the keys in the window (and the class token) only, M is 0 elsewhere.
 - retention (ViR), per head h:        M[n, m] = γ_h^(n−m) q_n·k_m for m ≤ n, else 0 (k already
   scaled by d^−½); the GroupNorm, SiLU gate and out_proj act after it, per token.
 - Bi-WKV (Vision-RWKV), per channel:  M[t, i] = softmax_i(−(|t−i|−1)·w + k_i), with u + k_t on
@@ -60,6 +61,7 @@ from .models.mixers.attention import Attention
 from .models.mixers.mamba import BiMamba, MambaBranch, channel_major_linear
 from .models.mixers.retention import MultiScaleRetention
 from .models.mixers.rwkv import SpatialMix
+from .models.mixers.window_attention import WindowAttention
 
 # Default memory a whole-model inspection may take, in bytes; $EFFVIZ_MAX_INSPECT_BYTES changes it.
 MAX_BYTES = int(api.limit_from_env("EFFVIZ_MAX_INSPECT_BYTES", 2 * 2**30))
@@ -92,10 +94,14 @@ class Mixing:
 # ---- one mixer ----------------------------------------------------------------------------------
 
 
-def attention_mixing(mixer: Attention, x: torch.Tensor) -> Mixing:
-    """M[h] = softmax(q kᵀ / √d) per head; output = proj(M v)."""
+def attention_mixing(mixer: Attention, x: torch.Tensor, allowed: torch.Tensor | None = None) -> Mixing:
+    """M[h] = softmax(q kᵀ / √d) per head, over the ``allowed`` (L, L) keys only if given (a
+    sliding window); output = proj(M v)."""
     q, k, v = mixer.heads(x)
-    matrix = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1)[0]
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed.to(x.device), float("-inf"))
+    matrix = scores.softmax(dim=-1)[0]
     return Mixing("attention", {"mixing": matrix}, mixer.merge((matrix @ v[0])[None]))
 
 
@@ -174,6 +180,8 @@ def mixing(mixer: torch.nn.Module, x: torch.Tensor, layout: TokenLayout) -> Mixi
     """The token mixing of any effviz mixer on x (1, L, dim) with the sequence's layout."""
     if x.dim() != 3 or x.shape[0] != 1:
         raise ValueError(f"the mixing matrices are computed for one input at a time: x must be (1, L, dim), got {tuple(x.shape)}")
+    if isinstance(mixer, WindowAttention):
+        return attention_mixing(mixer, x, mixer.allowed(x.shape[1], layout.cls_index))
     if isinstance(mixer, Attention):
         return attention_mixing(mixer, x)
     if isinstance(mixer, MultiScaleRetention):
@@ -188,11 +196,11 @@ def mixing(mixer: torch.nn.Module, x: torch.Tensor, layout: TokenLayout) -> Mixi
 # ---- memory ---------------------------------------------------------------------------------------
 
 
-def matrices_per_layer(cfg: ModelConfig) -> int:
-    """How many (L, L) matrices one layer holds: one per head, per channel (RWKV), or per inner
-    channel and branch (Mamba)."""
-    return {"attention": cfg.num_heads, "retention": cfg.num_heads, "rwkv": cfg.embed_dim,
-            "mamba": 2 * cfg.expand * cfg.embed_dim}[cfg.mixer]
+def matrices_per_layer(cfg: ModelConfig, mixer: str) -> int:
+    """How many (L, L) matrices one layer of ``mixer`` holds: one per head, per channel (RWKV), or
+    per inner channel and branch (Mamba)."""
+    return {"attention": cfg.num_heads, "window_attention": cfg.num_heads, "retention": cfg.num_heads,
+            "rwkv": cfg.embed_dim, "mamba": 2 * cfg.expand * cfg.embed_dim}[mixer]
 
 
 def estimate_bytes(cfg: ModelConfig, tokens: int, itemsize: int = 4) -> int:
@@ -203,8 +211,9 @@ def estimate_bytes(cfg: ModelConfig, tokens: int, itemsize: int = 4) -> int:
     retention and RWKV peaked at 6-8 matrix-sized copies, Mamba before its per-state sum was
     checkpointed at 2.7 per state (less since). A few hundred MB of fixed overhead (libraries,
     thread pools) come on top and are not counted."""
-    copies = 3 * cfg.d_state + 4 if cfg.mixer == "mamba" else 10
-    return cfg.depth * matrices_per_layer(cfg) * tokens**2 * itemsize * copies
+    copies = sum(matrices_per_layer(cfg, mixer) * (3 * cfg.d_state + 4 if mixer == "mamba" else 10)
+                 for mixer in cfg.block_mixers())
+    return copies * tokens**2 * itemsize
 
 
 def check_memory(cfg: ModelConfig, tokens: int, itemsize: int, max_bytes: int) -> None:
@@ -213,9 +222,9 @@ def check_memory(cfg: ModelConfig, tokens: int, itemsize: int, max_bytes: int) -
     if need > max_bytes:
         raise ValueError(
             f"inspecting this input would need about {need / 2**30:.2f} GiB ({tokens} tokens: "
-            f"{cfg.depth} layers x {matrices_per_layer(cfg)} matrices of {tokens}x{tokens}), above the "
-            f"limit of {max_bytes / 2**30:.2f} GiB; use a smaller input (fewer tokens) or raise the limit "
-            "(max_bytes, or $EFFVIZ_MAX_INSPECT_BYTES)"
+            f"{sum(matrices_per_layer(cfg, m) for m in cfg.block_mixers())} matrices of {tokens}x{tokens} in "
+            f"{cfg.depth} layers), above the limit of {max_bytes / 2**30:.2f} GiB; use a smaller input (fewer "
+            "tokens) or raise the limit (max_bytes, or $EFFVIZ_MAX_INSPECT_BYTES)"
         )
 
 

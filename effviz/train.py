@@ -456,7 +456,7 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
             logits = model(**inputs)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + model.auxiliary_loss()).backward()  # the MoE balance losses; 0 without experts
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             seen += len(y)

@@ -19,7 +19,7 @@ from effviz.ui.examples import ASSETS_DIR, save_photos
 
 SMALL = dict(embed_dim=48, depth=2, num_classes=10)
 # One random-model architecture per mixer, with attention in both implementations.
-RANDOM_ARCHS = ["deit-tiny", "deit-tiny-eager", "vir-tiny", "vrwkv-tiny", "vim-tiny"]
+RANDOM_ARCHS = ["deit-tiny", "deit-tiny-eager", "deit-tiny-window", "vir-tiny", "vrwkv-tiny", "vim-tiny"]
 CIFAR_MODELS = ["deit-cifar", "vir-cifar", "vrwkv-cifar", "vim-cifar"]
 EXACT = 1e-6  # relative error, fp64
 

@@ -69,8 +69,9 @@ MIB = 2**20
 # Memory estimate of a point (see estimate_memory_mib). Peak activation memory of one inference
 # forward, in 4-byte values per token and embedding channel. Measured with the memory child
 # (fp32, batch 1, 1 thread, Ti-sized models at 448 and 896 px): DeiT-Ti (SDPA) 12, Vim-Ti 22,
-# VRWKV-Ti 13, ViR-Ti 16; set about 1.4x higher for per-thread buffers and allocator slack.
-ACTIVATION_VALUES = {"attention": 16, "mamba": 32, "rwkv": 20, "retention": 24}
+# VRWKV-Ti 13, ViR-Ti 16, DeiT-Ti with radius-32 window attention 23; set about 1.4x higher for
+# per-thread buffers and allocator slack.
+ACTIVATION_VALUES = {"attention": 16, "mamba": 32, "rwkv": 20, "retention": 24, "window_attention": 32}
 # Eager attention also holds (heads, L, L) scores: 1.9-2.1 copies measured at 896-1248 px.
 EAGER_SCORE_COPIES = 2.5
 # A child's own footprint before any model: Python + torch + effviz are about 520 MiB resident
@@ -287,8 +288,10 @@ def estimate_memory_mib(model_id: str, axis: str, x: float, batch: int = 1, dtyp
     item = DTYPES[dtype].itemsize
     length = point.tokens
     total = parameter_count(model_id) * item
-    total += ACTIVATION_VALUES[cfg.mixer] * batch * length * cfg.embed_dim * 4
-    if cfg.mixer == "attention" and cfg.attn_impl == "eager":
+    # One block's activations are alive at a time: a hybrid peaks in its costliest kind of block.
+    mixers = set(cfg.block_mixers())
+    total += max(ACTIVATION_VALUES[m] for m in mixers) * batch * length * cfg.embed_dim * 4
+    if "attention" in mixers and cfg.attn_impl == "eager":
         total += EAGER_SCORE_COPIES * batch * cfg.num_heads * length**2 * item
     # Image stem: each full-resolution conv + GELU holds 2 x stem_channels values per pixel; the
     # stride-2 conv + GELU holds 2 x 2*stem_channels at 1/4 of the pixels.

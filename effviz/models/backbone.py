@@ -12,6 +12,7 @@ from torch import nn
 from .config import ModelConfig
 from .layers import AddNorm, PatchTokenizer, TokenLayout
 from .mixers import build_channel_mixer, build_mixer
+from .mixers.moe import MoeMlp
 
 
 class Block(nn.Module):
@@ -120,6 +121,14 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
         if self.config.dist_token:  # AST: the mean of the class and distillation tokens
             return (h[:, 0] + h[:, 1]) / 2
         return h[:, layout.cls_index] if layout.cls_index is not None else h.mean(dim=1)
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """What the last forward asks training to add to the task loss: the sum of the MoE blocks'
+        load-balancing losses; zero for a model without experts."""
+        losses = [block.ffn.balance_loss for block in self.blocks if isinstance(block.ffn, MoeMlp)]
+        if any(loss is None for loss in losses):
+            raise RuntimeError("auxiliary_loss() is set by a forward pass; run the model first")
+        return torch.stack(losses).sum() if losses else torch.zeros((), device=self.head.weight.device)
 
     def forward(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> torch.Tensor:
         features = self.forward_features(image, audio)

@@ -3,16 +3,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+TOKEN_MIXERS = ("mamba", "rwkv", "retention", "attention", "window_attention")
+CHANNEL_MIXERS = ("mlp", "rwkv", "moe", None)
+
 
 @dataclass
 class ModelConfig:
     """Architecture of an effviz model; saved as config.json beside model.safetensors.
 
     Token mixers: "mamba" (Vim's bidirectional Mamba, v2), "rwkv" (Vision-RWKV spatial mix),
-    "retention" (RetNet retention, ViR), "attention" (softmax attention, DeiT/AST).
+    "retention" (RetNet retention, ViR), "attention" (softmax attention, DeiT/AST),
+    "window_attention" (softmax attention within a sliding window, a sparse-attention baseline).
+
+    A hybrid names each block's token mixer in ``mixer_schedule`` (MambaVision: Mamba blocks, then
+    attention in the last ones). ``mixer`` is then the model's main mixer, the one it is compared
+    as (sweeps set efficient mixers against attention baselines), and must appear in the schedule.
     """
 
     mixer: str
+    # One token mixer per block, block 0 first; empty: every block uses ``mixer``.
+    mixer_schedule: tuple[str, ...] = ()
     embed_dim: int = 192
     depth: int = 12
     num_classes: int = 1000
@@ -52,12 +62,22 @@ class ModelConfig:
     norm: str = "layer"  # "layer" or "rms"
     norm_eps: float = 1e-6
     input_norm: bool = False  # Vision-RWKV normalises the embeddings before the first block (ln0)
-    # Channel mixer after every token mixer: "mlp" (transformers, ViR), "rwkv" (VRWKV), None (Vim).
+    # Channel mixer after every token mixer: "mlp" (transformers, ViR), "rwkv" (VRWKV), "moe"
+    # (a top-k mixture of MLP experts, V-MoE), None (Vim).
     channel_mixer: str | None = "mlp"
     mlp_ratio: float = 4.0
+    # Mixture of experts ("moe"): experts per block, experts each token goes to, and how many
+    # tokens one expert takes per forward: capacity_factor * tokens * top_k / experts, rounded up.
+    moe_experts: int = 8
+    moe_top_k: int = 2
+    moe_capacity_factor: float = 1.25
+    # Weight of each MoE block's load-balancing loss in EffvizModel.auxiliary_loss() (Switch's 0.01).
+    moe_balance_weight: float = 0.01
     # Mixer details.
     num_heads: int = 3
     attn_impl: str = "sdpa"  # "sdpa" (fused) or "eager" (materialised attention matrix)
+    # window_attention: each token attends to the tokens at most this many positions away.
+    window_radius: int = 32
     d_state: int = 16
     expand: int = 2
     d_conv: int = 4
@@ -78,13 +98,31 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; restore them so configs compare equal after a round trip.
-        for name in ("modalities", "grid_size", "audio_grid_size", "image_size", "image_mean", "image_std"):
+        for name in ("mixer_schedule", "modalities", "grid_size", "audio_grid_size", "image_size", "image_mean",
+                     "image_std"):
             setattr(self, name, tuple(getattr(self, name)))
-        if self.mixer not in ("mamba", "rwkv", "retention", "attention"):
-            raise ValueError(f"unknown mixer {self.mixer!r}")
+        for mixer in (self.mixer, *self.mixer_schedule):
+            if mixer not in TOKEN_MIXERS:
+                raise ValueError(f"unknown mixer {mixer!r}; known: {', '.join(TOKEN_MIXERS)}")
+        if self.mixer_schedule and len(self.mixer_schedule) != self.depth:
+            raise ValueError(f"mixer_schedule names {len(self.mixer_schedule)} blocks, but depth is {self.depth}")
+        if self.mixer_schedule and self.mixer not in self.mixer_schedule:
+            raise ValueError(f"the main mixer {self.mixer!r} is not in mixer_schedule {self.mixer_schedule}")
+        if self.channel_mixer not in CHANNEL_MIXERS:
+            raise ValueError(f"unknown channel mixer {self.channel_mixer!r}")
+        if self.channel_mixer == "moe" and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ValueError(f"moe_top_k must be between 1 and moe_experts ({self.moe_experts}), got {self.moe_top_k}")
+        if self.channel_mixer == "moe" and self.moe_capacity_factor <= 0:
+            raise ValueError(f"moe_capacity_factor must be positive, got {self.moe_capacity_factor}")
+        if "window_attention" in self.block_mixers() and self.window_radius < 1:
+            raise ValueError(f"window_radius must be at least 1, got {self.window_radius}")
         if self.cls_token not in ("first", "middle", "last", None):
             raise ValueError(f"unknown cls_token position {self.cls_token!r}")
         if self.dist_token and self.cls_token != "first":
             raise ValueError("a distillation token follows a class token in first position (cls_token='first')")
         if self.labels and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+
+    def block_mixers(self) -> tuple[str, ...]:
+        """The token mixer of every block, block 0 first."""
+        return self.mixer_schedule or (self.mixer,) * self.depth

@@ -61,10 +61,55 @@ def deit_tiny(attn_impl: str = "sdpa") -> ModelConfig:
                        norm="layer", norm_eps=1e-6, cls_token="first", channel_mixer="mlp")
 
 
+def deit_tiny_window() -> ModelConfig:
+    """DeiT-Ti with sliding-window attention of radius 32 (65 patches; at 224 px, 14 patches a
+    row, about two rows either side) and a global class token: the sparse-attention baseline,
+    linear in the token count like the efficient mixers."""
+    cfg = deit_tiny()
+    cfg.mixer, cfg.window_radius = "window_attention", 32
+    return cfg
+
+
+def _moe(cfg: ModelConfig, experts: int = 8, top_k: int = 2) -> ModelConfig:
+    """An architecture with its MLPs replaced by top-k mixtures of MLP experts of the same size.
+    V-MoE (arXiv:2106.05974) routes each token to 2 of 8 or 32 experts in every other block; here
+    every block has experts, since a config has one channel mixer for all blocks. Each token
+    costs the router plus ``top_k`` MLPs; the weights are ``experts`` MLPs per block."""
+    if cfg.channel_mixer != "mlp":
+        raise ValueError(f"experts replace an MLP channel mixer, and this architecture has {cfg.channel_mixer!r}")
+    cfg.channel_mixer, cfg.moe_experts, cfg.moe_top_k = "moe", experts, top_k
+    return cfg
+
+
 def deit_small() -> ModelConfig:
     """DeiT-S (facebook/deit-small-patch16-224): D=384, depth 12, 6 heads."""
     cfg = deit_tiny()
     cfg.embed_dim, cfg.num_heads = 384, 6
+    return cfg
+
+
+def tail_schedule(body: str, tail: str, depth: int, tail_blocks: int) -> tuple[str, ...]:
+    """A hybrid's mixer schedule: ``body`` in the first blocks, ``tail`` in the last ``tail_blocks``."""
+    if not 0 < tail_blocks < depth:
+        raise ValueError(f"a hybrid needs 1 to {depth - 1} tail blocks of {depth}, got {tail_blocks}")
+    return (body,) * (depth - tail_blocks) + (tail,) * tail_blocks
+
+
+def vim_tiny_hybrid() -> ModelConfig:
+    """Vim-Ti with attention in its last quarter (blocks 19-24), as MambaVision (Hatamizadeh & Kautz,
+    arXiv 2407.08083) puts self-attention after its Mamba blocks, where its ablations found it
+    best at recovering long-range spatial dependencies. Like Vim, no channel mixer; attention has
+    3 heads, DeiT-Ti's."""
+    cfg = vim_tiny()
+    cfg.mixer_schedule = tail_schedule("mamba", "attention", cfg.depth, cfg.depth // 4)
+    return cfg
+
+
+def vrwkv_tiny_hybrid() -> ModelConfig:
+    """VRWKV-T with attention in its last quarter (blocks 10-12), every block keeping VRWKV's
+    channel mix: what one cheap stage of full attention adds to a linear-time model."""
+    cfg = vrwkv_tiny()
+    cfg.mixer_schedule = tail_schedule("rwkv", "attention", cfg.depth, cfg.depth // 4)
     return cfg
 
 
@@ -88,9 +133,14 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "vim-tiny": vim_tiny,
     "vim-small": vim_small,
     "vrwkv-tiny": vrwkv_tiny,
+    "vim-tiny-hybrid": vim_tiny_hybrid,
+    "vrwkv-tiny-hybrid": vrwkv_tiny_hybrid,
     "vir-tiny": vir_tiny,
     "deit-tiny": deit_tiny,
     "deit-tiny-eager": lambda: deit_tiny("eager"),
+    "deit-tiny-window": deit_tiny_window,
+    "deit-tiny-moe": lambda: _moe(deit_tiny()),
+    "vir-tiny-moe": lambda: _moe(vir_tiny()),
     "deit-small": deit_small,
     "aum-tiny": lambda: _audio(vim_tiny()),
     "audio-rwkv-tiny": lambda: _audio(vrwkv_tiny()),

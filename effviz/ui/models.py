@@ -11,6 +11,7 @@ existing one. Server paths are for the command line only (``python -m effviz imp
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 from typing import Any
@@ -21,7 +22,7 @@ import pandas as pd
 from .. import api
 from ..bench.sweep import parameter_count
 from ..convert import OFFICIAL, import_checkpoint
-from ..models import registry
+from ..models import ModelConfig, registry
 from ..models.registry import ARCHITECTURES, architecture_config
 from ..models.releases import RELEASES
 from . import announce_downloads, reports_bad_input
@@ -58,21 +59,40 @@ def architectures_table() -> pd.DataFrame:
         cfg = architecture_config(arch)
         release = OFFICIAL.get(arch)
         rows.append([
-            arch, cfg.mixer + (f" ({cfg.attn_impl})" if cfg.mixer == "attention" else ""),
+            arch, _mixers_text(cfg),
             " + ".join(cfg.modalities), cfg.depth, cfg.embed_dim, f"{parameter_count(arch) / 1e6:.2f} M",
             (release.repo_id or "local file only") if release else "none published", release.top1 if release else "—",
-            release.paper if release else _paper(cfg.mixer),
+            release.paper if release else _paper(cfg),
         ])
     return pd.DataFrame(rows, columns=ARCH_COLUMNS)
 
 
-def _paper(mixer: str) -> str:
+def _mixers_text(cfg: ModelConfig) -> str:
+    """The token mixers in block order, runs counted ("mamba x18, attention (sdpa) x6" for a
+    hybrid), and the experts of a mixture-of-experts model."""
+    runs = [(mixer, len(list(blocks))) for mixer, blocks in itertools.groupby(cfg.block_mixers())]
+    details = {"attention": f" ({cfg.attn_impl})", "window_attention": f" (radius {cfg.window_radius})"}
+    names = [mixer + details.get(mixer, "") for mixer, _ in runs]
+    text = names[0] if len(runs) == 1 else ", ".join(f"{name} x{count}" for name, (_, count) in zip(names, runs))
+    if cfg.channel_mixer == "moe":
+        text += f"; MLP experts: {cfg.moe_top_k} of {cfg.moe_experts} per token"
+    return text
+
+
+def _paper(cfg: ModelConfig) -> str:
+    """The paper an architecture without published weights follows."""
+    if cfg.mixer_schedule:
+        return "Hatamizadeh & Kautz, MambaVision, arXiv:2407.08083 (its Mamba-then-attention pattern)"
+    if cfg.channel_mixer == "moe":
+        return "Riquelme et al., V-MoE, arXiv:2106.05974 (its top-k routed MLP experts)"
     return {
+        "window_attention": "Beltagy et al., Longformer, arXiv:2004.05150 (its sliding window, over patches)",
         "retention": "Hatamizadeh et al., ViR, arXiv:2310.19731 (no code or weights released)",
         "mamba": "Erol et al., Audio Mamba, 2024",
         "rwkv": "Vision-RWKV's backbone over spectrogram patches",
-        "attention": "Gong et al., AST, Interspeech 2021",
-    }[mixer]
+        "attention": "Gong et al., AST, Interspeech 2021" if "audio" in cfg.modalities
+        else "Touvron et al., ICML 2021, arXiv:2012.12877",
+    }[cfg.mixer]
 
 
 def allowed_repos() -> dict[str, str]:

@@ -26,9 +26,15 @@ IMAGE_ARCHS = [a for a in ARCHITECTURES if "image" in ARCHITECTURES[a]().modalit
 AUDIO_ARCHS = [a for a in ARCHITECTURES if "audio" in ARCHITECTURES[a]().modalities]
 
 
+def small_overrides(arch: str) -> dict:
+    """SMALL, with a hybrid's schedule cut to its first and last block's mixers (one of each kind)."""
+    schedule = ARCHITECTURES[arch]().mixer_schedule
+    return {**SMALL, "mixer_schedule": (schedule[0], schedule[-1])} if schedule else SMALL
+
+
 def small_model(arch: str) -> EffvizModel:
     torch.manual_seed(0)
-    return create_model(arch, **SMALL).eval()
+    return create_model(arch, **small_overrides(arch)).eval()
 
 
 def small_input(arch: str, batch: int = 2) -> dict[str, torch.Tensor]:

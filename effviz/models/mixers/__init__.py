@@ -9,18 +9,24 @@ from ..layers import Mlp
 
 
 def build_mixer(cfg: ModelConfig, layer_idx: int) -> nn.Module:
-    if cfg.mixer == "mamba":
+    """The token mixer of block ``layer_idx``: the config's mixer, or its schedule's for a hybrid."""
+    kind = cfg.block_mixers()[layer_idx]
+    if kind == "mamba":
         from .mamba import BiMamba
 
         return BiMamba(cfg.embed_dim, cfg.d_state, cfg.expand, cfg.d_conv)
-    if cfg.mixer == "rwkv":
+    if kind == "rwkv":
         from .rwkv import SpatialMix
 
         return SpatialMix(cfg.embed_dim, layer_idx, cfg.depth)
-    if cfg.mixer == "retention":
+    if kind == "retention":
         from .retention import MultiScaleRetention
 
         return MultiScaleRetention(cfg.embed_dim, cfg.num_heads)
+    if kind == "window_attention":
+        from .window_attention import WindowAttention
+
+        return WindowAttention(cfg.embed_dim, cfg.num_heads, cfg.window_radius)
     from .attention import Attention
 
     return Attention(cfg.embed_dim, cfg.num_heads, cfg.attn_impl)
@@ -30,6 +36,11 @@ def build_channel_mixer(cfg: ModelConfig, layer_idx: int) -> nn.Module | None:
     hidden = int(cfg.embed_dim * cfg.mlp_ratio)
     if cfg.channel_mixer == "mlp":
         return Mlp(cfg.embed_dim, hidden)
+    if cfg.channel_mixer == "moe":
+        from .moe import MoeMlp
+
+        return MoeMlp(cfg.embed_dim, hidden, cfg.moe_experts, cfg.moe_top_k, cfg.moe_capacity_factor,
+                      cfg.moe_balance_weight)
     if cfg.channel_mixer == "rwkv":
         from .rwkv import ChannelMix
 
