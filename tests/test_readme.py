@@ -16,6 +16,11 @@ def table_row(card: dict) -> str:
     metrics = card["metrics"]
     if "val" in metrics:
         accuracy = f"{metrics['val']:.1%}"
+    elif "speaker" in metrics:
+        accuracy = f"{card['test_speaker']} {metrics['speaker']:.1%}"
+        if card.get("cross_validation"):
+            cv = card["cross_validation"]
+            accuracy += f"; 5 folds: mean {cv['mean']:.1%}, worst {cv['worst']:.1%}"
     else:
         accuracy = ", ".join(f"{name} {metrics[name]:.1%}" for name in AV_METRICS)
     source = card.get("initialised_from")

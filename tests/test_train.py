@@ -58,6 +58,8 @@ def tiny_speech_corpus(tmp_path, monkeypatch):
                         lambda: [tone_word(w, 330 + 150 * i) for i, w in enumerate(words)])
     monkeypatch.setattr(synthetic_speech, "test_utterances",
                         lambda: [tone_word(w, 310 + 150 * i) for i, w in enumerate([*words, "banana"])])
+    monkeypatch.setattr(synthetic_speech, "calibration_utterances",
+                        lambda: [tone_word(w, 320 + 150 * i) for i, w in enumerate([*words, "acorn"])])
     monkeypatch.setattr(train, "room_impulse_responses", lambda rate: [torch.tensor([1.0, 0.0, 0.0, 0.3])])
     monkeypatch.setattr(train, "SPEECH_BANK_VARIANTS", 2)
     monkeypatch.setenv("EFFVIZ_CACHE", str(tmp_path / "cache"))
@@ -78,7 +80,9 @@ def test_training_saves_a_strictly_loadable_model_with_an_honest_card(tiny_setup
     assert [h["epoch"] for h in card["history"]] == [1, 2]
     assert set(card["metrics"]) == {"train_loss", "train_acc", "speaker", "speaker_digits_only", "synthetic_voices",
                                     "synthetic_voices_digits_only", "no_digit_words", "no_digit_sounds"}
-    assert 0.0 <= card["metrics"]["speaker"] <= 1.0 and card["metrics"]["speaker"] == card["history"][-1]["speaker"]
+    assert 0.0 <= card["metrics"]["speaker"] <= 1.0
+    assert card["uncalibrated_metrics"]["speaker"] == card["history"][-1]["speaker"]
+    shift = card["no_digit_calibration"]["shift"]
     assert "FSDD: 20 clips of 1 speakers (jackson), all 20 clips of speaker 'theo' held out" in card["data"]
     assert card["test_speaker"] == "theo"
     assert card["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
@@ -88,7 +92,12 @@ def test_training_saves_a_strictly_loadable_model_with_an_honest_card(tiny_setup
     assert model.config == tiny("aum-fsdd")
     checkpoint = torch.load(out.parents[1] / "runs" / "aum-fsdd-without-theo" / "last.pt", weights_only=True)
     for name, value in model.state_dict().items():
-        assert torch.equal(checkpoint["model"][name], value), name
+        if name == "head.bias":  # calibrated: the "no digit" logit shifted, nothing else
+            expected = checkpoint["model"][name].clone()
+            expected[10] += shift
+            torch.testing.assert_close(value, expected)
+        else:
+            assert torch.equal(checkpoint["model"][name], value), name
 
 
 def test_resume_continues_from_the_last_epoch(tiny_setup):

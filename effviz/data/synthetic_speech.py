@@ -7,8 +7,9 @@ words that are not digits, the "no digit" class's speech.
 
 The voices are split once and for all: ``TRAIN_VOICES`` speak in training; ``TEST_VOICES`` (the
 espeak-ng voice variants ``default``, ``f2``, ``f3``, ``f4`` and ``m5``, none of which any training
-voice uses) only in evaluation. The same holds for words: ``TRAIN_WORDS`` and ``TEST_WORDS`` share
-none. Every clip is cut to its spoken part and brought to FSDD's 8 kHz, the band every speech model
+voice uses) only in evaluation; ``CALIBRATION_VOICES`` (ten more variants) only to calibrate the
+"no digit" answer. The same holds for words: ``TRAIN_WORDS``, ``TEST_WORDS`` and
+``CALIBRATION_WORDS`` share none. Every clip is cut to its spoken part and brought to FSDD's 8 kHz, the band every speech model
 reads (see ``AudioPreprocess.band_hz``): a synthetic voice then differs from a recorded one by its
 voice, not by its bandwidth.
 
@@ -128,6 +129,20 @@ TEST_VOICES: tuple[Voice, ...] = tuple(Voice("espeak-ng", name) for name in (
     "en-us+m5", "en-gb-x-gbcwmd+f2"))
 
 
+# Calibration of the "no digit" answer (effviz.train.calibrate_no_digit): voice variants and words
+# that neither training nor test uses.
+CALIBRATION_VOICES: tuple[Voice, ...] = tuple(Voice("espeak-ng", f"{accent}+{variant}") for accent, variant in zip(
+    ("en", "en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd",
+     "en-us-nyc", "en-us"),
+    ("Alex", "Diogo", "Gene", "Hugo", "iven", "kaukovalta", "marcelo", "michel", "norbert", "zac")))
+CALIBRATION_WORDS = (
+    "acorn", "bicycle", "button hole", "cactus", "dinosaur", "envelope", "flamingo", "gravel", "hedgehog",
+    "igloo", "jigsaw", "kettle", "lobster", "mitten", "noodle", "octopus", "pebble", "raccoon", "sandal",
+    "teapot", "unicorn", "volcano", "walrus", "xylophone", "yacht", "zipper", "almond", "bamboo", "cobweb",
+    "daisy", "eagle", "fiddle", "goblin", "hiccup", "insect", "jelly", "koala", "lettuce", "muffin", "nutmeg",
+)
+
+
 @dataclass
 class Utterance:
     waveform: torch.Tensor  # float32 at RATE, cut to its spoken part
@@ -226,4 +241,13 @@ def test_utterances(voices_per_word: int = 4, seed: int = 0) -> list[Utterance]:
     rng = random.Random(seed)
     pairs = [(word, voice) for voice in TEST_VOICES for word in DIGIT_WORDS]
     pairs += [(word, voice) for word in TEST_WORDS for voice in rng.sample(TEST_VOICES, voices_per_word)]
+    return synthesize_pairs(pairs)
+
+
+def calibration_utterances(voices_per_word: int = 4, seed: int = 0) -> list[Utterance]:
+    """The ten digits in every calibration voice, and every calibration word in ``voices_per_word``
+    of them."""
+    rng = random.Random(seed)
+    pairs = [(word, voice) for voice in CALIBRATION_VOICES for word in DIGIT_WORDS]
+    pairs += [(word, voice) for word in CALIBRATION_WORDS for voice in rng.sample(CALIBRATION_VOICES, voices_per_word)]
     return synthesize_pairs(pairs)
