@@ -141,3 +141,22 @@ def test_bench_streams_a_table_per_op_and_length_with_a_time_left():
     groups = [("scan", 100), ("scan", 200), ("scan", 400), ("wkv", 100)]
     assert estimate_left_s(groups, {("scan", 100): 1.0}, bench_policy(0.5, device)) == pytest.approx(2 + 4 + 0.5)
     assert estimate_left_s(groups, {}, policy) is None
+
+
+def report_of(rows: list[Row], threads: int = 1) -> str:
+    """The Markdown report of hand-made rows on a made-up machine (nothing is timed)."""
+    from dataclasses import asdict
+
+    from effviz.bench.kernels import format_report
+
+    machine = {"processor": "Test CPU", "device": "cpu", "threads": threads, "dtype": "float32", "torch": "x",
+               "effviz": "x", "backends": ["reference", "torch"], "copy_gb_per_s": 10.0,
+               "matmul_gflop_per_s": 100.0, "protocol": "made up"}
+    return format_report({"machine": machine, "rows": [asdict(r) for r in rows]})
+
+
+def test_report_says_1_thread_and_2_threads():
+    from effviz.wording import counted
+
+    assert (counted(1, "thread"), counted(2, "thread"), counted(0, "size")) == ("1 thread", "2 threads", "0 sizes")
+    assert "(cpu, 1 thread)" in report_of([], threads=1) and "(cpu, 2 threads)" in report_of([], threads=2)

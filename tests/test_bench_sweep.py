@@ -411,3 +411,14 @@ def test_figure_draws_error_bars_keeps_guides_inside_the_data_and_stacks_crossov
     assert high < 10 * max(p.latency_p80_ms for p in points)
     crossings = [t for name, t in traces.items() if name.startswith("crossover")]
     assert len(crossings) == 2 and len({t.y[1] for t in crossings}) == 2  # two labels, two heights
+
+
+def test_environment_and_protocol_say_1_thread_not_1_threads():
+    env = {"device_name": "Test CPU", "device": "cpu", "threads": 1, "dtype": "fp32", "batch": 1, "timeout_s": 60,
+           "python": "3", "torch": "x", "triton": None, "effviz": "x", "memory_available_mib": 1024.0,
+           "budget_s": 2, "min_runs": 3, "max_runs": 20, "kernel_backends": {"selective_scan": "torch"},
+           "calibration": {"workload": "loop", "min_ms": 10.0, "spread": 0.1, "max_ms": 12.0, "runs": 9,
+                           "disturbed": 0}}
+    text = sweep.format_environment(env)
+    assert "(cpu, 1 thread)" in text and "1 torch thread;" in text and "threads" not in text
+    assert "(cpu, 2 threads)" in sweep.format_environment({**env, "threads": 2})

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..wording import counted
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -147,7 +149,7 @@ def _sweep_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             value = "no latency"
             if point.latency_ms is not None:
                 value = (f"{point.latency_ms:.1f} ms (p20-p80 {point.latency_p20_ms:.1f}-{point.latency_p80_ms:.1f}, "
-                         f"{len(point.latency_runs_ms)} runs, {point.disturbed_runs} redone)")
+                         f"{counted(len(point.latency_runs_ms), 'run')}, {point.disturbed_runs} redone)")
             memory = f", {point.peak_mem_mib:.1f} MiB" if point.peak_mem_mib is not None else ""
             reason = f" ({point.reason})" if point.reason else ""
             print(f"[{len(points)}/{total}] {point.model} at {point.x:g} {spec.unit} ({point.tokens} tokens): "

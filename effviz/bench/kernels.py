@@ -29,6 +29,7 @@ import effviz
 from effviz import kernels
 from effviz.bench.memory import measure_peak_memory
 from effviz.bench.timing import TimingPolicy, measure, measure_interleaved
+from effviz.wording import counted
 
 LOOP = "sequential loop"
 DEFAULT_LENGTHS = (1024, 4096, 16384)
@@ -450,7 +451,7 @@ def _measure_memory(rows: list[Row], device: torch.device, dtype_name: str, log:
     timed = [r for r in rows if r.min_ms is not None]
     if not timed:
         return
-    print(f"[bench] measuring peak memory of {len(timed)} calls in a child process", file=log, flush=True)
+    print(f"[bench] measuring peak memory of {counted(len(timed), 'call')} in a child process", file=log, flush=True)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     calls = [
@@ -476,7 +477,7 @@ def format_report(result: dict[str, Any]) -> str:
     """Markdown: a header with the machine's limits, then one table per op (pastes into README)."""
     m = result["machine"]
     lines = [
-        f"**{m['processor']}** ({m['device']}, {m['threads']} threads), {m['dtype']}, "
+        f"**{m['processor']}** ({m['device']}, {counted(m['threads'], 'thread')}), {m['dtype']}, "
         f"torch {m['torch']}, effviz {m['effviz']}; backends available: {', '.join(m['backends'])}",
         "",
         f"Measured limits: copy bandwidth **{m['copy_gb_per_s']:.1f} GB/s** (read + write), "

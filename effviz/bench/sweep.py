@@ -57,6 +57,7 @@ from effviz.kernels import native
 from effviz.kernels.dispatch import pick
 from effviz.models import EffvizModel, ModelConfig, architecture_config
 from effviz.models.registry import ARCHITECTURES, BUNDLED_RECIPES
+from effviz.wording import counted
 
 AXES = {"resolution": "px", "seconds": "s", "tokens": "tokens"}
 AXIS_MODALITIES = {"resolution": ("image",), "seconds": ("audio",), "tokens": ("image", "audio")}
@@ -821,7 +822,7 @@ def describe_protocol(env: dict[str, Any]) -> str:
     return (
         f"latency: the minimum of each model's undisturbed runs (p20-p80 beside it), "
         f"{env['min_runs']}-{env['max_runs']} runs per model, the models of a point timed in turn "
-        f"(A B A B ...) for about {env['budget_s']:g} s, {threads} torch thread{'s' if threads > 1 else ''}; "
+        f"(A B A B ...) for about {env['budget_s']:g} s, {counted(threads, 'torch thread')}; "
         f"a run whose wall time exceeds its CPU time by over {100 * TimingPolicy().margin:.0f}% waited for the CPU "
         "and is run again; a point still short of undisturbed runs after 5 redos says \"unstable\" and takes "
         + ("the CPU times of all its runs (with one thread, each run without its waiting)" if threads == 1
@@ -833,7 +834,7 @@ def format_environment(env: dict[str, Any]) -> str:
     backends = ", ".join(f"{op} {b}" for op, b in env["kernel_backends"].items())
     memory = env["memory_available_mib"]
     return (
-        f"**{env['device_name']}** ({env['device']}, {env['threads']} threads), {env['dtype']}, "
+        f"**{env['device_name']}** ({env['device']}, {counted(env['threads'], 'thread')}), {env['dtype']}, "
         f"batch {env['batch']}, time limit {env['timeout_s']:g} s per model and point; "
         f"python {env['python']}, torch {env['torch']}, triton {env['triton'] or 'not installed'}, "
         f"effviz {env['effviz']}; free memory {_fmt(memory, 4)} MiB\n\n"

@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 import effviz
 from effviz import kernels
 from effviz.bench import kernels as kernel_bench
+from effviz.wording import counted
 
 from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
 
@@ -116,7 +117,7 @@ def kernels_figure(result: dict[str, Any]) -> go.Figure:
     fig.update_yaxes(title_text="GB/s (inputs + outputs)", row=2, col=1)
     m = result["machine"]
     fig.update_layout(
-        title=f"{m['processor']} ({m['device']}, {m['threads']} threads, {m['dtype']})",
+        title=f"{m['processor']} ({m['device']}, {counted(m['threads'], 'thread')}, {m['dtype']})",
         height=640, margin=dict(t=90), legend=dict(orientation="h", y=-0.12),
     )
     return fig
@@ -128,7 +129,7 @@ def _machine_markdown() -> str:
         "The default backend is `triton` on CUDA, the compiled `cpu` kernels on CPU when they "
         "build, `torch` otherwise (`EFFVIZ_BACKEND` overrides). "
         f"effviz {effviz.__version__}, python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} CPU threads), gradio {gr.__version__}."
+        f"({counted(torch.get_num_threads(), 'CPU thread')}), gradio {gr.__version__}."
     )
 
 

@@ -26,6 +26,7 @@ from ..bench import sweep
 from ..bench.figure import scaling_figure
 from ..bench.fit import Crossover, Exponent
 from ..models.registry import ARCHITECTURES, BUNDLED_RECIPES
+from ..wording import counted
 from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
 
 # Limits of one sweep from the app: each point costs a timing child and a memory child per model.
@@ -91,7 +92,7 @@ def stream_sweep(
     points: list[sweep.PointResult] = []
     try:
         environment = sweep.sweep_environment(spec)
-        yield _view(spec, environment, points, f"Running {total} points, smallest first (the models of a size are "
+        yield _view(spec, environment, points, f"Running {counted(total, 'point')}, smallest first (the models of a size are "
                     "timed in turn, then measured for memory one by one) ...")
         measured = sweep.run_sweep(spec, stop)
         try:
@@ -102,7 +103,7 @@ def stream_sweep(
             measured.close()  # hands the sweep slot on even if this generator is abandoned
     finally:
         _stops.pop(session, None)
-    ending = f"Stopped after {len(points)} of {total} points." if stop.is_set() else f"Done: {total} points."
+    ending = f"Stopped after {len(points)} of {total} points." if stop.is_set() else f"Done: {counted(total, 'point')}."
     yield _view(spec, environment, points, ending, with_files=True)
 
 
@@ -136,7 +137,7 @@ def disturbance_note(points: Sequence[sweep.PointResult]) -> str:
     note = ("Other work keeps running during a sweep: timed runs it slows (wall time over CPU time) are "
             f"detected and run again; {redone} so far.")
     if unstable:
-        note += f" {len(unstable)} point(s) stayed disturbed after the redos: see their reason."
+        note += f" {counted(len(unstable), 'point')} stayed disturbed after the redos: see their reason."
     return note
 
 
