@@ -203,6 +203,15 @@ def test_model_axis_mismatch_is_a_clear_error_before_anything_runs(no_children, 
     assert "takes image input, but the seconds axis needs" in capsys.readouterr().err
 
 
+def test_a_device_other_than_cpu_or_cuda_is_a_clear_error_naming_them(no_children, capsys):
+    for device in ("gpu", "mps", "meta", "", "cuda:first", "CPU"):
+        with pytest.raises(ValueError, match=f"unknown device {device!r}: choose cpu or cuda"):
+            tiny_spec(["vim-tiny"], "resolution", [224], device=device)
+    assert tiny_spec(["vim-tiny"], "resolution", [224], device="cpu:0").device == "cpu:0"
+    with pytest.raises(SystemExit) as exit_info:  # the kernel bench's CLI, before it measures anything
+        main(["kernels", "--device", "gpu", "--lengths", "32"])
+    assert exit_info.value.code == 2 and "unknown device 'gpu': choose cpu or cuda" in capsys.readouterr().err
+
 def test_tokens_axis_grows_image_and_audio_together():
     for target in (40, 200, 1000, 5000):
         point = plan_input("av-mamba-digits", "tokens", target)

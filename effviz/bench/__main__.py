@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--budget", type=_non_negative_float, default=1.0,
                    help="seconds of timed runs per op and length, all backends together (default: %(default)s)")
     k.add_argument("--min-runs", type=_positive_int, default=3, help="undisturbed timed runs per backend, at least")
-    k.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    k.add_argument("--device", default=None, help="cpu or cuda, or cuda:INDEX (default: cuda if available, else cpu)")
     k.add_argument("--dtype", choices=list(DTYPES), default="float32", help="input dtype (math is fp32)")
     k.add_argument("--json", type=Path, metavar="PATH", help="also write all numbers to this JSON file")
 
@@ -185,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    from .devices import bench_device
     from .kernels import DTYPES, bench_policy, format_report, run_bench
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
+        device = bench_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         policy = bench_policy(args.budget, device, min_runs=args.min_runs, max_runs=max(30, args.min_runs))
     except ValueError as err:
         parser.error(str(err))

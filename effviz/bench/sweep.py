@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 import effviz
+from effviz.bench.devices import bench_device
 from effviz.bench.fit import Cost, Crossover, Exponent, crossover, fit_exponent, upper_half
 from effviz.bench.kernels import _processor_name
 from effviz.bench.memory import MALLOC_ENV, peak_of_call_mib
@@ -203,9 +204,7 @@ class SweepSpec:
             raise ValueError(f"timeout must be positive, got {self.timeout_s}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        device = torch.device(self.device)  # raises on nonsense such as "gpu"
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        device = bench_device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda asked for, but torch sees no CUDA GPU here")
         self.policy()  # raises on a bad budget or run counts
