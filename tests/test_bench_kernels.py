@@ -160,3 +160,27 @@ def test_report_says_1_thread_and_2_threads():
 
     assert (counted(1, "thread"), counted(2, "thread"), counted(0, "size")) == ("1 thread", "2 threads", "0 sizes")
     assert "(cpu, 1 thread)" in report_of([], threads=1) and "(cpu, 2 threads)" in report_of([], threads=2)
+
+
+def test_rows_whose_runs_kept_waiting_are_marked_unstable_with_a_footnote(monkeypatch):
+    from effviz.bench import kernels as kernel_bench
+    from effviz.bench.timing import Run, Timing, TimingPolicy
+
+    # Every run waited for the CPU: the timing falls back to all runs' wall times, and the row says so.
+    waited = Timing(tuple(Run(2.0, 1.0, True) for _ in range(3)), unstable=True, basis="wall")
+    monkeypatch.setattr(kernel_bench, "measure_interleaved", lambda calls, *a, **k: {b: waited for b in calls})
+    case = CASES["bi_wkv"]
+    rows = kernel_bench._time_group(case, 16, ["reference"], {}, TimingPolicy(budget_s=0), torch.device("cpu"),
+                                    torch.float32, io.StringIO())
+    row = rows["reference"]
+    assert row.unstable and row.basis == "wall" and row.min_ms == 2.0
+    calm = Row("bi_wkv", "torch", 16, min_ms=1.0, p20_ms=1.0, p80_ms=1.1, times_ms=[1.0, 1.1, 1.2])
+    cpu = Row("bi_wkv", "cpu", 16, min_ms=1.0, p20_ms=1.0, p80_ms=1.1, times_ms=[1.0] * 3, basis="cpu",
+              disturbed=3, unstable=True)
+    lines = report_of([row, calm, cpu]).splitlines()
+    marked = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert "3 (3) unstable: wall times†" in marked["reference"]
+    assert "3 (3) unstable: CPU times†" in marked["cpu"]
+    assert "unstable" not in marked["torch"]
+    assert lines[-1].startswith("† unstable: too few runs stayed undisturbed")
+    assert "†" not in report_of([calm])  # no footnote without a marked row
