@@ -801,6 +801,15 @@ def summarize(points: Sequence[PointResult], fit_range: tuple[float, float] | No
     return {"fits": fits, "crossovers": crossovers}
 
 
+def estimate_left_s(spec: SweepSpec, size_seconds: Sequence[float]) -> float:
+    """Seconds the sizes not yet measured should take, from how long each finished size took
+    (``size_seconds``, in order): each size to come as long as the last one did, and at least the
+    time budget. Before any size is done, the budget alone: a floor, as starting the children
+    and building the models come on top."""
+    last = size_seconds[-1] if size_seconds else 0.0
+    return (len(spec.values) - len(size_seconds)) * max(spec.budget_s, last)
+
+
 def disturbed_runs(points: Sequence[PointResult]) -> int:
     """Timed runs of the sweep so far that waited for the CPU and are measured again."""
     return sum(p.disturbed_runs for p in points)
