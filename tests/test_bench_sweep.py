@@ -417,9 +417,46 @@ def test_figure_draws_error_bars_keeps_guides_inside_the_data_and_stacks_crossov
     low, high = (10**v for v in fig.layout.yaxis.range)
     for guide in ("O(N)", "O(N²)"):  # a steep guide never stretches the axis
         assert traces[guide].y and all(low <= y <= high for y in traces[guide].y)
-    assert high < 10 * max(p.latency_p80_ms for p in points)
     crossings = [t for name, t in traces.items() if name.startswith("crossover")]
-    assert len(crossings) == 2 and len({t.y[1] for t in crossings}) == 2  # two labels, two heights
+    assert len(crossings) == 2 and all(list(t.y) == pytest.approx([low, high]) for t in crossings)  # the full height
+    assert high < 10 * max(p.latency_p80_ms for p in points)  # the labels sit above the plot, not on the axis
+    assert sorted(a.yshift for a in fig.layout.annotations) == [0, 18]  # two close labels, two rows
+
+
+def test_close_crossover_labels_stack_a_row_apart_and_distant_ones_share_a_row():
+    from effviz.bench import figure
+
+    def point(model, n, latency):
+        return PointResult(model, "resolution", n, n, latency, 1.0, "ok", "", "", latency, 1.1 * latency,
+                           [latency, 1.1 * latency])
+
+    ns = [197, 785, 3137, 12545]
+    # Four efficient models overtake eager attention (1e-3 N²) at 400-550 tokens, a fifth at 8000.
+    slopes = {"vir-tiny": 0.40, "vrwkv-tiny": 0.45, "vim-tiny": 0.50, "vim-tiny-hybrid": 0.55, "vim-small": 8.0}
+    points = [point(m, n, a * n) for m, a in slopes.items() for n in ns]
+    points += [point("deit-tiny-eager", n, 1e-3 * n**2) for n in ns]
+    fig = figure.scaling_figure(points, "latency", summarize(points), "px")
+    labels = fig.layout.annotations
+    assert len(labels) == 5
+    # Each label on the page: its width at the assumed text width on the narrowest plot assumed,
+    # its height the shift above the plot area (rows are apart in pixels, however the plot is sized).
+    px_per_x_decade = figure.PLOT_WIDTH_PX / math.log10(max(ns) / min(ns))
+
+    def box(label):
+        centre, half_width = label.x * px_per_x_decade, len(label.text) * figure.CHAR_WIDTH_PX / 2
+        return centre - half_width, centre + half_width, label.yshift
+
+    boxes = [box(label) for label in labels]
+    for i, (left, right, shift) in enumerate(boxes):
+        for other_left, other_right, other_shift in boxes[i + 1:]:
+            if left < other_right + figure.LABEL_GAP_PX and other_left < right + figure.LABEL_GAP_PX:
+                assert abs(shift - other_shift) >= figure.LABEL_ROW_PX  # side by side: a row apart
+    assert sorted(label.yshift for label in labels if not label.text.startswith("vim-small")) == [0, 18, 36, 54]
+    far = next(label for label in labels if label.text.startswith("vim-small"))
+    assert far.yshift == 0  # the distant label shares the lowest row
+    # The top margin, and the figure, grow by the four rows: the plot area keeps its height.
+    assert fig.layout.margin.t == figure.TOP_MARGIN_PX + 4 * figure.LABEL_ROW_PX
+    assert fig.layout.height == figure.FIGURE_HEIGHT_PX + 4 * figure.LABEL_ROW_PX
 
 
 def test_environment_and_protocol_say_1_thread_not_1_threads():
