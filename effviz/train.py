@@ -42,6 +42,7 @@ from .data.speech_augment import SpeechAugment, add_noise, no_digit_sound, room_
 from .models import EffvizModel, ModelConfig
 from .models.releases import Preprocess
 from .models.registry import BUNDLED_RECIPES, WEIGHTS_DIR, task_of, weight_folders
+from .wording import counted
 
 log = logging.getLogger("effviz.train")
 RUNS_DIR = WEIGHTS_DIR.parent / "runs"
@@ -690,7 +691,7 @@ Bundled effviz model ({card['task']}, **{card['mixer']}** token mixer), {how} by
 |---|---|
 | parameters | {card['params']:,} |
 | forward FLOPs (one input at training size; matmuls+convs) | {card['forward_flops'] / 1e6:.1f} M |
-| training time | {card['train_seconds'] / 60:.1f} min on {card['threads']} CPU thread(s) |
+| training time | {card['train_seconds'] / 60:.1f} min on {counted(card['threads'], 'CPU thread')} |
 | data | {card['data']} |{warm}
 | recipe | {r['epochs']} epochs, AdamW lr {r['lr']} wd {r['weight_decay']}, batch {r['batch_size']}, warmup {r['warmup_epochs']} epochs + cosine, label smoothing {r['label_smoothing']}, seed {r['seed']} |
 

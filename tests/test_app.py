@@ -348,3 +348,38 @@ def test_tabs_run_every_model_on_one_input(tiny_weights):
     inline = {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}
     status, table, labels = vision.classify_image(inline, False, models)
     assert "8x8 picture" in status
+
+
+def test_sweep_status_counts_sizes_and_estimates_the_time_left(monkeypatch):
+    """In-process, with the measuring faked: each point takes 5 s on a fake clock."""
+    from effviz.bench.sweep import PointResult
+    from effviz.ui import scaling
+
+    now = [0.0]
+    environment = {"device_name": "Test CPU", "device": "cpu", "threads": 1, "dtype": "fp32", "batch": 1,
+                   "timeout_s": 60, "python": "3", "torch": "x", "triton": None, "effviz": "x",
+                   "memory_available_mib": 1024.0, "budget_s": 1, "min_runs": 3, "max_runs": 20,
+                   "kernel_backends": {"selective_scan": "torch"},
+                   "calibration": {"workload": "loop", "min_ms": 10.0, "spread": 0.1, "max_ms": 12.0, "runs": 9,
+                                   "disturbed": 0}}
+
+    def fake_run_sweep(spec, stop):
+        for x in spec.values:
+            for model in spec.models:
+                now[0] += 5
+                yield PointResult(model, spec.axis, x, int(x), x / 10, x, "ok", "", f"image {x:g}", x / 10, x / 9,
+                                  [x / 10, x / 9])
+
+    monkeypatch.setattr(scaling.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(scaling.sweep, "sweep_environment", lambda spec: environment)
+    monkeypatch.setattr(scaling.sweep, "run_sweep", fake_run_sweep)
+    views = list(scaling.stream_sweep(["deit-cifar", "vim-cifar"], "resolution", "32, 64, 96", "cpu", "fp32", 1, 1, 60))
+    statuses = [view[0] for view in views]
+    assert "0 of 3 sizes done (0 of 6 points), 0 s elapsed; at least 3 s left (the 1 s time budget per size" in statuses[0]
+    assert "0 of 3 sizes done (1 of 6 points), 5 s elapsed; at least 3 s left" in statuses[1]
+    # The first size took 10 s: each of the two to come is expected to take as long.
+    assert "1 of 3 sizes done (2 of 6 points), 10 s elapsed; about 20 s left" in statuses[2]
+    assert "2 of 3 sizes done (4 of 6 points), 20 s elapsed; about 10 s left" in statuses[4]
+    assert "3 of 3 sizes done (6 of 6 points), 30 s elapsed." in statuses[6]
+    assert "Done: 6 points in 30 s." in statuses[-1] and len(views) == 8
+    assert (scaling.clock(185), scaling.clock(3720), scaling.clock(59.6)) == ("3 min 05 s", "1 h 02 min", "1 min 00 s")

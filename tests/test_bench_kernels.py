@@ -141,3 +141,46 @@ def test_bench_streams_a_table_per_op_and_length_with_a_time_left():
     groups = [("scan", 100), ("scan", 200), ("scan", 400), ("wkv", 100)]
     assert estimate_left_s(groups, {("scan", 100): 1.0}, bench_policy(0.5, device)) == pytest.approx(2 + 4 + 0.5)
     assert estimate_left_s(groups, {}, policy) is None
+
+
+def report_of(rows: list[Row], threads: int = 1) -> str:
+    """The Markdown report of hand-made rows on a made-up machine (nothing is timed)."""
+    from dataclasses import asdict
+
+    from effviz.bench.kernels import format_report
+
+    machine = {"processor": "Test CPU", "device": "cpu", "threads": threads, "dtype": "float32", "torch": "x",
+               "effviz": "x", "backends": ["reference", "torch"], "copy_gb_per_s": 10.0,
+               "matmul_gflop_per_s": 100.0, "protocol": "made up"}
+    return format_report({"machine": machine, "rows": [asdict(r) for r in rows]})
+
+
+def test_report_says_1_thread_and_2_threads():
+    from effviz.wording import counted
+
+    assert (counted(1, "thread"), counted(2, "thread"), counted(0, "size")) == ("1 thread", "2 threads", "0 sizes")
+    assert "(cpu, 1 thread)" in report_of([], threads=1) and "(cpu, 2 threads)" in report_of([], threads=2)
+
+
+def test_rows_whose_runs_kept_waiting_are_marked_unstable_with_a_footnote(monkeypatch):
+    from effviz.bench import kernels as kernel_bench
+    from effviz.bench.timing import Run, Timing, TimingPolicy
+
+    # Every run waited for the CPU: the timing falls back to all runs' wall times, and the row says so.
+    waited = Timing(tuple(Run(2.0, 1.0, True) for _ in range(3)), unstable=True, basis="wall")
+    monkeypatch.setattr(kernel_bench, "measure_interleaved", lambda calls, *a, **k: {b: waited for b in calls})
+    case = CASES["bi_wkv"]
+    rows = kernel_bench._time_group(case, 16, ["reference"], {}, TimingPolicy(budget_s=0), torch.device("cpu"),
+                                    torch.float32, io.StringIO())
+    row = rows["reference"]
+    assert row.unstable and row.basis == "wall" and row.min_ms == 2.0
+    calm = Row("bi_wkv", "torch", 16, min_ms=1.0, p20_ms=1.0, p80_ms=1.1, times_ms=[1.0, 1.1, 1.2])
+    cpu = Row("bi_wkv", "cpu", 16, min_ms=1.0, p20_ms=1.0, p80_ms=1.1, times_ms=[1.0] * 3, basis="cpu",
+              disturbed=3, unstable=True)
+    lines = report_of([row, calm, cpu]).splitlines()
+    marked = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert "3 (3) unstable: wall times†" in marked["reference"]
+    assert "3 (3) unstable: CPU times†" in marked["cpu"]
+    assert "unstable" not in marked["torch"]
+    assert lines[-1].startswith("† unstable: too few runs stayed undisturbed")
+    assert "†" not in report_of([calm])  # no footnote without a marked row

@@ -203,6 +203,15 @@ def test_model_axis_mismatch_is_a_clear_error_before_anything_runs(no_children, 
     assert "takes image input, but the seconds axis needs" in capsys.readouterr().err
 
 
+def test_a_device_other_than_cpu_or_cuda_is_a_clear_error_naming_them(no_children, capsys):
+    for device in ("gpu", "mps", "meta", "", "cuda:first", "CPU"):
+        with pytest.raises(ValueError, match=f"unknown device {device!r}: choose cpu or cuda"):
+            tiny_spec(["vim-tiny"], "resolution", [224], device=device)
+    assert tiny_spec(["vim-tiny"], "resolution", [224], device="cpu:0").device == "cpu:0"
+    with pytest.raises(SystemExit) as exit_info:  # the kernel bench's CLI, before it measures anything
+        main(["kernels", "--device", "gpu", "--lengths", "32"])
+    assert exit_info.value.code == 2 and "unknown device 'gpu': choose cpu or cuda" in capsys.readouterr().err
+
 def test_tokens_axis_grows_image_and_audio_together():
     for target in (40, 200, 1000, 5000):
         point = plan_input("av-mamba-digits", "tokens", target)
@@ -408,6 +417,54 @@ def test_figure_draws_error_bars_keeps_guides_inside_the_data_and_stacks_crossov
     low, high = (10**v for v in fig.layout.yaxis.range)
     for guide in ("O(N)", "O(N²)"):  # a steep guide never stretches the axis
         assert traces[guide].y and all(low <= y <= high for y in traces[guide].y)
-    assert high < 10 * max(p.latency_p80_ms for p in points)
     crossings = [t for name, t in traces.items() if name.startswith("crossover")]
-    assert len(crossings) == 2 and len({t.y[1] for t in crossings}) == 2  # two labels, two heights
+    assert len(crossings) == 2 and all(list(t.y) == pytest.approx([low, high]) for t in crossings)  # the full height
+    assert high < 10 * max(p.latency_p80_ms for p in points)  # the labels sit above the plot, not on the axis
+    assert sorted(a.yshift for a in fig.layout.annotations) == [0, 18]  # two close labels, two rows
+
+
+def test_close_crossover_labels_stack_a_row_apart_and_distant_ones_share_a_row():
+    from effviz.bench import figure
+
+    def point(model, n, latency):
+        return PointResult(model, "resolution", n, n, latency, 1.0, "ok", "", "", latency, 1.1 * latency,
+                           [latency, 1.1 * latency])
+
+    ns = [197, 785, 3137, 12545]
+    # Four efficient models overtake eager attention (1e-3 N²) at 400-550 tokens, a fifth at 8000.
+    slopes = {"vir-tiny": 0.40, "vrwkv-tiny": 0.45, "vim-tiny": 0.50, "vim-tiny-hybrid": 0.55, "vim-small": 8.0}
+    points = [point(m, n, a * n) for m, a in slopes.items() for n in ns]
+    points += [point("deit-tiny-eager", n, 1e-3 * n**2) for n in ns]
+    fig = figure.scaling_figure(points, "latency", summarize(points), "px")
+    labels = fig.layout.annotations
+    assert len(labels) == 5
+    # Each label on the page: its width at the assumed text width on the narrowest plot assumed,
+    # its height the shift above the plot area (rows are apart in pixels, however the plot is sized).
+    px_per_x_decade = figure.PLOT_WIDTH_PX / math.log10(max(ns) / min(ns))
+
+    def box(label):
+        centre, half_width = label.x * px_per_x_decade, len(label.text) * figure.CHAR_WIDTH_PX / 2
+        return centre - half_width, centre + half_width, label.yshift
+
+    boxes = [box(label) for label in labels]
+    for i, (left, right, shift) in enumerate(boxes):
+        for other_left, other_right, other_shift in boxes[i + 1:]:
+            if left < other_right + figure.LABEL_GAP_PX and other_left < right + figure.LABEL_GAP_PX:
+                assert abs(shift - other_shift) >= figure.LABEL_ROW_PX  # side by side: a row apart
+    assert sorted(label.yshift for label in labels if not label.text.startswith("vim-small")) == [0, 18, 36, 54]
+    far = next(label for label in labels if label.text.startswith("vim-small"))
+    assert far.yshift == 0  # the distant label shares the lowest row
+    # The top margin, and the figure, grow by the four rows: the plot area keeps its height.
+    assert fig.layout.margin.t == figure.TOP_MARGIN_PX + 4 * figure.LABEL_ROW_PX
+    assert fig.layout.height == figure.FIGURE_HEIGHT_PX + 4 * figure.LABEL_ROW_PX
+
+
+def test_environment_and_protocol_say_1_thread_not_1_threads():
+    env = {"device_name": "Test CPU", "device": "cpu", "threads": 1, "dtype": "fp32", "batch": 1, "timeout_s": 60,
+           "python": "3", "torch": "x", "triton": None, "effviz": "x", "memory_available_mib": 1024.0,
+           "budget_s": 2, "min_runs": 3, "max_runs": 20, "kernel_backends": {"selective_scan": "torch"},
+           "calibration": {"workload": "loop", "min_ms": 10.0, "spread": 0.1, "max_ms": 12.0, "runs": 9,
+                           "disturbed": 0}}
+    text = sweep.format_environment(env)
+    assert "(cpu, 1 thread)" in text and "1 torch thread;" in text and "threads" not in text
+    assert "(cpu, 2 threads)" in sweep.format_environment({**env, "threads": 2})

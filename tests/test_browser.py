@@ -88,7 +88,7 @@ def test_run_a_small_sweep_and_see_the_plot(page):
     values.fill("64, 128, 256")  # 3 sizes over 15x in tokens: enough for an exponent, in about a minute
     page.locator("#sweep-run").click()
     # The three default models at three sizes: nine rows in the raw-points table, and curves in the plot.
-    _wait_for_text(page, "body", "Done: 9 points.")
+    _wait_for_text(page, "body", "Done: 9 points in ")
     for model_id in ("vim-tiny", "deit-tiny", "deit-tiny-eager"):
         _wait_for_text(page, "#sweep-table", model_id)
     assert page.locator("#sweep-table").inner_text().count("128 px") == 3

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..wording import counted
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--budget", type=_non_negative_float, default=1.0,
                    help="seconds of timed runs per op and length, all backends together (default: %(default)s)")
     k.add_argument("--min-runs", type=_positive_int, default=3, help="undisturbed timed runs per backend, at least")
-    k.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    k.add_argument("--device", default=None, help="cpu or cuda, or cuda:INDEX (default: cuda if available, else cpu)")
     k.add_argument("--dtype", choices=list(DTYPES), default="float32", help="input dtype (math is fp32)")
     k.add_argument("--json", type=Path, metavar="PATH", help="also write all numbers to this JSON file")
 
@@ -147,7 +149,7 @@ def _sweep_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             value = "no latency"
             if point.latency_ms is not None:
                 value = (f"{point.latency_ms:.1f} ms (p20-p80 {point.latency_p20_ms:.1f}-{point.latency_p80_ms:.1f}, "
-                         f"{len(point.latency_runs_ms)} runs, {point.disturbed_runs} redone)")
+                         f"{counted(len(point.latency_runs_ms), 'run')}, {point.disturbed_runs} redone)")
             memory = f", {point.peak_mem_mib:.1f} MiB" if point.peak_mem_mib is not None else ""
             reason = f" ({point.reason})" if point.reason else ""
             print(f"[{len(points)}/{total}] {point.model} at {point.x:g} {spec.unit} ({point.tokens} tokens): "
@@ -183,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    from .devices import bench_device
     from .kernels import DTYPES, bench_policy, format_report, run_bench
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
+        device = bench_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         policy = bench_policy(args.budget, device, min_runs=args.min_runs, max_runs=max(30, args.min_runs))
     except ValueError as err:
         parser.error(str(err))

@@ -19,25 +19,31 @@ from .timing import describe_calibration
 
 METRICS = {"latency": ("latency_ms", "latency (ms), min of the runs, bar to p80"), "memory": ("peak_mem_mib", "peak memory (MiB)")}
 FAILED_SYMBOLS = {"oom": "x", "timeout": "hourglass", "skipped": "circle-open", "error": "diamond-x"}
-# Crossover labels sit at the top, each this factor lower than the one before: close crossovers
-# and long model names never overprint.
-LABEL_STEP = 1.8
+# Crossover labels sit in rows above the plot area, LABEL_ROW_PX apart on the page whatever the
+# plot's size; each row makes the top margin, and the figure, that much taller. A label goes in
+# the lowest row where it clears the labels already there by LABEL_GAP_PX, judged on a plot area
+# assumed no wider than PLOT_WIDTH_PX (half the app's width or a phone's, less the axis title)
+# and text of at most CHAR_WIDTH_PX per character (plotly's 12 px font).
+FIGURE_HEIGHT_PX, TOP_MARGIN_PX, PLOT_WIDTH_PX = 480, 50, 360
+LABEL_ROW_PX, LABEL_GAP_PX, CHAR_WIDTH_PX = 18, 8, 7
 
 
 def scaling_figure(points: Sequence[PointResult], metric: str, summary: dict[str, Any], unit: str) -> go.Figure:
     """Log-log cost against token count per model, with error bars (latency: from the minimum
     of the runs up to their p80; noise only adds time), O(N) and O(N²) guides through the
     largest size and clipped to the data's range, markers at the top edge for points with no
-    value (out of memory, timed out, skipped, failed), and dotted lines at the crossovers."""
+    value (out of memory, timed out, skipped, failed), and dotted lines at the crossovers,
+    labelled above the plot in rows that never overprint."""
     field, title = METRICS[metric]
     fig = go.Figure()
     measured = [p for p in points if (getattr(p, field) or 0) > 0]
     crossings = [(c, Crossover(**c[metric])) for c in summary["crossovers"]]
     crossings = [(c, found) for c, found in crossings if found.kind == "crossover" and found.tokens]
+    labels = [f"{c['efficient']} < {c['baseline']}" + ("" if found.exact else " (by here)") for c, found in crossings]
     high = max((_upper(p, field) for p in measured), default=1.0)
     low = min((getattr(p, field) for p in measured), default=0.5)
     top = high * 2  # failed points' markers
-    y_range = (low / 1.5, top * LABEL_STEP ** len(crossings) * 1.2)
+    y_range = (low / 1.5, top * 1.2)
     exponents = {f["model"]: Exponent(**f[metric]) for f in summary["fits"]}
     palette = plotly.colors.qualitative.Plotly
     models = list(dict.fromkeys(p.model for p in points))
@@ -64,22 +70,49 @@ def scaling_figure(points: Sequence[PointResult], metric: str, summary: dict[str
                 hovertemplate="%{x} tokens: %{text}<br>%{customdata}<extra>" + model + "</extra>",
             ))
     _add_guides(fig, measured, field, y_range)
-    for i, (c, found) in enumerate(crossings):
+    all_tokens = [p.tokens for p in points] + [found.tokens for _, found in crossings]
+    rows = label_rows([found.tokens for _, found in crossings], labels, all_tokens)
+    for (c, found), label, row in zip(crossings, labels, rows):
         # A trace rather than add_vline: plotly places a shape's annotation wrongly on log axes.
-        label = f"{c['efficient']} < {c['baseline']}" + ("" if found.exact else " (by here)")
-        label_y = top * LABEL_STEP ** (i + 1)
         fig.add_trace(go.Scatter(
-            x=[found.tokens, found.tokens], y=[y_range[0], label_y], mode="lines+text", text=["", label],
-            textposition="top center", line=dict(color="black", dash="dot", width=1),
-            name=f"crossover: {label}", hovertemplate=f"crossover at ~%{{x:.0f}} tokens<extra>{label}</extra>",
+            x=[found.tokens, found.tokens], y=list(y_range), mode="lines", line=dict(color="black", dash="dot", width=1),
+            name=f"crossover: {label}", showlegend=False,  # named by its label above the plot
+            hovertemplate=f"crossover at ~%{{x:.0f}} tokens<extra>{label}</extra>",
         ))
+        # On a log axis an annotation's x is the exponent; y is the top of the plot area, and the
+        # row is a shift in pixels, so rows stay apart however the plot is sized.
+        fig.add_annotation(x=math.log10(found.tokens), xref="x", y=1, yref="paper", yanchor="bottom",
+                           yshift=row * LABEL_ROW_PX, text=label, showarrow=False)
+    label_space = (max(rows, default=-1) + 1) * LABEL_ROW_PX
     fig.update_xaxes(type="log", title_text="tokens N")
     fig.update_yaxes(type="log", title_text=title, range=[math.log10(y_range[0]), math.log10(y_range[1])])
-    # The legend below the axis title, where plotly makes room for it: long names and many
-    # models never cover the curves nor squeeze the plot.
-    fig.update_layout(title=f"{title.split(',')[0]} vs tokens", height=480, margin=dict(t=50),
-                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"))
+    # The legend at the bottom of the figure, where plotly makes room for it below the axis title
+    # (a distance in the plot's own units would shrink with a short plot and cover the title).
+    fig.update_layout(title=dict(text=f"{title.split(',')[0]} vs tokens", y=1, yref="container", yanchor="top",
+                                 pad=dict(t=12)),
+                      height=FIGURE_HEIGHT_PX + label_space, margin=dict(t=TOP_MARGIN_PX + label_space),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom"))
     return fig
+
+
+def label_rows(positions: Sequence[float], labels: Sequence[str], axis_tokens: Sequence[float]) -> list[int]:
+    """The row (0 = lowest) of each label centred at ``positions`` (tokens) on a log x axis
+    spanning ``axis_tokens``: the lowest row where it clears every label already there, so that
+    close crossovers stack while distant ones share a row and the figure grows no more than it must."""
+    span = math.log10(max(axis_tokens) / min(axis_tokens)) if axis_tokens else 0.0
+    px_per_decade = PLOT_WIDTH_PX / span if span > 0 else 0.0
+    right_edges: list[float] = []  # of the last label placed in each row, in px
+    rows = [0] * len(labels)
+    for i in sorted(range(len(labels)), key=lambda i: positions[i]):
+        centre = math.log10(positions[i]) * px_per_decade
+        half_width = len(labels[i]) * CHAR_WIDTH_PX / 2
+        row = next((r for r, edge in enumerate(right_edges) if edge + LABEL_GAP_PX <= centre - half_width),
+                   len(right_edges))
+        if row == len(right_edges):
+            right_edges.append(0.0)
+        right_edges[row] = centre + half_width
+        rows[i] = row
+    return rows
 
 
 def _upper(point: PointResult, field: str) -> float:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence, Tuple, Union
 
 from .timing import percentile
+from ..wording import counted
 
 # An exponent needs this many distinct sizes spanning at least this factor in tokens (DESIGN.md §10).
 MIN_FIT_SIZES, MIN_FIT_SPAN = 3, 2.0
@@ -82,7 +83,7 @@ def fit_exponent(ns: Sequence[float], runs: Sequence[Sequence[float]], samples: 
         raise ValueError("every size needs at least one run")
     sizes = sorted(set(ns))
     if len(sizes) < MIN_FIT_SIZES:
-        return Exponent(None, refused=f"{len(sizes)} size{'s' if len(sizes) != 1 else ''}; a fit needs {MIN_FIT_SIZES}")
+        return Exponent(None, refused=f"{counted(len(sizes), 'size')}; a fit needs {MIN_FIT_SIZES}")
     if sizes[-1] < MIN_FIT_SPAN * sizes[0]:
         return Exponent(None, refused=f"sizes span {sizes[-1] / sizes[0]:.2g}x; a fit needs {MIN_FIT_SPAN:g}x")
     value = loglog_slope(ns, [min(r) for r in runs])

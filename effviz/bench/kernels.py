@@ -29,6 +29,7 @@ import effviz
 from effviz import kernels
 from effviz.bench.memory import measure_peak_memory
 from effviz.bench.timing import TimingPolicy, measure, measure_interleaved
+from effviz.wording import counted
 
 LOOP = "sequential loop"
 DEFAULT_LENGTHS = (1024, 4096, 16384)
@@ -40,6 +41,13 @@ REFERENCE_MEMORY_CAP = 4 * 2**30
 # this is skipped (the per-token Python loops at L=16384 on a small CPU).
 MAX_SECONDS_PER_RUN = 30.0
 MEMORY_TIMEOUT_S = 600.0
+# The mark of a timed row whose runs kept waiting for the CPU, by the times its numbers come from.
+UNSTABLE_MARKS = {"wall": "unstable: wall times†", "cpu": "unstable: CPU times†"}
+UNSTABLE_FOOTNOTE = (
+    "† unstable: too few runs stayed undisturbed after the redos (the machine was busy throughout), so min, "
+    "p20 and p80 come from all runs: their wall times include the waiting; their CPU times (one thread) "
+    "leave it out."
+)
 
 # Shapes of the bench, the tiny-model sizes of DESIGN.md §3.
 SCAN_BATCH, SCAN_DIM, SCAN_STATE = 1, 384, 16  # Vim-Ti: expand 2 x D 192, d_state 16
@@ -175,7 +183,8 @@ CASES: dict[str, OpCase] = {case.name: case for group in OPS.values() for case i
 class Row:
     """One (op, backend, length) point; ``skipped`` says why there are no numbers. ``min_ms`` is
     the headline; ``times_ms`` the runs it and ``p20_ms``/``p80_ms`` come from; ``disturbed``
-    the runs that waited for the CPU and were run again."""
+    the runs that waited for the CPU and were run again; ``unstable`` that too few runs stayed
+    undisturbed, so the numbers come from all runs (``basis``: their CPU or wall times)."""
 
     op: str
     backend: str
@@ -186,6 +195,7 @@ class Row:
     times_ms: list[float] | None = None
     basis: str = "wall"  # "cpu": too few undisturbed runs on one thread, see effviz.bench.timing.Timing
     disturbed: int = 0
+    unstable: bool = False
     gb_per_s: float | None = None
     peak_mib: float | None = None
     vs_reference: float | None = None
@@ -410,6 +420,7 @@ def _time_group(
             row = by_backend[backend]
             row.min_ms, row.p20_ms, row.p80_ms = timing.min_ms, timing.p20_ms, timing.p80_ms
             row.times_ms, row.disturbed, row.basis = timing.used_ms, timing.disturbed, timing.basis
+            row.unstable = timing.unstable
             row.gb_per_s = (input_bytes + out_bytes[backend]) / row.min_ms / 1e6
             last_timed[backend] = row
     for row in by_backend.values():
@@ -450,7 +461,7 @@ def _measure_memory(rows: list[Row], device: torch.device, dtype_name: str, log:
     timed = [r for r in rows if r.min_ms is not None]
     if not timed:
         return
-    print(f"[bench] measuring peak memory of {len(timed)} calls in a child process", file=log, flush=True)
+    print(f"[bench] measuring peak memory of {counted(len(timed), 'call')} in a child process", file=log, flush=True)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     calls = [
@@ -476,7 +487,7 @@ def format_report(result: dict[str, Any]) -> str:
     """Markdown: a header with the machine's limits, then one table per op (pastes into README)."""
     m = result["machine"]
     lines = [
-        f"**{m['processor']}** ({m['device']}, {m['threads']} threads), {m['dtype']}, "
+        f"**{m['processor']}** ({m['device']}, {counted(m['threads'], 'thread')}), {m['dtype']}, "
         f"torch {m['torch']}, effviz {m['effviz']}; backends available: {', '.join(m['backends'])}",
         "",
         f"Measured limits: copy bandwidth **{m['copy_gb_per_s']:.1f} GB/s** (read + write), "
@@ -504,7 +515,7 @@ def format_report(result: dict[str, Any]) -> str:
                     length,
                     _fmt(r["min_ms"]),
                     f"{_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}",
-                    f"{len(r['times_ms'])} ({r['disturbed']})" + (" CPU times" if r["basis"] == "cpu" else ""),
+                    f"{len(r['times_ms'])} ({r['disturbed']})" + (f" {UNSTABLE_MARKS[r['basis']]}" if r["unstable"] else ""),
                     _fmt(r["peak_mib"]),
                     _fmt(r["gb_per_s"]),
                     _fmt(share, 2),
@@ -513,4 +524,6 @@ def format_report(result: dict[str, Any]) -> str:
                 if with_loop:
                     cells.append(_fmt(r["vs_loop"]) + ("x" if r["vs_loop"] else ""))
             lines.append("| " + " | ".join(cells) + " |")
+        if any(r["unstable"] for r in op_rows):
+            lines += ["", UNSTABLE_FOOTNOTE]
     return "\n".join(lines) + "\n"

@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 import effviz
+from effviz.bench.devices import bench_device
 from effviz.bench.fit import Cost, Crossover, Exponent, crossover, fit_exponent, upper_half
 from effviz.bench.kernels import _processor_name
 from effviz.bench.memory import MALLOC_ENV, peak_of_call_mib
@@ -57,6 +58,7 @@ from effviz.kernels import native
 from effviz.kernels.dispatch import pick
 from effviz.models import EffvizModel, ModelConfig, architecture_config
 from effviz.models.registry import ARCHITECTURES, BUNDLED_RECIPES
+from effviz.wording import counted
 
 AXES = {"resolution": "px", "seconds": "s", "tokens": "tokens"}
 AXIS_MODALITIES = {"resolution": ("image",), "seconds": ("audio",), "tokens": ("image", "audio")}
@@ -202,9 +204,7 @@ class SweepSpec:
             raise ValueError(f"timeout must be positive, got {self.timeout_s}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        device = torch.device(self.device)  # raises on nonsense such as "gpu"
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        device = bench_device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda asked for, but torch sees no CUDA GPU here")
         self.policy()  # raises on a bad budget or run counts
@@ -801,6 +801,15 @@ def summarize(points: Sequence[PointResult], fit_range: tuple[float, float] | No
     return {"fits": fits, "crossovers": crossovers}
 
 
+def estimate_left_s(spec: SweepSpec, size_seconds: Sequence[float]) -> float:
+    """Seconds the sizes not yet measured should take, from how long each finished size took
+    (``size_seconds``, in order): each size to come as long as the last one did, and at least the
+    time budget. Before any size is done, the budget alone: a floor, as starting the children
+    and building the models come on top."""
+    last = size_seconds[-1] if size_seconds else 0.0
+    return (len(spec.values) - len(size_seconds)) * max(spec.budget_s, last)
+
+
 def disturbed_runs(points: Sequence[PointResult]) -> int:
     """Timed runs of the sweep so far that waited for the CPU and are measured again."""
     return sum(p.disturbed_runs for p in points)
@@ -821,7 +830,7 @@ def describe_protocol(env: dict[str, Any]) -> str:
     return (
         f"latency: the minimum of each model's undisturbed runs (p20-p80 beside it), "
         f"{env['min_runs']}-{env['max_runs']} runs per model, the models of a point timed in turn "
-        f"(A B A B ...) for about {env['budget_s']:g} s, {threads} torch thread{'s' if threads > 1 else ''}; "
+        f"(A B A B ...) for about {env['budget_s']:g} s, {counted(threads, 'torch thread')}; "
         f"a run whose wall time exceeds its CPU time by over {100 * TimingPolicy().margin:.0f}% waited for the CPU "
         "and is run again; a point still short of undisturbed runs after 5 redos says \"unstable\" and takes "
         + ("the CPU times of all its runs (with one thread, each run without its waiting)" if threads == 1
@@ -833,7 +842,7 @@ def format_environment(env: dict[str, Any]) -> str:
     backends = ", ".join(f"{op} {b}" for op, b in env["kernel_backends"].items())
     memory = env["memory_available_mib"]
     return (
-        f"**{env['device_name']}** ({env['device']}, {env['threads']} threads), {env['dtype']}, "
+        f"**{env['device_name']}** ({env['device']}, {counted(env['threads'], 'thread')}), {env['dtype']}, "
         f"batch {env['batch']}, time limit {env['timeout_s']:g} s per model and point; "
         f"python {env['python']}, torch {env['torch']}, triton {env['triton'] or 'not installed'}, "
         f"effviz {env['effviz']}; free memory {_fmt(memory, 4)} MiB\n\n"

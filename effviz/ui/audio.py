@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .. import api
+from ..wording import counted
 from ..data.audio import FRAME_SHIFT_MS, fbank, prepare_waveform, read_audio
 from ..models.releases import AudioPreprocess
 from . import (
@@ -77,7 +78,7 @@ def classify_audio(
     raise_if_all_failed(results)
     if measure_memory:
         measure_peaks(results, audio=(samples, sample_rate))
-    status = status_line(f"{samples.shape[0] / sample_rate:.2f} s at {sample_rate} Hz, {len(models)} models.", results)
+    status = status_line(f"{samples.shape[0] / sample_rate:.2f} s at {sample_rate} Hz, {counted(len(models), 'model')}.", results)
     return status, figure, result_table(results), [r.probabilities for r in results]
 
 

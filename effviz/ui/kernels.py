@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 import effviz
 from effviz import kernels
 from effviz.bench import kernels as kernel_bench
+from effviz.wording import counted
 
 from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
 
@@ -116,7 +117,7 @@ def kernels_figure(result: dict[str, Any]) -> go.Figure:
     fig.update_yaxes(title_text="GB/s (inputs + outputs)", row=2, col=1)
     m = result["machine"]
     fig.update_layout(
-        title=f"{m['processor']} ({m['device']}, {m['threads']} threads, {m['dtype']})",
+        title=f"{m['processor']} ({m['device']}, {counted(m['threads'], 'thread')}, {m['dtype']})",
         height=640, margin=dict(t=90), legend=dict(orientation="h", y=-0.12),
     )
     return fig
@@ -128,7 +129,7 @@ def _machine_markdown() -> str:
         "The default backend is `triton` on CUDA, the compiled `cpu` kernels on CPU when they "
         "build, `torch` otherwise (`EFFVIZ_BACKEND` overrides). "
         f"effviz {effviz.__version__}, python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} CPU threads), gradio {gr.__version__}."
+        f"({counted(torch.get_num_threads(), 'CPU thread')}), gradio {gr.__version__}."
     )
 
 
@@ -138,7 +139,8 @@ def build() -> None:
         "Each op of the shared kernel runtime, by backend, against sequence length L. After a "
         "warm-up, the backends of an op and length are timed in turn (A B A B ...) for the time "
         "budget; a run whose wall time exceeds its CPU time waited for the machine and is run "
-        "again; the minimum is shown, with an error bar up to p80. The table grows as each length "
+        "again; the minimum is shown, with an error bar up to p80 (a row marked unstable kept waiting "
+        "after the redos: its numbers come from all its runs). The table grows as each length "
         "is timed; then peak memory per call is measured in a child process. "
         "Scans are memory-bound, so throughput (bytes of inputs and outputs per second) is drawn "
         "against this machine's own large-copy bandwidth, measured in the same run. Points that "

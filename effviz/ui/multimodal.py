@@ -10,6 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from .. import api
+from ..wording import counted
 from ..data.audio import read_audio
 from ..data.image import open_image
 from . import (
@@ -79,7 +80,7 @@ def classify_av(
             second = f"{ranked[1][0]} ({ranked[1][1]:.2f})" if len(ranked) > 1 else ""
             rows.append([model_id, view, ranked[0][0], round(ranked[0][1], 4), second, round(result.latency_ms, 2)])
     given = " and ".join(name for name, x in (("a drawing", image), ("a sound", audio)) if x is not None)
-    return f"Given {given}; {len(models)} models.", pd.DataFrame(rows, columns=VIEW_COLUMNS), fused
+    return f"Given {given}; {counted(len(models), 'model')}.", pd.DataFrame(rows, columns=VIEW_COLUMNS), fused
 
 
 def build(examples: Examples) -> None:

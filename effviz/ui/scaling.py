@@ -15,6 +15,7 @@ import json
 import math
 import tempfile
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -26,6 +27,7 @@ from ..bench import sweep
 from ..bench.figure import scaling_figure
 from ..bench.fit import Crossover, Exponent
 from ..models.registry import ARCHITECTURES, BUNDLED_RECIPES
+from ..wording import counted
 from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
 
 # Limits of one sweep from the app: each point costs a timing child and a memory child per model.
@@ -84,26 +86,68 @@ def stream_sweep(
     timeout_s: float, session: str | None = None,
 ) -> Iterator[tuple]:
     """Run a sweep, yielding the whole view (status, latency plot, memory plot, summary, table,
-    files) at the start, after every point, and once more at the end with the downloads."""
+    files) at the start, after every point, and once more at the end with the downloads. The
+    status says how far the sweep is, how long it has run and about how long it has left."""
     spec = make_spec(models, axis, values, device, dtype, batch, budget_s, timeout_s)
     total = len(spec.models) * len(spec.values)
     stop = _stops[session] = threading.Event()
     points: list[sweep.PointResult] = []
+    size_seconds: list[float] = []  # how long each finished size took, smallest first
+    started = time.monotonic()
     try:
         environment = sweep.sweep_environment(spec)
-        yield _view(spec, environment, points, f"Running {total} points, smallest first (the models of a size are "
-                    "timed in turn, then measured for memory one by one) ...")
+        yield _view(spec, environment, points, "Running, smallest size first (the models of a size are timed in "
+                    "turn, then measured for memory one by one): "
+                    + progress_line(spec, len(points), size_seconds, time.monotonic() - started))
         measured = sweep.run_sweep(spec, stop)
+        size_started = time.monotonic()
         try:
             for point in measured:
                 points.append(point)
-                yield _view(spec, environment, points, f"{len(points)} of {total} points measured ...")
+                if size_finished(spec, points, point.x):
+                    size_seconds.append(time.monotonic() - size_started)
+                    size_started = time.monotonic()
+                yield _view(spec, environment, points,
+                            progress_line(spec, len(points), size_seconds, time.monotonic() - started))
         finally:
             measured.close()  # hands the sweep slot on even if this generator is abandoned
     finally:
         _stops.pop(session, None)
-    ending = f"Stopped after {len(points)} of {total} points." if stop.is_set() else f"Done: {total} points."
+    took = clock(time.monotonic() - started)
+    ending = (f"Stopped after {len(points)} of {counted(total, 'point')}, {took}." if stop.is_set()
+              else f"Done: {counted(total, 'point')} in {took}.")
     yield _view(spec, environment, points, ending, with_files=True)
+
+
+def size_finished(spec: sweep.SweepSpec, points: Sequence[sweep.PointResult], x: float) -> bool:
+    """Whether every model of the sweep has its point at ``x`` (measured, failed or skipped)."""
+    return sum(p.x == x for p in points) == len(spec.models)
+
+
+def progress_line(spec: sweep.SweepSpec, points_done: int, size_seconds: Sequence[float], elapsed_s: float) -> str:
+    """How far a sweep is (sizes and points done, time elapsed) and about how long it has left,
+    saying what that estimate rests on: a sweep takes minutes, and a visitor decides whether to
+    wait by it."""
+    sizes, total = len(spec.values), len(spec.models) * len(spec.values)
+    head = (f"{len(size_seconds)} of {counted(sizes, 'size')} done ({points_done} of {counted(total, 'point')}), "
+            f"{clock(elapsed_s)} elapsed")
+    if len(size_seconds) == sizes:
+        return head + "."
+    left = clock(math.ceil(sweep.estimate_left_s(spec, size_seconds)))  # whole seconds, never "0 s left"
+    if not size_seconds:
+        return (f"{head}; at least {left} left (the {spec.budget_s:g} s time budget per size; starting the "
+                "processes and building the models come on top) ...")
+    return f"{head}; about {left} left (each size to come taking as long as the last one did) ..."
+
+
+def clock(seconds: float) -> str:
+    """A duration as people read it: "8 s", "3 min 05 s", "1 h 02 min"."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def stop_sweep(session: str | None = None) -> str:
@@ -136,7 +180,7 @@ def disturbance_note(points: Sequence[sweep.PointResult]) -> str:
     note = ("Other work keeps running during a sweep: timed runs it slows (wall time over CPU time) are "
             f"detected and run again; {redone} so far.")
     if unstable:
-        note += f" {len(unstable)} point(s) stayed disturbed after the redos: see their reason."
+        note += f" {counted(len(unstable), 'point')} stayed disturbed after the redos: see their reason."
     return note
 
 
@@ -200,7 +244,7 @@ def build() -> None:
         "kernel's high-water mark, in a process per model. A fixed workload timed first gauges the "
         "machine's noise. Weights are random: timing does not depend on them. Sweeps run one at a "
         "time for everyone (overlapping timings would measure each other); a waiting sweep shows "
-        "its place in the queue. Predictions in the other tabs keep running; the status line "
+        "its place in the queue, a running one the sizes done and about how long it has left. Predictions in the other tabs keep running; the status line "
         "counts the runs they disturbed."
     )
     with gr.Row():

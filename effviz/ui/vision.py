@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import api
+from ..wording import counted
 from ..data.image import open_image
 from . import (
     MAX_SHOWN_MODELS,
@@ -57,7 +58,7 @@ def classify_image(
     raise_if_all_failed(results)
     if measure_memory:
         measure_peaks(results, image=image)
-    status = status_line(f"{image.width}x{image.height} picture, {len(models)} models.", results)
+    status = status_line(f"{image.width}x{image.height} picture, {counted(len(models), 'model')}.", results)
     return status, result_table(results), [r.probabilities for r in results]
 
 
