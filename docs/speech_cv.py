@@ -81,7 +81,7 @@ def main() -> None:
         todo = [(m, s) for s in speakers for m in SPEECH_MODELS if fold_card(m, s) is None]
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: train_fold(*job, args.data), todo))
-    for m in SPEECH_MODELS:  # folds calibrated by an earlier rule are calibrated again
+    for m in SPEECH_MODELS:  # a fold whose calibration lacks max_cost used another rule: calibrate it by this one
         for s in speakers:
             card = fold_card(m, s)
             if card is not None and "max_cost" not in card.get("no_digit_calibration", {}):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
-import subprocess
 import threading
 import time
 from dataclasses import asdict
