@@ -5,6 +5,7 @@
   eval      re-measure a trained model's card numbers from its weights
   import    an official checkpoint (a file on this machine or a Hub repo) into weights/
   inspect   a model's token-mixing matrices and relevance maps on one input
+  transcribe  stream a recording through the digit transcribers: digits as they are said
   bench     kernel tables, scaling sweeps and figures (``python -m effviz bench --help``)
   train     train a bundled model (``python -m effviz train --help``)
   serve     launch the web app
@@ -75,6 +76,39 @@ def _eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _transcribe(args: argparse.Namespace) -> int:
+    from . import streaming
+
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"no such file: {args.input}")
+    models = args.model or streaming.list_transcribers()
+    if not models:
+        raise ValueError("no transcriber is saved here (weights/transcribers/): train one with "
+                         "python -m effviz.train_transcriber")
+    results = []
+    for model_id in models:
+        compute, reports = 0.0, []
+        for report in streaming.stream_recording(model_id, Path(args.input), chunk_seconds=args.chunk_seconds):
+            compute += report.compute_seconds
+            reports.append(report)
+            if not args.json:
+                for digit in report.digits:
+                    print(f"{model_id}: {digit.label} at {digit.seconds:.2f} s", flush=True)
+        seconds = reports[-1].seconds_streamed
+        digits = [d for r in reports for d in r.digits]
+        results.append({"model": model_id, "transcript": streaming.digits_text(digits),
+                        "digits": [{"label": d.label, "seconds": d.seconds} for d in digits],
+                        "seconds": round(seconds, 3), "real_time_factor": round(compute / seconds, 4),
+                        "state_bytes": reports[-1].state_bytes})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['model']}: {r['transcript'] or '(no digit)'}  (real-time factor {r['real_time_factor']:.3f}, "
+                  f"state {r['state_bytes']:,} bytes)")
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .ui.app import launch
 
@@ -129,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--data", default="../shared/data", help="folder of the training data files")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(run=_eval)
+
+    transcribe = commands.add_parser("transcribe", help="stream a recording through the digit transcribers")
+    transcribe.add_argument("input", help="sound file")
+    transcribe.add_argument("--model", action="append", help="transcriber id (repeatable; default: all saved)")
+    transcribe.add_argument("--chunk-seconds", type=float, default=0.16, help="audio handed over at a time")
+    transcribe.add_argument("--json", action="store_true")
+    transcribe.set_defaults(run=_transcribe)
 
     serve = commands.add_parser("serve", help="launch the web app")
     serve.add_argument("--host", help="address to listen on (default $GRADIO_SERVER_NAME or 0.0.0.0)")

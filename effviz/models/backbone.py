@@ -23,13 +23,27 @@ class Block(nn.Module):
         self.ffn = build_channel_mixer(cfg, layer_idx)
         self.norm2 = AddNorm(cfg.embed_dim, cfg.norm, cfg.norm_eps) if self.ffn is not None else None
 
-    def forward(self, h, residual, layout: TokenLayout):
+    def forward(self, h, residual, layout: TokenLayout | None):
         h, residual = self.norm1(h, residual)
         h = self.mixer(h, layout)
         if self.ffn is not None:
             h, residual = self.norm2(h, residual)
             h = self.ffn(h, layout)
         return h, residual
+
+    def step(self, h, residual, state: tuple | None):
+        """A causal block on the next chunk of a stream; state: (the mixer's, the channel mixer's
+        when it has one), None at the start."""
+        mixer_state, ffn_state = state if state is not None else (None, None)
+        h, residual = self.norm1(h, residual)
+        h, mixer_state = self.mixer.step(h, mixer_state)
+        if self.ffn is not None:
+            h, residual = self.norm2(h, residual)
+            if getattr(self.ffn, "stateful", False):  # RWKV's channel mixer shifts tokens
+                h, ffn_state = self.ffn.step(h, ffn_state)
+            else:
+                h = self.ffn(h, None)
+        return h, residual, (mixer_state, ffn_state)
 
 
 class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):

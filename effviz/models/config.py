@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 TOKEN_MIXERS = ("mamba", "rwkv", "retention", "attention", "window_attention")
 CHANNEL_MIXERS = ("mlp", "rwkv", "moe", None)
+CAUSAL_MIXERS = ("mamba", "rwkv", "retention", "attention")  # the mixers with a streaming form
 
 
 @dataclass
@@ -95,6 +96,11 @@ class ModelConfig:
     # Wider inputs are band-limited to it, so a 44.1 kHz microphone take reads as training data did.
     audio_band_hz: float = 0.0
     modality_embed: bool = False  # learned per-modality embedding (multimodal early fusion)
+    # A streaming transcriber (effviz.models.transcriber): every token mixer causal and carrying
+    # its state from one chunk to the next, fbank frames stacked ``audio_patch_size`` to a token,
+    # no class token and no position embedding (the recurrences and the causal mask order the
+    # tokens, and a stream has no end to size an embedding for), a CTC head on every token.
+    causal: bool = False
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; restore them so configs compare equal after a round trip.
@@ -120,6 +126,10 @@ class ModelConfig:
             raise ValueError(f"unknown cls_token position {self.cls_token!r}")
         if self.dist_token and self.cls_token != "first":
             raise ValueError("a distillation token follows a class token in first position (cls_token='first')")
+        if self.causal and (self.modalities != ("audio",) or self.cls_token is not None
+                            or set(self.block_mixers()) - set(CAUSAL_MIXERS)):
+            raise ValueError(f"a causal model reads audio alone, without a class token, through "
+                             f"{', '.join(CAUSAL_MIXERS)} mixers")
         if self.labels and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ModelConfig
+from .transcriber import BLANK
 
 def bundled_path(folder: str) -> Path:
     """``weights/`` or ``assets/``: beside the package in a checkout, inside it once installed
@@ -235,8 +236,24 @@ def _digits_av(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
+def _stream(cfg: ModelConfig) -> ModelConfig:
+    """Streaming digit transcriber (effviz.models.transcriber): 8 kHz audio (FSDD's rate; wider
+    inputs are resampled to it), 40 mel bins, 4 frames (40 ms) a token, D=128, 4 heads, four
+    blocks (eight for Mamba, which has no channel mixer), a CTC head over blank and the digits."""
+    cfg.embed_dim, cfg.num_heads = 128, 4
+    cfg.depth = 8 if cfg.channel_mixer is None else 4
+    cfg.causal, cfg.cls_token, cfg.input_norm, cfg.modalities = True, None, False, ("audio",)
+    cfg.num_classes, cfg.labels = 11, [BLANK, *DIGITS]
+    cfg.sample_rate, cfg.mel_bins, cfg.audio_patch_size = 8000, 40, 4
+    cfg.fbank_mean, cfg.fbank_std = STREAM_FBANK_MEAN, STREAM_FBANK_STD
+    cfg.__post_init__()
+    return cfg
+
+
 # Fbank statistics of the FSDD training speakers (measured by effviz.train, AST-style normalisation).
 FSDD_FBANK_MEAN, FSDD_FBANK_STD = -9.4, 5.0
+# Those of the transcribers' training utterances (8 kHz, 40 bins; effviz.train_transcriber).
+STREAM_FBANK_MEAN, STREAM_FBANK_STD = -7.0, 4.8
 
 BUNDLED_RECIPES: dict[str, Callable[[], ModelConfig]] = {
     "vim-cifar": lambda: _cifar(vim_tiny()),
@@ -249,4 +266,12 @@ BUNDLED_RECIPES: dict[str, Callable[[], ModelConfig]] = {
     "ast-fsdd": lambda: _fsdd(deit_tiny()),
     "av-mamba-digits": lambda: _digits_av(vim_tiny()),
     "av-transformer-digits": lambda: _digits_av(deit_tiny()),
+}
+
+# Streaming transcribers (weights/transcribers/<id>/): the same four mixers, causal.
+TRANSCRIBER_RECIPES: dict[str, Callable[[], ModelConfig]] = {
+    "mamba-digits-stream": lambda: _stream(vim_tiny()),
+    "rwkv-digits-stream": lambda: _stream(vrwkv_tiny()),
+    "retnet-digits-stream": lambda: _stream(vir_tiny()),
+    "transformer-digits-stream": lambda: _stream(deit_tiny()),
 }

@@ -1,4 +1,5 @@
-"""Softmax attention, the O(N^2) baseline (DeiT, AST)."""
+"""Softmax attention, the O(N^2) baseline (DeiT, AST), and its causal form, which streams with a
+key-value cache that grows with every token."""
 from __future__ import annotations
 
 import torch
@@ -16,13 +17,13 @@ class Attention(nn.Module):
     did, so users can see both costs.
     """
 
-    def __init__(self, dim: int, num_heads: int, impl: str = "sdpa"):
+    def __init__(self, dim: int, num_heads: int, impl: str = "sdpa", causal: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         if impl not in ("sdpa", "eager"):
             raise ValueError(f"unknown attention impl {impl!r}")
-        self.num_heads, self.impl = num_heads, impl
+        self.num_heads, self.impl, self.causal = num_heads, impl, causal
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         # Xavier, not the backbone's truncated normal 0.02: at that scale the attention logits start
@@ -42,11 +43,31 @@ class Attention(nn.Module):
         batch, heads, length, head_dim = heads_out.shape
         return self.proj(heads_out.transpose(1, 2).reshape(batch, length, heads * head_dim))
 
-    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
         q, k, v = self.heads(x)
+        return self.merge(self._attend(q, k, v))
+
+    def step(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Causal attention over the next chunk (batch, L, dim) of a stream: its queries see every
+        key so far. The cache, the keys and values of all earlier tokens (each (batch, heads,
+        tokens, head_dim)), grows by L tokens."""
+        if not self.causal:
+            raise ValueError("only causal attention streams: a bidirectional token needs the keys that follow it")
+        q, k, v = self.heads(x)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        return self.merge(self._attend(q, k, v)), (k, v)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of q over k, v; causal: query i is the (keys - queries + i)-th token."""
+        mask = None
+        if self.causal:  # a query sees its own key and every earlier one
+            queries, keys = q.shape[2], k.shape[2]
+            mask = torch.arange(keys, device=q.device) <= torch.arange(keys - queries, keys, device=q.device)[:, None]
         if self.impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-            out = scores.softmax(dim=-1) @ v
-        return self.merge(out)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(dim=-1) @ v

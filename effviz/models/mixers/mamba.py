@@ -1,8 +1,11 @@
-"""Vision Mamba's bidirectional Mamba mixer ("bimamba v2", hustvl/Vim).
+"""Mamba mixers: Vision Mamba's bidirectional one ("bimamba v2", hustvl/Vim) and the causal one of
+the original Mamba, which streams.
 
-One shared input projection feeds a forward and a backward Mamba branch, each with its own causal
-depthwise conv, projections, A and D. The backward branch runs the same kernels with
-``reverse=True`` instead of flipping the sequence twice.
+In Vim one shared input projection feeds a forward and a backward Mamba branch, each with its own
+causal depthwise conv, projections, A and D. The backward branch runs the same kernels with
+``reverse=True`` instead of flipping the sequence twice. The causal mixer is one forward branch:
+its state, the conv's last inputs and the scan's (d_inner, d_state) state, is all it needs to go on
+from one chunk of a stream to the next.
 """
 from __future__ import annotations
 
@@ -65,6 +68,22 @@ class MambaBranch(nn.Module):
         """x, z: (batch, d_inner, L) -> (batch, d_inner, L)."""
         return selective_scan(**self.scan_inputs(x, reverse), z=z, delta_softplus=True, reverse=reverse)
 
+    def stream(self, x: torch.Tensor, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The forward branch on the next chunk of a stream: x, z (batch, d_inner, L) and the state
+        after the previous chunk (None at the start) -> output and the state after this one:
+        (the conv's last d_conv - 1 inputs, the scan's (batch, d_inner, d_state) fp32 state)."""
+        conv_state, scan_state = state if state is not None else (None, None)
+        u, conv_state = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
+                                      initial_state=conv_state, return_final_state=True)
+        dt, B, C = channel_major_linear(self.x_proj.weight, u.transpose(1, 2)).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = channel_major_linear(self.dt_proj.weight, dt.transpose(1, 2))
+        y, scan_state = selective_scan(u, delta, -torch.exp(self.A_log.float()), B, C, D=self.D.float(), z=z,
+                                       delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                       return_last_state=True, initial_state=scan_state)
+        return y, (conv_state, scan_state)
+
 
 class BiMamba(nn.Module):
     def __init__(self, dim: int, d_state: int = 16, expand: int = 2, d_conv: int = 4):
@@ -83,3 +102,25 @@ class BiMamba(nn.Module):
         # Vim v2 averages the two directions: halving the (batch, L, dim) output costs half of
         # halving the (batch, d_inner, L) sum.
         return self.out_proj(y.transpose(1, 2)).mul_(0.5)
+
+
+class Mamba(nn.Module):
+    """The causal Mamba mixer (Gu & Dao, arXiv 2312.00752): input projection to (x, z), one
+    branch, output projection. ``forward`` reads a whole sequence; ``step`` the next chunk of a
+    stream, with the state the previous chunk left, and gives the same outputs."""
+
+    def __init__(self, dim: int, d_state: int = 16, expand: int = 2, d_conv: int = 4):
+        super().__init__()
+        d_inner = expand * dim
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
+        self.branch = MambaBranch(d_inner, d_state, math.ceil(dim / 16), d_conv)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+
+    def forward(self, hidden: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+        x, z = channel_major_linear(self.in_proj.weight, hidden).chunk(2, dim=1)
+        return self.out_proj(self.branch(x, z, reverse=False).transpose(1, 2))
+
+    def step(self, hidden: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple]:
+        x, z = channel_major_linear(self.in_proj.weight, hidden).chunk(2, dim=1)
+        y, state = self.branch.stream(x, z, state)
+        return self.out_proj(y.transpose(1, 2)), state

@@ -72,6 +72,13 @@ class MultiScaleRetention(nn.Module):
         normed = self.group_norm(heads_out.transpose(1, 2).reshape(batch * length, dim))
         return self.out_proj(F.silu(self.g_proj(x)) * normed.view(batch, length, dim))
 
-    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
         mode = "parallel" if self.training else "chunk"
         return self.gated_output(x, retention(*self.heads(x), self.decay(x.device), mode=mode))
+
+    def step(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next chunk (batch, L, dim) of a stream; state: the (batch, heads, head_dim, head_dim)
+        fp32 sum Σ γ^(n−m) k_mᵀ v_m over the tokens so far (None at the start)."""
+        out, state = retention(*self.heads(x), self.decay(x.device), mode="chunk", initial_state=state,
+                               return_state=True)
+        return self.gated_output(x, out), state

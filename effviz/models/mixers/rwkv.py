@@ -8,6 +8,11 @@ projection input is ``x * mu + shift(x) * (1 - mu)`` with its own learned per-ch
 Parameter names and shapes are the official ones (``spatial_decay``, ``spatial_mix_k`` ...), so a
 checkpoint's ``layers.{i}.att.*`` / ``layers.{i}.ffn.*`` keys map 1:1 onto ``blocks.{i}.mixer.*`` /
 ``blocks.{i}.ffn.*``. The tiny model has no key norm and no layer scale, so neither exists here.
+
+The causal mixers of a streaming transcriber are RWKV-4's (BlinkDL/RWKV-LM, arXiv 2305.13048):
+the same projections and init, but the shift is a token shift (every channel takes the previous
+token's value) and the WKV runs over the past only, with a fixed decay (a stream has no length to
+divide it by). Their state from one chunk to the next: the last token, and WKV's running sums.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from ...kernels import bi_wkv
+from ...kernels import bi_wkv, wkv
 from ..layers import TokenLayout
 
 
@@ -122,3 +127,60 @@ class ChannelMix(nn.Module):
         k = torch.relu(self.key(torch.lerp(shifted, x, self.spatial_mix_k))).square()
         r = self.receptance(torch.lerp(shifted, x, self.spatial_mix_r))
         return torch.sigmoid(r) * self.value(k)
+
+
+def token_shift(x: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
+    """(batch, L, C) tokens moved one step later: each takes the previous token's value, the first
+    one ``last`` (the previous chunk's last token; zeros at the start of a stream)."""
+    first = x.new_zeros(x.shape[0], 1, x.shape[2]) if last is None else last[:, None].to(x.dtype)
+    return torch.cat([first, x[:, :-1]], dim=1)
+
+
+class TimeMix(nn.Module):
+    """RWKV-4's causal token mixer: token shift -> k, v, r -> WKV over the past ->
+    ``output(sigmoid(r) * wkv)``. The decay rate per channel is ``exp(time_decay)``."""
+
+    def __init__(self, dim: int, layer_idx: int, depth: int):
+        super().__init__()
+        rising, falling = _layer_ratios(layer_idx, depth)
+        channel_pos = torch.linspace(0, 1, dim)
+        self.time_decay = nn.Parameter(-5 + 8 * channel_pos ** (0.7 + 1.3 * rising))
+        zigzag = 0.5 * ((torch.arange(dim) + 1) % 3 - 1).float()
+        self.time_first = nn.Parameter(math.log(0.3) + zigzag)
+        fraction = _channel_fraction(dim)
+        self.time_mix_k = nn.Parameter(fraction**falling)
+        self.time_mix_v = nn.Parameter(fraction**falling + 0.3 * rising)
+        self.time_mix_r = nn.Parameter(fraction ** (0.5 * falling))
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.output = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+        return self.step(x, None)[0]
+
+    def step(self, x: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple]:
+        """Next chunk (batch, L, dim); state: (last token (batch, dim), WKV's (batch, 3, dim) sums)."""
+        last, sums = state if state is not None else (None, None)
+        shifted = token_shift(x, last)
+        k = self.key(torch.lerp(shifted, x, self.time_mix_k))
+        v = self.value(torch.lerp(shifted, x, self.time_mix_v))
+        r = self.receptance(torch.lerp(shifted, x, self.time_mix_r))
+        out, sums = wkv(torch.exp(self.time_decay), self.time_first, k, v, state=sums, return_state=True)
+        return self.output(torch.sigmoid(r) * out), (x[:, -1], sums)
+
+
+class TimeShiftChannelMix(ChannelMix):
+    """RWKV-4's channel mixer: ChannelMix with a token shift in place of the Q-shift; its state
+    is the last token."""
+
+    stateful = True
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+        return self.step(x, None)[0]
+
+    def step(self, x: torch.Tensor, last: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted = token_shift(x, last)
+        k = torch.relu(self.key(torch.lerp(shifted, x, self.spatial_mix_k))).square()
+        r = self.receptance(torch.lerp(shifted, x, self.spatial_mix_r))
+        return torch.sigmoid(r) * self.value(k), x[:, -1]

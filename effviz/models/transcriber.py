@@ -1,0 +1,83 @@
+"""A causal speech model that streams: the shared backbone's blocks with causal mixers and a CTC
+head on every token, for transcribing spoken digits as they are said.
+
+    fbank frames (T, mel) -> stacked audio_patch_size to a token -> linear -> causal blocks
+    -> final norm -> per-token logits over "blank" and the digits (CTC)
+
+``forward`` reads a whole recording in one pass (the form training uses). ``step`` reads the next
+chunk of a stream, carrying each block's state, and gives the same logits: for Mamba, RWKV and
+RetNet the state has a fixed size however long the stream; for the causal transformer it is the
+key-value cache, which grows by every token. Every layer is causal or per-token (norms, MLPs,
+the head), so the logits of a token never depend on what follows it, and frames padded at the end
+of a batch change nothing before them.
+"""
+from __future__ import annotations
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from .backbone import Block, _init_weights
+from .config import ModelConfig
+from .layers import AddNorm
+
+BLANK = "blank"  # CTC's "no new symbol here"; label 0
+
+
+class Transcriber(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
+    """``forward(audio)``: (batch, frames, mel_bins) fbank -> (batch, frames // audio_patch_size,
+    classes) logits. Frames beyond the last whole token are left for the next chunk by the
+    streaming engine and ignored here."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not config.causal:
+            raise ValueError("a Transcriber is built from a causal config (ModelConfig.causal=True)")
+        if not config.labels or config.labels[0] != BLANK:
+            raise ValueError(f"a Transcriber's label 0 is CTC's {BLANK!r}, got labels {config.labels}")
+        self.config = cfg = config
+        self.frames_per_token = cfg.audio_patch_size
+        self.embed = nn.Linear(cfg.audio_patch_size * cfg.mel_bins, cfg.embed_dim)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.norm_f = AddNorm(cfg.embed_dim, cfg.norm, cfg.norm_eps)
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        self.apply(_init_weights)
+
+    def tokens(self, audio: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, mel) -> (batch, frames // P, embed_dim): P = audio_patch_size frames a token."""
+        batch, frames, mel = audio.shape
+        if mel != self.config.mel_bins:
+            raise ValueError(f"expected {self.config.mel_bins} mel bins, got {mel}")
+        count = frames // self.frames_per_token
+        return self.embed(audio[:, : count * self.frames_per_token].reshape(batch, count, -1))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        h, residual = self.tokens(audio), None
+        for block in self.blocks:
+            h, residual = block(h, residual, None)
+        return self.head(self.norm_f(h, residual)[0])
+
+    def step(self, audio: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
+        """The next chunk of a stream: (batch, frames, mel) with frames a multiple of P, and the
+        state the previous chunk returned (None at the start) -> its logits and the new state."""
+        if audio.shape[1] % self.frames_per_token:
+            raise ValueError(f"a chunk holds whole tokens: a multiple of {self.frames_per_token} frames, "
+                             f"got {audio.shape[1]}")
+        state = state if state is not None else [None] * len(self.blocks)
+        h, residual = self.tokens(audio), None
+        new_state = []
+        for block, block_state in zip(self.blocks, state):
+            h, residual, block_state = block.step(h, residual, block_state)
+            new_state.append(block_state)
+        return self.head(self.norm_f(h, residual)[0]), new_state
+
+
+def state_bytes(state: list | None) -> int:
+    """Bytes a stream's state holds: every tensor in it (the KV cache, for attention)."""
+    if state is None:
+        return 0
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(s) for s in state)
+    raise TypeError(f"unexpected {type(state).__name__} in a stream's state")

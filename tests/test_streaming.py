@@ -1,0 +1,175 @@
+"""Streaming transcription: every causal model gives the same logits streamed in chunks of any
+size as in one pass, with a state of constant size (growing for attention's KV cache); the fbank
+stream equals the offline fbank; the streamed transcript equals the offline one; the recipe
+trains, saves and reloads a checked model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from effviz import streaming, train, train_transcriber
+from effviz.data import synthetic_speech
+from effviz.data.connected_digits import connected_utterance, digit_error_rate, edit_distance
+from effviz.models import registry
+from effviz.models.transcriber import Transcriber, state_bytes
+from tests.test_train import tiny_fsdd, tone_word
+
+RECIPES = dict(registry.TRANSCRIBER_RECIPES)
+TINY = dict(embed_dim=32, num_heads=2)
+
+
+def tiny_model(model_id: str, seed: int = 0) -> Transcriber:
+    cfg = RECIPES[model_id]()
+    cfg.embed_dim, cfg.num_heads, cfg.depth = TINY["embed_dim"], TINY["num_heads"], 2
+    torch.manual_seed(seed)
+    model = Transcriber(cfg).eval()
+    with torch.no_grad():  # a trained model's decays and gates are far from their init: randomise them
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("model_id", list(RECIPES))
+@pytest.mark.parametrize("tokens_per_chunk", [1, 7, 64])
+def test_a_causal_model_streamed_in_chunks_equals_one_pass(model_id, tokens_per_chunk):
+    model = tiny_model(model_id)
+    frames = torch.randn(2, 4 * 150, model.config.mel_bins)
+    with torch.no_grad():
+        whole = model(frames)
+        state, pieces = None, []
+        step = 4 * tokens_per_chunk
+        for start in range(0, frames.shape[1], step):
+            logits, state = model.step(frames[:, start:start + step], state)
+            pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=6e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("model_id", list(RECIPES))
+def test_the_state_keeps_its_size_except_the_kv_cache(model_id):
+    model = tiny_model(model_id)
+    sizes, state = [], None
+    with torch.no_grad():
+        for _ in range(5):
+            _, state = model.step(torch.randn(1, 4 * 10, model.config.mel_bins), state)
+            sizes.append(state_bytes(state))
+    if model.config.mixer == "attention":
+        assert sizes == [sizes[0] * (i + 1) for i in range(5)]  # keys and values of every token so far
+    else:
+        assert len(set(sizes)) == 1 and sizes[0] > 0
+
+
+def test_a_chunk_of_partial_tokens_is_refused():
+    model = tiny_model("mamba-digits-stream")
+    with pytest.raises(ValueError, match="multiple of 4 frames"):
+        model.step(torch.randn(1, 6, model.config.mel_bins), None)
+
+
+def test_the_fbank_stream_equals_the_offline_fbank():
+    cfg = RECIPES["retnet-digits-stream"]()
+    wave = torch.randn(8000) * 0.1
+    stream = streaming.FbankStream(cfg)
+    pieces, start = [], 0
+    for size in [1, 150, 37, 2000, 80, 1, 5731]:
+        pieces.append(stream.push(wave[start:start + size]))
+        start += size
+    torch.testing.assert_close(torch.cat(pieces), streaming.causal_fbank(wave, cfg), rtol=1e-5, atol=1e-4)
+
+
+def test_greedy_ctc_merges_repeats_across_chunks_and_keeps_them_apart_across_blanks():
+    labels = ["blank", *"0123456789"]
+
+    def logits(ids):
+        return torch.nn.functional.one_hot(torch.tensor(ids), 11).float()
+
+    decoder = streaming.GreedyCtc(labels, seconds_per_token=0.04, first_token_end=0.055)
+    digits = decoder.push(logits([0, 5, 5])) + decoder.push(logits([5, 0, 5, 8])) + decoder.push(logits([8, 0]))
+    assert [d.label for d in digits] == ["4", "4", "7"]
+    assert [d.seconds for d in digits] == [0.095, 0.255, 0.295]
+
+
+def test_a_streamed_recording_gives_the_offline_transcript(monkeypatch, tmp_path):
+    model = tiny_model("rwkv-digits-stream", seed=3)
+    wave = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, 24000).astype(np.float32))
+    offline = streaming.transcribe_waveform(model, wave)
+    stream = streaming.DigitStream(model)
+    reports = [stream.feed(wave[s:s + 1234]) for s in range(0, wave.shape[0], 1234)]
+    assert offline, "a random model should say something on noise"
+    assert stream.transcript == offline
+    assert reports[-1].seconds_streamed == pytest.approx(3.0)
+    assert len({r.state_bytes for r in reports[1:]}) == 1
+
+
+def test_digit_error_rate_is_edit_distance_over_reference_digits():
+    assert edit_distance([1, 2, 3], [1, 3]) == 1
+    assert edit_distance([1, 2, 3], [3, 2, 1]) == 2
+    assert edit_distance([], [5]) == 1
+    assert digit_error_rate([([1, 2, 3, 4], [1, 2, 3, 4]), ([5, 6], [6])]) == pytest.approx(1 / 6)
+
+
+def test_connected_utterances_string_digit_clips_with_pauses():
+    clips = [(torch.full((800,), 0.1 * (d + 1)), d) for d in range(10)]
+    wave, digits = connected_utterance(clips, 8000, torch.Generator().manual_seed(0))
+    assert 1 <= len(digits) <= 15
+    voiced = (wave.abs() > 0).float()
+    assert int((voiced[1:] - voiced[:-1]).clamp_min(0).sum()) == len(digits)  # each digit its own stretch of sound
+
+
+# --- the recipe end to end on a tiny corpus ---------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, monkeypatch):
+    words = synthetic_speech.DIGIT_WORDS
+    monkeypatch.setattr(synthetic_speech, "synthesize_pairs",
+                        lambda pairs: [tone_word(w, 330 + 150 * words.index(w)) for w, _ in pairs[:10]])
+    monkeypatch.setattr(synthetic_speech, "test_utterances",
+                        lambda: [tone_word(w, 310 + 150 * i) for i, w in enumerate(words)])
+    monkeypatch.setattr(train_transcriber, "room_impulse_responses", lambda rate: [torch.tensor([1.0, 0.0, 0.3])])
+    monkeypatch.setattr(train_transcriber, "TEST_UTTERANCES", 4)
+    monkeypatch.setattr(train, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(train_transcriber, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(streaming, "TRANSCRIBERS_DIR", tmp_path / "transcribers")
+    monkeypatch.setattr(train_transcriber, "TRANSCRIBERS_DIR", tmp_path / "transcribers")
+    monkeypatch.setenv("EFFVIZ_CACHE", str(tmp_path / "cache"))
+
+    def tiny_cfg():
+        cfg = RECIPES["retnet-digits-stream"]()
+        cfg.embed_dim, cfg.num_heads, cfg.depth = 16, 2, 1
+        return cfg
+
+    monkeypatch.setitem(registry.TRANSCRIBER_RECIPES, "retnet-digits-stream", tiny_cfg)
+    streaming._loaded.clear()
+    yield str(tiny_fsdd(tmp_path / "fsdd.zip"))
+    streaming._loaded.clear()
+
+
+def test_the_recipe_trains_saves_and_reloads_a_checked_model(tiny_recipe, tmp_path):
+    recipe = train_transcriber.Recipe(epochs=2, batch_size=4)
+    card = train_transcriber.train_transcriber("retnet-digits-stream", tiny_recipe, "theo", recipe=recipe,
+                                               bank_utterances=8)
+    assert [h["epoch"] for h in card["history"]] == [1, 2]
+    assert set(card["metrics"]) == {"der_speaker", "der_synthetic_voices"}
+    assert all(0 <= v for v in card["metrics"].values())
+    assert "FSDD clips of the speakers but 'theo'" in card["data"]
+    assert streaming.list_transcribers() == ["retnet-digits-stream"]
+    model = streaming.load_transcriber("retnet-digits-stream")
+    assert model.config == registry.TRANSCRIBER_RECIPES["retnet-digits-stream"]()
+    resumed = train_transcriber.train_transcriber("retnet-digits-stream", tiny_recipe, "theo", epochs=3,
+                                                  recipe=recipe, bank_utterances=8, resume=True)
+    assert resumed["history"][:2] == card["history"]  # not retrained
+    weights = tmp_path / "transcribers" / "retnet-digits-stream" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    streaming._loaded.clear()
+    with pytest.raises(ValueError, match="does not match"):
+        streaming.load_transcriber("retnet-digits-stream")
+
+
+def test_unknown_and_invalid_transcriber_ids_are_clear_errors(tiny_recipe):
+    with pytest.raises(ValueError, match="unknown transcriber 'nope'"):
+        streaming.load_transcriber("nope")
+    with pytest.raises(ValueError, match="invalid transcriber id"):
+        streaming.load_transcriber("../weights")
+    assert json.dumps(streaming.list_transcribers()) == "[]"
