@@ -5,8 +5,8 @@ scaled by e^{-p_t} where p_t = max(p_{t-1} - w, k_t) is the largest exponent in 
 
     h_t = α_t h_{t-1} + β_t (v_t, 1),   α_t = e^{p_{t-1} - w - p_t},   β_t = e^{k_t - p_t}.
 
-α and β lie in (0, 1] and h's denominator is >= 1 (the largest term contributes exactly 1), so
-nothing overflows or underflows for any |k| or w·T. The point of this form is that the
+α and β lie in [0, 1] and h's denominator is >= 1 (the largest term contributes exactly 1), so
+nothing overflows and the denominator cannot underflow, for any |k| or w·T. The point is that the
 stabiliser p does not need gradients (the outputs do not depend on it: it cancels), so it is
 found first in a cheap loop outside autograd; α and β are then formed for all t at once, and
 the loop that autograd records is one fused multiply-add per token. (A loop over logaddexp and
