@@ -16,9 +16,9 @@ pass ``exp(time_decay)`` here), ``u`` the bonus of the token itself (RWKV-4's ``
 
 (the tokens of earlier chunks included, each decayed once per token since), with p the largest
 exponent -(t-i)w + k_i of the sum, so that a and b stay in range (b >= 1 once a token has been
-seen). That is exactly the prefix sum Σ_{i<t+1} e^{-(t+1-1-i)w + k_i} (v_i, 1) the next token t + 1 needs: a state is used
-as is by the first token of the next chunk, which then decays it by e^{-w} as it adds itself.
-So ``wkv(chunk2, state=wkv(chunk1, return_state=True)[1])`` equals the second half of
+seen). That is exactly the prefix sum Σ_{i<t+1} e^{-(t+1-1-i)w + k_i} (v_i, 1) that token t + 1
+needs: the first token of the next chunk uses a state as is, and decays it by e^{-w} as it adds
+itself. So ``wkv(chunk2, state=wkv(chunk1, return_state=True)[1])`` equals the second half of
 ``wkv(chunk1 + chunk2)``. ``state=None`` means no tokens before: a = b = 0 and p = -1e38 (finite,
 RWKV-4's value; the C kernels are compiled with -ffast-math and must not meet infinities; -inf
 is accepted as well), which ``wkv_initial_state`` makes.
