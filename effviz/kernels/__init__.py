@@ -9,6 +9,7 @@ from .dispatch import BACKENDS, available_backends
 from .retention import retention
 from .rms_norm import rms_norm
 from .selective_scan import selective_scan
+from .wkv import wkv, wkv_initial_state
 
 __all__ = [
     "BACKENDS",
@@ -18,4 +19,6 @@ __all__ = [
     "retention",
     "rms_norm",
     "selective_scan",
+    "wkv",
+    "wkv_initial_state",
 ]
