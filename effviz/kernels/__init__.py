@@ -8,7 +8,7 @@ from .causal_conv1d import causal_conv1d
 from .dispatch import BACKENDS, available_backends
 from .retention import retention
 from .rms_norm import rms_norm
-from .selective_scan import selective_scan
+from .selective_scan import selective_scan, selective_state_update
 
 __all__ = [
     "BACKENDS",
@@ -18,4 +18,5 @@ __all__ = [
     "retention",
     "rms_norm",
     "selective_scan",
+    "selective_state_update",
 ]

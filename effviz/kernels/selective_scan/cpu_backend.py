@@ -1,4 +1,5 @@
-"""ctypes wrapper of ``cpu.c``: the selective scan compiled for this CPU, forward and backward."""
+"""ctypes wrapper of ``cpu.c``: the selective scan compiled for this CPU, forward and backward,
+from zeros or from a given initial state, and the one-step state update built on it."""
 from __future__ import annotations
 
 import ctypes
@@ -8,8 +9,11 @@ import torch
 
 from .. import native
 
-_FWD_ARGS = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 3
-_BWD_ARGS = [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
+_FWD_ARGS = [ctypes.c_void_p] * 11 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 3
+_BWD_ARGS = [ctypes.c_void_p] * 14 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
+# State elements per thread in the one-step update: starting a thread costs about as much as
+# updating this many, so a small stream (batch 1, dim 256, N 16) runs on the calling thread alone.
+_UPDATE_ELEMENTS_PER_THREAD = 1 << 16
 
 
 @functools.cache  # argtypes are set once: every Vim forward makes 48 calls
@@ -22,20 +26,22 @@ def _lib() -> ctypes.CDLL:
 
 class SelectiveScanCPU(torch.autograd.Function):
     """The C forward keeps no states; the C backward replays them row by row (O(L*N) scratch per
-    thread), so training memory stays O(L*dim) like the torch backend, at C speed."""
+    thread), so training memory stays O(L*dim) like the torch backend, at C speed. The initial
+    state h0 (or None = zeros) gets its gradient too."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, reverse: bool):
+    def forward(ctx, u, delta, A, B, C, h0, reverse: bool):
         dtype = u.dtype
         u, delta, A, Bt, Ct = _prepare(u, delta, A, B, C)
-        y, last = _forward(u, delta, A, Bt, Ct, reverse=reverse)
-        ctx.save_for_backward(u, delta, A, Bt, Ct)
+        h0 = None if h0 is None else h0.float().contiguous()
+        y, last = _forward(u, delta, A, Bt, Ct, reverse=reverse, h0=h0)
+        ctx.save_for_backward(u, delta, A, Bt, Ct, h0)
         ctx.reverse, ctx.dtype = reverse, dtype
         return y.to(dtype), last.to(dtype)
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        u, delta, A, Bt, Ct = ctx.saved_tensors
+        u, delta, A, Bt, Ct, h0 = ctx.saved_tensors
         batch, dim, length = u.shape
         n_state = A.shape[1]
         threads = max(1, min(native.num_threads(), dim, 64))  # the C side caps threads at 64 too
@@ -44,29 +50,54 @@ class SelectiveScanCPU(torch.autograd.Function):
         du, ddelta, dA = torch.empty_like(u), torch.empty_like(delta), torch.zeros_like(A)
         dB_parts = u.new_zeros(threads, batch, length, n_state)
         dC_parts = u.new_zeros(threads, batch, length, n_state)
+        dh0 = torch.empty_like(h0) if ctx.needs_input_grad[5] else None
+        optional = lambda t: None if t is None else native.ptr(t)  # noqa: E731
         status = _lib().selective_scan_bwd(
-            *map(native.ptr, (u, delta, A, Bt, Ct, dy)), native.ptr(dlast) if dlast is not None else None,
-            *map(native.ptr, (du, ddelta, dA, dB_parts, dC_parts)), batch, dim, length, n_state,
+            *map(native.ptr, (u, delta, A, Bt, Ct, dy)), optional(dlast), optional(h0),
+            *map(native.ptr, (du, ddelta, dA, dB_parts, dC_parts)), optional(dh0), batch, dim, length, n_state,
             int(ctx.reverse), threads)
         if status != 0:
             raise MemoryError("selective_scan (cpu backend): out of memory for the backward scratch")
         dB = dB_parts.sum(0).transpose(1, 2)
         dC = dC_parts.sum(0).transpose(1, 2)
         cast = lambda t: t.to(ctx.dtype)  # noqa: E731
-        return cast(du), cast(ddelta), cast(dA), cast(dB), cast(dC), None
+        return cast(du), cast(ddelta), cast(dA), cast(dB), cast(dC), None if dh0 is None else cast(dh0), None
 
 
-def scan_cpu(u, delta, A, B, C, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``reference.scan_reference``; CPU tensors, fp32 math, autograd supported."""
-    return SelectiveScanCPU.apply(u, delta, A, B, C, reverse)
+def scan_cpu(u, delta, A, B, C, reverse: bool = False, h0=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as ``reference.scan_reference``; CPU tensors, fp32 math, autograd supported
+    (the gradient of h0 included)."""
+    return SelectiveScanCPU.apply(u, delta, A, B, C, h0, reverse)
 
 
 def scan_cpu_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False,
-                   reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   reverse: bool = False, h0=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference only (no autograd): the whole ``selective_scan`` in one C call, the delta bias and
-    softplus, the D skip and the SiLU(z) gate included. Returns fp32 y and the last state."""
-    delta_bias, D, z = (None if t is None else t.float().contiguous() for t in (delta_bias, D, z))
-    return _forward(*_prepare(u, delta, A, B, C), delta_bias, D, z, delta_softplus, reverse)
+    softplus, the D skip and the SiLU(z) gate included, from state h0 (None = zeros). Returns fp32 y
+    and the last state."""
+    delta_bias, D, z, h0 = (None if t is None else t.float().contiguous() for t in (delta_bias, D, z, h0))
+    return _forward(*_prepare(u, delta, A, B, C), delta_bias, D, z, delta_softplus, reverse, h0)
+
+
+def state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus: bool = False) -> torch.Tensor:
+    """One step of the scan in place on ``state`` (batch, dim, N) fp32: the C forward with L = 1,
+    reading its h0 from ``state`` and writing its last state back there. Inference only; returns
+    fp32 y (batch, dim)."""
+    x, dt, A, B, C, D, z, dt_bias = (None if t is None else t.float().contiguous()
+                                     for t in (x, dt, A, B, C, D, z, dt_bias))
+    batch, dim = x.shape
+    n_state = A.shape[1]
+    work = state if state.is_contiguous() else state.contiguous()
+    y = torch.empty_like(x)
+    threads = max(1, min(native.num_threads(), batch * dim * n_state // _UPDATE_ELEMENTS_PER_THREAD))
+    # (batch, dim) x, dt, z are (batch, dim, L=1) and (batch, N) B, C are time-major (batch, L=1, N)
+    # as they lie in memory: no copies.
+    _lib().selective_scan_fwd(
+        *map(native.ptr, (x, dt, A, B, C)), *(None if t is None else native.ptr(t) for t in (dt_bias, D, z)),
+        native.ptr(work), native.ptr(y), native.ptr(work), batch, dim, 1, n_state, int(dt_softplus), 0, threads)
+    if work is not state:
+        state.copy_(work)
+    return y
 
 
 def _prepare(u, delta, A, B, C) -> tuple[torch.Tensor, ...]:
@@ -78,12 +109,13 @@ def _prepare(u, delta, A, B, C) -> tuple[torch.Tensor, ...]:
 
 
 def _forward(u, delta, A, Bt, Ct, delta_bias=None, D=None, z=None, softplus: bool = False,
-             reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One call of the C forward on prepared inputs; the optional parts are fused in when given."""
+             reverse: bool = False, h0=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One call of the C forward on prepared inputs (h0 fp32 contiguous or None); the optional
+    parts are fused in when given."""
     batch, dim, length = u.shape
     y = torch.empty_like(u)
     last = u.new_empty(batch, dim, A.shape[1])
-    optional = (None if t is None else native.ptr(t) for t in (delta_bias, D, z))
+    optional = (None if t is None else native.ptr(t) for t in (delta_bias, D, z, h0))
     _lib().selective_scan_fwd(*map(native.ptr, (u, delta, A, Bt, Ct)), *optional, native.ptr(y), native.ptr(last),
                               batch, dim, length, A.shape[1], int(softplus), int(reverse), native.num_threads())
     return y, last
