@@ -356,3 +356,49 @@ int selective_scan_bwd(const float *u, const float *delta, const float *A, const
     for (int i = 0; i < nthreads; i++) free(jobs[i].scratch);
     return status;
 }
+
+// ---------------------------------------------------------------------------------------------
+// One-token update for streaming: state = exp(dt A) state + dt B x, y = (C.state + D x) silu(z),
+// the state rewritten in place. At one token the scan's block machinery (8-step prologue and
+// epilogue, the transposed partial sums) costs more than the step itself, so this walks the
+// channels instead: per block of channels a vectorised dt loop, the state loop, a vectorised
+// epilogue. One thread: a token's update takes microseconds, about what starting a thread costs.
+
+// Channels per block: their dt and y stay in L1.
+#define UPDATE_BLOCK 64
+
+// state: (batch, dim, N); x, dt, z, y: (batch, dim); A: (dim, N); B, C: (batch, N);
+// dt_bias, D: (dim,). dt_bias, D and z may be NULL.
+void selective_state_update(float *state, const float *x, const float *dt, const float *A, const float *B,
+                            const float *C, const float *dt_bias, const float *D, const float *z, float *y,
+                            int64_t batch, int64_t dim, int64_t N, int softplus) {
+    float dts[UPDATE_BLOCK];
+    for (int64_t b = 0; b < batch; b++) {
+        const float *Bb = B + b * N, *Cb = C + b * N;
+        for (int64_t d0 = 0; d0 < dim; d0 += UPDATE_BLOCK) {
+            const int64_t count = dim - d0 < UPDATE_BLOCK ? dim - d0 : UPDATE_BLOCK, row0 = b * dim + d0;
+            for (int64_t k = 0; k < count; k++) {
+                const float v = dt[row0 + k] + (dt_bias ? dt_bias[d0 + k] : 0.0f);
+                // softplus(v) = log(1 + e^v); above 20 it equals v to fp32 precision.
+                dts[k] = softplus ? (v > 20.0f ? v : logf(1.0f + expf(fminf(v, 20.0f)))) : v;
+            }
+            for (int64_t k = 0; k < count; k++) {
+                const int64_t row = row0 + k;
+                const float *a = A + (d0 + k) * N, dtk = dts[k], du = dtk * x[row];
+                float *h = state + row * N, acc = 0.0f;
+                for (int64_t n = 0; n < N; n++) {
+                    h[n] = expf(dtk * a[n]) * h[n] + du * Bb[n];
+                    acc += Cb[n] * h[n];
+                }
+                y[row] = acc;
+            }
+            if (D)
+                for (int64_t k = 0; k < count; k++) y[row0 + k] += D[d0 + k] * x[row0 + k];
+            if (z)
+                for (int64_t k = 0; k < count; k++) {
+                    const float zk = z[row0 + k];
+                    y[row0 + k] *= zk / (1.0f + expf(fminf(-zk, SILU_EXP_CAP)));
+                }
+        }
+    }
+}

@@ -1,5 +1,5 @@
 """ctypes wrapper of ``cpu.c``: the selective scan compiled for this CPU, forward and backward,
-from zeros or from a given initial state, and the one-step state update built on it."""
+from zeros or from a given initial state, and the one-token state update for streaming."""
 from __future__ import annotations
 
 import ctypes
@@ -11,9 +11,7 @@ from .. import native
 
 _FWD_ARGS = [ctypes.c_void_p] * 11 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 3
 _BWD_ARGS = [ctypes.c_void_p] * 14 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
-# State elements per thread in the one-step update: starting a thread costs about as much as
-# updating this many, so a small stream (batch 1, dim 256, N 16) runs on the calling thread alone.
-_UPDATE_ELEMENTS_PER_THREAD = 1 << 16
+_UPDATE_ARGS = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 3 + [ctypes.c_int]
 
 
 @functools.cache  # argtypes are set once: every Vim forward makes 48 calls
@@ -21,6 +19,7 @@ def _lib() -> ctypes.CDLL:
     lib = native.library()
     lib.selective_scan_fwd.argtypes, lib.selective_scan_fwd.restype = _FWD_ARGS, None
     lib.selective_scan_bwd.argtypes, lib.selective_scan_bwd.restype = _BWD_ARGS, ctypes.c_int
+    lib.selective_state_update.argtypes, lib.selective_state_update.restype = _UPDATE_ARGS, None
     return lib
 
 
@@ -80,21 +79,16 @@ def scan_cpu_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 def state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus: bool = False) -> torch.Tensor:
-    """One step of the scan in place on ``state`` (batch, dim, N) fp32: the C forward with L = 1,
-    reading its h0 from ``state`` and writing its last state back there. Inference only; returns
-    fp32 y (batch, dim)."""
+    """One token in place on ``state`` (batch, dim, N) fp32, by the C ``selective_state_update``.
+    Inference only; returns fp32 y (batch, dim)."""
     x, dt, A, B, C, D, z, dt_bias = (None if t is None else t.float().contiguous()
                                      for t in (x, dt, A, B, C, D, z, dt_bias))
     batch, dim = x.shape
-    n_state = A.shape[1]
     work = state if state.is_contiguous() else state.contiguous()
     y = torch.empty_like(x)
-    threads = max(1, min(native.num_threads(), batch * dim * n_state // _UPDATE_ELEMENTS_PER_THREAD))
-    # (batch, dim) x, dt, z are (batch, dim, L=1) and (batch, N) B, C are time-major (batch, L=1, N)
-    # as they lie in memory: no copies.
-    _lib().selective_scan_fwd(
-        *map(native.ptr, (x, dt, A, B, C)), *(None if t is None else native.ptr(t) for t in (dt_bias, D, z)),
-        native.ptr(work), native.ptr(y), native.ptr(work), batch, dim, 1, n_state, int(dt_softplus), 0, threads)
+    _lib().selective_state_update(
+        *map(native.ptr, (work, x, dt, A, B, C)), *(None if t is None else native.ptr(t) for t in (dt_bias, D, z)),
+        native.ptr(y), batch, dim, A.shape[1], int(dt_softplus))
     if work is not state:
         state.copy_(work)
     return y
