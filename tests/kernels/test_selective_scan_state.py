@@ -144,6 +144,23 @@ def _step_args(x):
     return dict(x=x["u"], dt=x["delta"], A=x["A"], B=x["B"], C=x["C"], D=x["D"], z=x["z"], dt_bias=x["delta_bias"])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_update_extreme_inputs(backend):
+    """Pre-softplus dt from -60 to 60, gates from -80 to 80, decays down to exp(-16 * 60): the C and
+    Triton updates' softplus and SiLU over their whole range."""
+    batch, dim, n_state = 3, 40, 16
+    x = {k: v[..., 0] if v.dim() == 3 else v for k, v in make_inputs(batch, dim, 1, n_state).items()}
+    x["delta"] = torch.linspace(-60, 60, batch * dim).reshape(batch, dim)
+    x["z"] = torch.linspace(80, -80, batch * dim).reshape(batch, dim)
+    x["A"] = -torch.arange(1.0, n_state + 1).repeat(dim, 1)
+    want_state, state = random_state(batch, dim, n_state), random_state(batch, dim, n_state)
+    want_y = selective_state_update(want_state, **_step_args(x), dt_softplus=True, backend="reference")
+    y = selective_state_update(state, **_step_args(x), dt_softplus=True, backend=backend)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, want_y, **FP32)
+    torch.testing.assert_close(state, want_state, **FP32)
+
+
 def test_state_update_refuses_gradients():
     x = {k: v[..., 0] if v.dim() == 3 else v for k, v in make_inputs(1, 2, 1, 4).items()}
     x["A"].requires_grad_()

@@ -13,8 +13,6 @@
 // differentiates them.
 //
 // The state may start from h0 (streaming: the last state of the previous chunk) instead of zeros.
-// h0 may alias last_state: each row reads its h0 before it writes its last state, which is how a
-// one-step update (L = 1) rewrites a stream's state in place.
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -209,8 +207,7 @@ static void *scan_rows(void *arg) {
 #define MAX_THREADS 64
 
 // u, delta, y, z: (batch, dim, L); A: (dim, N); B, C: (batch, L, N); delta_bias, D: (dim,);
-// h0, last_state: (batch, dim, N). delta_bias, D, z, h0 and last_state may be NULL; h0 may equal
-// last_state.
+// h0, last_state: (batch, dim, N). delta_bias, D, z, h0 and last_state may be NULL.
 void selective_scan_fwd(const float *u, const float *delta, const float *A, const float *B,
                         const float *C, const float *delta_bias, const float *D, const float *z,
                         const float *h0, float *y, float *last_state, int64_t batch, int64_t dim, int64_t L, int64_t N,
