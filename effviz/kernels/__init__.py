@@ -8,7 +8,7 @@ from .causal_conv1d import causal_conv1d
 from .dispatch import BACKENDS, available_backends
 from .retention import retention
 from .rms_norm import rms_norm
-from .selective_scan import selective_scan
+from .selective_scan import selective_scan, selective_state_update
 from .wkv import wkv, wkv_initial_state
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "retention",
     "rms_norm",
     "selective_scan",
+    "selective_state_update",
     "wkv",
     "wkv_initial_state",
 ]

@@ -11,6 +11,8 @@
 // itself makes no calls: a call spills the state registers, every ymm register being
 // caller-saved. Training passes none of them and applies them in PyTorch, whose autograd then
 // differentiates them.
+//
+// The state may start from h0 (streaming: the last state of the previous chunk) instead of zeros.
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -19,6 +21,7 @@
 
 typedef struct {
     const float *u, *delta, *A, *B, *C, *delta_bias, *D, *z;  // the last three may be NULL
+    const float *h0;                                           // NULL = start from zeros
     float *y, *last_state;                                     // last_state may be NULL
     int64_t dim, L, N, row_begin, row_end;
     int softplus, reverse;
@@ -64,7 +67,7 @@ static void scan_row(const scan_job *job, int64_t row) {
     const float bias = job->delta_bias ? job->delta_bias[d] : 0.0f;
     float *y = job->y + row * L;
     float h[N], decay[BLOCK_STEPS * N], dt[BLOCK_STEPS];
-    for (int64_t n = 0; n < N; n++) h[n] = 0.0f;
+    for (int64_t n = 0; n < N; n++) h[n] = job->h0 ? job->h0[row * N + n] : 0.0f;
     for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
         const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(job, i0, steps);
         block_dt(job, delta, bias, lo, steps, dt);
@@ -155,6 +158,10 @@ static void scan_row16(const scan_job *job, int64_t row) {
     const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
     const __m256 A0 = _mm256_mul_ps(_mm256_loadu_ps(A), log2e), A1 = _mm256_mul_ps(_mm256_loadu_ps(A + 8), log2e);
     __m256 h0 = _mm256_setzero_ps(), h1 = _mm256_setzero_ps();
+    if (job->h0) {
+        h0 = _mm256_loadu_ps(job->h0 + row * 16);
+        h1 = _mm256_loadu_ps(job->h0 + row * 16 + 8);
+    }
     for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
         const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(job, i0, steps);
         for (int64_t k = 0; k < steps; k += 8) {
@@ -200,10 +207,10 @@ static void *scan_rows(void *arg) {
 #define MAX_THREADS 64
 
 // u, delta, y, z: (batch, dim, L); A: (dim, N); B, C: (batch, L, N); delta_bias, D: (dim,);
-// last_state: (batch, dim, N). delta_bias, D, z and last_state may be NULL.
+// h0, last_state: (batch, dim, N). delta_bias, D, z, h0 and last_state may be NULL.
 void selective_scan_fwd(const float *u, const float *delta, const float *A, const float *B,
                         const float *C, const float *delta_bias, const float *D, const float *z,
-                        float *y, float *last_state, int64_t batch, int64_t dim, int64_t L, int64_t N,
+                        const float *h0, float *y, float *last_state, int64_t batch, int64_t dim, int64_t L, int64_t N,
                         int softplus, int reverse, int nthreads) {
     const int64_t rows = batch * dim;
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
@@ -212,7 +219,7 @@ void selective_scan_fwd(const float *u, const float *delta, const float *A, cons
     scan_job jobs[MAX_THREADS];
     pthread_t threads[MAX_THREADS];
     for (int i = 0; i < nthreads; i++) {
-        jobs[i] = (scan_job){u, delta, A, B, C, delta_bias, D, z, y, last_state, dim, L, N,
+        jobs[i] = (scan_job){u, delta, A, B, C, delta_bias, D, z, h0, y, last_state, dim, L, N,
                              rows * i / nthreads, rows * (i + 1) / nthreads, softplus, reverse};
     }
     // The calling thread takes the first share; a thread that fails to start runs inline.
@@ -234,8 +241,8 @@ void selective_scan_fwd(const float *u, const float *delta, const float *A, cons
 #include <stdlib.h>
 
 typedef struct {
-    const float *u, *delta, *A, *B, *C, *dy, *dlast;
-    float *du, *ddelta, *dA, *dB, *dC, *scratch;
+    const float *u, *delta, *A, *B, *C, *dy, *dlast, *h0;  // dlast, h0 may be NULL
+    float *du, *ddelta, *dA, *dB, *dC, *dh0, *scratch;        // dh0 may be NULL
     int64_t batch, dim, L, N, d_begin, d_end;
     int reverse;
 } scan_bwd_job;
@@ -271,8 +278,12 @@ static inline void scan_bwd_row(const scan_bwd_job *job, int64_t b, int64_t d, c
     float *du = job->du + row * L, *ddelta = job->ddelta + row * L, *dA = job->dA + d * N;
     // Scratch: the L x N states, then the L x N decays exp(dt*A) (one expf per element, not two).
     float *dB = job->dB + b * L * N, *dC = job->dC + b * L * N, *H = job->scratch, *E = H + L * N;
-    float h[N], g[N], dA_acc[N], zero[N];
-    for (int64_t n = 0; n < N; n++) { h[n] = 0.0f; dA_acc[n] = 0.0f; zero[n] = 0.0f; }
+    float h[N], g[N], dA_acc[N], start[N];  // start: the state before the first step
+    for (int64_t n = 0; n < N; n++) {
+        start[n] = job->h0 ? job->h0[row * N + n] : 0.0f;
+        h[n] = start[n];
+        dA_acc[n] = 0.0f;
+    }
     for (int64_t i = 0; i < L; i++) {
         const int64_t t = job->reverse ? L - 1 - i : i;
         const float dt = delta[t], dtu = dt * u[t];
@@ -287,13 +298,15 @@ static inline void scan_bwd_row(const scan_bwd_job *job, int64_t b, int64_t d, c
     for (int64_t i = L - 1; i >= 0; i--) {
         const int64_t t = job->reverse ? L - 1 - i : i;
         const float dt = delta[t], ut = u[t], dyt = dy[t];
-        const float *Bt = B + t * N, *Ct = C + t * N, *ht = H + i * N, *hp = i > 0 ? H + (i - 1) * N : zero;
+        const float *Bt = B + t * N, *Ct = C + t * N, *ht = H + i * N, *hp = i > 0 ? H + (i - 1) * N : start;
         float d_delta, gB_sum;
         scan_bwd_step(N, A, E + i * N, Bt, Ct, ht, hp, dB + t * N, dC + t * N, g, dA_acc, dt, ut, dyt, &d_delta, &gB_sum);
         du[t] = gB_sum * dt;
         ddelta[t] = d_delta + gB_sum * ut;
     }
     for (int64_t n = 0; n < N; n++) dA[n] += dA_acc[n];
+    if (job->dh0)  // g now holds dL/dh_{-1}: the gradient of the initial state
+        for (int64_t n = 0; n < N; n++) job->dh0[row * N + n] = g[n];
 }
 
 static void *scan_bwd_rows(void *arg) {
@@ -307,12 +320,13 @@ static void *scan_bwd_rows(void *arg) {
     return 0;
 }
 
-// Gradients of selective_scan_fwd's y (and last state, when dlast is not NULL).
+// Gradients of selective_scan_fwd's y (and last state, when dlast is not NULL), for a scan that
+// started from h0 (NULL = zeros); dh0, when not NULL, receives the gradient of h0.
 // dB_parts, dC_parts: (nthreads, batch, L, N), zeroed by the caller and summed over threads after.
 // dA: (dim, N), zeroed by the caller. Returns 0, or -1 if scratch memory could not be allocated.
 int selective_scan_bwd(const float *u, const float *delta, const float *A, const float *B,
-                       const float *C, const float *dy, const float *dlast, float *du,
-                       float *ddelta, float *dA, float *dB_parts, float *dC_parts, int64_t batch,
+                       const float *C, const float *dy, const float *dlast, const float *h0, float *du,
+                       float *ddelta, float *dA, float *dB_parts, float *dC_parts, float *dh0, int64_t batch,
                        int64_t dim, int64_t L, int64_t N, int reverse, int nthreads) {
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     if (nthreads > dim) nthreads = (int)dim;
@@ -323,8 +337,8 @@ int selective_scan_bwd(const float *u, const float *delta, const float *A, const
     for (int i = 0; i < nthreads; i++) {
         float *scratch = malloc(sizeof(float) * 2 * L * N);
         if (!scratch) status = -1;
-        jobs[i] = (scan_bwd_job){u, delta, A, B, C, dy, dlast, du, ddelta, dA,
-                                 dB_parts + i * batch * L * N, dC_parts + i * batch * L * N, scratch,
+        jobs[i] = (scan_bwd_job){u, delta, A, B, C, dy, dlast, h0, du, ddelta, dA,
+                                 dB_parts + i * batch * L * N, dC_parts + i * batch * L * N, dh0, scratch,
                                  batch, dim, L, N, dim * i / nthreads, dim * (i + 1) / nthreads, reverse};
     }
     if (status == 0) {
@@ -338,4 +352,50 @@ int selective_scan_bwd(const float *u, const float *delta, const float *A, const
     }
     for (int i = 0; i < nthreads; i++) free(jobs[i].scratch);
     return status;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-token update for streaming: state = exp(dt A) state + dt B x, y = (C.state + D x) silu(z),
+// the state rewritten in place. At one token the scan's block machinery (8-step prologue and
+// epilogue, the transposed partial sums) costs more than the step itself, so this walks the
+// channels instead: per block of channels a vectorised dt loop, the state loop, a vectorised
+// epilogue. One thread: a token's update takes microseconds, about what starting a thread costs.
+
+// Channels per block: their dt and y stay in L1.
+#define UPDATE_BLOCK 64
+
+// state: (batch, dim, N); x, dt, z, y: (batch, dim); A: (dim, N); B, C: (batch, N);
+// dt_bias, D: (dim,). dt_bias, D and z may be NULL.
+void selective_state_update(float *state, const float *x, const float *dt, const float *A, const float *B,
+                            const float *C, const float *dt_bias, const float *D, const float *z, float *y,
+                            int64_t batch, int64_t dim, int64_t N, int softplus) {
+    float dts[UPDATE_BLOCK];
+    for (int64_t b = 0; b < batch; b++) {
+        const float *Bb = B + b * N, *Cb = C + b * N;
+        for (int64_t d0 = 0; d0 < dim; d0 += UPDATE_BLOCK) {
+            const int64_t count = dim - d0 < UPDATE_BLOCK ? dim - d0 : UPDATE_BLOCK, row0 = b * dim + d0;
+            for (int64_t k = 0; k < count; k++) {
+                const float v = dt[row0 + k] + (dt_bias ? dt_bias[d0 + k] : 0.0f);
+                // softplus(v) = log(1 + e^v); above 20 it equals v to fp32 precision.
+                dts[k] = softplus ? (v > 20.0f ? v : logf(1.0f + expf(fminf(v, 20.0f)))) : v;
+            }
+            for (int64_t k = 0; k < count; k++) {
+                const int64_t row = row0 + k;
+                const float *a = A + (d0 + k) * N, dtk = dts[k], du = dtk * x[row];
+                float *h = state + row * N, acc = 0.0f;
+                for (int64_t n = 0; n < N; n++) {
+                    h[n] = expf(dtk * a[n]) * h[n] + du * Bb[n];
+                    acc += Cb[n] * h[n];
+                }
+                y[row] = acc;
+            }
+            if (D)
+                for (int64_t k = 0; k < count; k++) y[row0 + k] += D[d0 + k] * x[row0 + k];
+            if (z)
+                for (int64_t k = 0; k < count; k++) {
+                    const float zk = z[row0 + k];
+                    y[row0 + k] *= zk / (1.0f + expf(fminf(-zk, SILU_EXP_CAP)));
+                }
+        }
+    }
 }

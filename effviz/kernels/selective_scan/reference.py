@@ -4,10 +4,13 @@
     y_t = C_t . h_t                                                y: (batch, dim)
 
 One step per token, state kept in fp32. This is the definition every backend is tested against.
+``state_update_reference`` is the same step as a whole op (bias, softplus, D skip, gate included)
+on a state kept between calls: the streaming form.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def scan_reference(
@@ -22,7 +25,8 @@ def scan_reference(
     """The bare recurrence: u, delta (batch, dim, L); A (dim, N); B, C (batch, N, L).
 
     Returns y (batch, dim, L) and the last state (batch, dim, N). With ``reverse`` the scan runs
-    from t = L-1 down to 0. Math in fp32 (fp64 if the inputs are fp64).
+    from t = L-1 down to 0. ``h0`` (batch, dim, N) is the state before the first step visited
+    (None = zeros). Math in fp32 (fp64 if the inputs are fp64).
     """
     dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
@@ -36,3 +40,35 @@ def scan_reference(
         h = decay * h + drive
         ys[t] = torch.einsum("bdn,bn->bd", h, C[:, :, t])
     return torch.stack(ys, dim=-1), h
+
+
+def state_update_reference(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """One token of the scan: state (batch, dim, N) is updated in place, y (batch, dim) returned.
+
+    x, dt, z (batch, dim); A (dim, N); B, C (batch, N); D, dt_bias (dim,). Math in the state's dtype.
+        dt = softplus(dt + dt_bias);  state = exp(dt*A)*state + dt*B*x;  y = (C.state + D*x)*silu(z)
+    """
+    dtype = state.dtype
+    x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    state.copy_(torch.exp(dt[:, :, None] * A) * state + (dt * x)[:, :, None] * B[:, None, :])
+    y = torch.einsum("bdn,bn->bd", state, C)
+    if D is not None:
+        y = y + D.to(dtype) * x
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y

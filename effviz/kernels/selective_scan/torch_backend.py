@@ -7,13 +7,18 @@ chunk's worth of (.., N) tensors exists at once, so memory is O(L*dim), never O(
 
 The backward pass is written out by hand (the same chunking in reverse) instead of letting
 autograd record ~L small ops: it recomputes each chunk's states from the state saved at the chunk
-boundary, so training memory stays O(L*dim) as well.
+boundary, so training memory stays O(L*dim) as well. The scan may start from a given state h0
+(streaming); backward then also returns the gradient of h0, which is the state gradient carried
+out of the first step.
+
+``state_update_torch`` is the one-step form for streaming inference: in-place ops on the state.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 CHUNK = 128
 LOG2_E = 1.0 / math.log(2.0)
@@ -61,10 +66,10 @@ def _decay_and_drive(u, delta, A, B) -> tuple[torch.Tensor, torch.Tensor]:
 
 class SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, reverse: bool):
+    def forward(ctx, u, delta, A, B, C, h0, reverse: bool):
         batch, dim, length = u.shape
         y = torch.empty_like(u)
-        h = u.new_zeros(batch, dim, A.shape[1])
+        h = u.new_zeros(batch, dim, A.shape[1]) if h0 is None else h0  # never written: the loop writes ``drive``
         states_in = []
         for start, end in _chunks(length, reverse):
             states_in.append(h)
@@ -113,9 +118,34 @@ class SelectiveScan(torch.autograd.Function):
             _put(du, start, end, reverse, gB * dc)
             _put(ddelta, start, end, reverse, torch.einsum("tbdn,dn->tbd", g_decay, A) + gB * uc)
             dA += torch.einsum("tbdn,tbd->dn", g_decay, dc)
-        return du, ddelta, dA, dB, dC, None
+        # After the first chunk, carry = decay_0 * g_0 = dL/dh_{-1}: the initial state's gradient.
+        dh0 = carry if ctx.needs_input_grad[5] else None
+        return du, ddelta, dA, dB, dC, dh0, None
 
 
-def scan_torch(u, delta, A, B, C, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``reference.scan_reference`` (fp32 inputs, no initial state)."""
-    return SelectiveScan.apply(u, delta, A, B, C, reverse)
+def scan_torch(u, delta, A, B, C, reverse: bool = False, h0=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as ``reference.scan_reference``: inputs (and h0, or None = zeros) in one float
+    dtype; autograd gives the gradient of h0 too."""
+    return SelectiveScan.apply(u, delta, A, B, C, h0, reverse)
+
+
+def state_update_torch(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus: bool = False) -> torch.Tensor:
+    """Same contract as ``reference.state_update_reference``, with the state updated by in-place ops
+    (no (batch, dim, N) temporaries beyond the decay and the drive). Returns y (batch, dim) in the
+    state's dtype."""
+    compute = state.dtype
+    dt = dt.to(compute)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(compute)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    x = x.to(compute)
+    decay = (dt[..., None] * A.to(compute)).exp_()                  # (batch, dim, N)
+    drive = (dt * x)[..., None] * B.to(compute)[:, None, :]         # (batch, dim, N)
+    state.mul_(decay).add_(drive)
+    y = torch.einsum("bdn,bn->bd", state, C.to(compute))
+    if D is not None:
+        y.addcmul_(D.to(compute), x)
+    if z is not None:
+        y.mul_(F.silu(z.to(compute)))
+    return y
