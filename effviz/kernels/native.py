@@ -34,7 +34,7 @@ CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread"]
 # Linked separately and without -ffast-math: linking with it adds crtfastmath.o, which would turn
 # on flush-to-zero for the whole Python process (every torch/numpy op) when the library loads.
 LDFLAGS = ["-shared", "-pthread"]
-SOURCES = ("selective_scan/cpu.c", "bi_wkv/cpu.c", "causal_conv1d/cpu.c", "rms_norm/cpu.c")
+SOURCES = ("selective_scan/cpu.c", "bi_wkv/cpu.c", "causal_conv1d/cpu.c", "rms_norm/cpu.c", "retention/cpu.c")
 HEADERS = ("simd_math.h",)  # included by the sources: part of the build's fingerprint
 
 

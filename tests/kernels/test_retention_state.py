@@ -14,6 +14,8 @@ MODES = ("parallel", "recurrent", "chunk")
 GAMMAS = (0.5, 0.97)
 # (backend, mode) pairs that exist; the triton kernel is the chunk form only.
 CASES = [(b, m) for b in ("reference", "torch") for m in MODES]
+if "cpu" in available_backends():
+    CASES.append(("cpu", "recurrent"))
 if "triton" in available_backends():
     CASES.append(("triton", "chunk"))
 # The triton interpreter is slow (and its chunks are 64 tokens): a shorter sequence, still past 64.
@@ -147,3 +149,13 @@ def test_triton_still_refuses_other_modes_with_state():
     q, k, v, gamma, state = make_inputs(5)
     with pytest.raises(ValueError, match="chunk"):
         retention(q, k, v, gamma, mode="recurrent", backend="triton", initial_state=state, return_state=True)
+
+
+@pytest.mark.skipif("cpu" not in available_backends(), reason="no C compiler")
+def test_cpu_is_the_recurrent_form_only_and_leaves_the_state_alone():
+    q, k, v, gamma, state = make_inputs(5)
+    with pytest.raises(ValueError, match="recurrent"):
+        retention(q, k, v, gamma, mode="chunk", backend="cpu", initial_state=state)
+    before = state.clone()
+    retention(q, k, v, gamma, mode="recurrent", backend="cpu", initial_state=state, return_state=True)
+    torch.testing.assert_close(state, before, rtol=0, atol=0)  # the kernel updates a copy

@@ -2,7 +2,8 @@
 
 Causal, unscaled and unnormalised: the model applies its own scaling and group norm. The three
 forms of the paper (parallel, recurrent, chunk) give the same output; ``mode`` picks which one
-runs, so they can be compared for speed and memory.
+runs, so they can be compared for speed and memory. Backends: reference and torch in every
+mode, triton the chunk form, cpu (C) the recurrent form.
 
 Streaming: the recurrent state S (batch, heads, dk, dv) carries the past across calls
 (``initial_state`` in, ``return_state`` out), so a sequence fed in chunks gives the outputs and
@@ -15,7 +16,7 @@ from typing import Callable
 import torch
 
 from ..dispatch import check_tensor, pick
-from . import reference, torch_backend
+from . import cpu_backend, reference, torch_backend
 
 MODES = ("parallel", "recurrent", "chunk")
 
@@ -29,16 +30,26 @@ def _torch(q, k, v, gamma, mode, initial_state, return_state):
     return torch_backend.FORMS[mode](q, k, v, gamma, initial_state=initial_state, return_state=return_state)
 
 
+def _cpu(q, k, v, gamma, mode, initial_state, return_state):
+    return cpu_backend.retention_recurrent(q, k, v, gamma, initial_state=initial_state, return_state=return_state)
+
+
 def _triton(q, k, v, gamma, mode, initial_state, return_state):
     from . import triton_backend  # lazily: importing effviz must not import triton
 
     return triton_backend.retention_chunk(q, k, v, gamma, initial_state=initial_state, return_state=return_state)
 
 
-IMPLS: dict[str, Callable] = {"reference": _reference, "torch": _torch, "triton": _triton}
-# The Triton kernel is the chunk form only (see triton_backend.py). Leaving it out of the choice
-# for the other modes lets the default fall back to torch on CUDA instead of failing.
-IMPLS_WITHOUT_TRITON: dict[str, Callable] = {"reference": _reference, "torch": _torch}
+# The Triton kernel is the chunk form only (see triton_backend.py) and the C kernel the recurrent
+# form only (cpu.c). Leaving each out of the other modes' choice lets the default fall back to
+# torch there instead of failing.
+IMPLS_BY_MODE: dict[str, dict[str, Callable]] = {
+    "parallel": {"reference": _reference, "torch": _torch},
+    "recurrent": {"reference": _reference, "torch": _torch, "cpu": _cpu},
+    "chunk": {"reference": _reference, "torch": _torch, "triton": _triton},
+}
+# The default mode's backends: what models run in inference (and what the sweep reports).
+IMPLS: dict[str, Callable] = IMPLS_BY_MODE["chunk"]
 
 
 def retention(
@@ -80,8 +91,12 @@ def retention(
             f"retention: backend 'triton' implements mode='chunk' only, got mode={mode!r}; "
             "use backend='torch' for the parallel and recurrent forms"
         )
-    impls = IMPLS if mode == "chunk" else IMPLS_WITHOUT_TRITON
-    impl = pick("retention", impls, backend, q, k, v, gamma, initial_state)
+    if backend == "cpu" and mode != "recurrent":
+        raise ValueError(
+            f"retention: no 'cpu' implementation of mode={mode!r}: the C kernel is the recurrent "
+            "form only; use mode='recurrent', or backend='torch' for the parallel and chunk forms"
+        )
+    impl = pick("retention", IMPLS_BY_MODE[mode], backend, q, k, v, gamma, initial_state)
     if not return_state:
         return impl(q, k, v, gamma, mode, initial_state, False).to(v.dtype)
     out, state = impl(q, k, v, gamma, mode, initial_state, True)
