@@ -35,7 +35,7 @@ CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread"]
 # on flush-to-zero for the whole Python process (every torch/numpy op) when the library loads.
 LDFLAGS = ["-shared", "-pthread"]
 SOURCES = (
-    "selective_scan/cpu.c", "bi_wkv/cpu.c", "causal_conv1d/cpu.c", "rms_norm/cpu.c", "wkv/cpu.c",
+    "selective_scan/cpu.c", "bi_wkv/cpu.c", "causal_conv1d/cpu.c", "rms_norm/cpu.c", "wkv/cpu.c", "retention/cpu.c",
 )
 HEADERS = ("simd_math.h",)  # included by the sources: part of the build's fingerprint
 

@@ -3,7 +3,8 @@
 //   y[b, d, t] = act(bias[d] + sum_{j<K} w[d, K-1-j] * x[b, d, t-j])   (reverse: x[b, d, t+j])
 //
 // Each row (one batch, one channel) is built tap by tap: y = bias, then y[t] += w_j * x[t -+ j]
-// over the range where that tap exists, then the SiLU, each pass a branch-free loop over a row that
+// over the range where that tap exists (with a streaming state, also the first steps, whose tap
+// reaches back into the state), then the SiLU, each pass a branch-free loop over a row that
 // stays in L1, so gcc vectorises all of them. The SiLU's exp is the inlined AVX2 one where there is
 // AVX2 (glibc's vector expf made it most of the kernel's time), else glibc's.
 #include <math.h>
@@ -19,9 +20,10 @@ static void silu_row(float *y, int64_t L) {
     for (; t < L; t++) y[t] = y[t] / (1.0f + expf(fminf(-y[t], SILU_EXP_CAP)));
 }
 
-// x, y: (batch, dim, L); w: (dim, K); bias: (dim,) or NULL.
-void causal_conv1d_fwd(const float *x, const float *w, const float *bias, float *y, int64_t batch,
-                       int64_t dim, int64_t L, int64_t K, int silu, int reverse) {
+// x, y: (batch, dim, L); w: (dim, K); bias: (dim,) or NULL; state: (batch, dim, K-1), the K-1
+// inputs before x[.., 0] oldest first, or NULL for zeros (forward only: NULL when reverse).
+void causal_conv1d_fwd(const float *x, const float *w, const float *bias, const float *state, float *y,
+                       int64_t batch, int64_t dim, int64_t L, int64_t K, int silu, int reverse) {
     for (int64_t row = 0; row < batch * dim; row++) {
         const int64_t d = row % dim;
         const float *xr = x + row * L;
@@ -34,6 +36,14 @@ void causal_conv1d_fwd(const float *x, const float *w, const float *bias, float 
                 for (int64_t t = 0; t < L - j; t++) yr[t] += wj * xr[t + j];
             else
                 for (int64_t t = j; t < L; t++) yr[t] += wj * xr[t - j];
+        }
+        if (state) {
+            // x[t - j] for t < j is state[K-1 + t - j].
+            const float *sr = state + row * (K - 1);
+            for (int64_t j = 1; j < K; j++) {
+                const float wj = w[d * K + K - 1 - j];
+                for (int64_t t = 0; t < j && t < L; t++) yr[t] += wj * sr[K - 1 + t - j];
+            }
         }
         if (silu) silu_row(yr, L);
     }

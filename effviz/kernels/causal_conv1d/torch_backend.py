@@ -2,7 +2,7 @@
 
 With K=4 taps, K fused multiply-adds (and their elementwise backward) beat ``F.conv1d(groups=D)``,
 whose depthwise backward on CPU cost Vim's training step 2-3x more at CIFAR's 17-65 tokens.
-The causal form pads K-1 zeros on the left. The reverse form pads on the right and flips the
+The causal form pads K-1 zeros on the left, or the streaming state in their place. The reverse form pads on the right and flips the
 (D, K) taps instead of flipping the (batch, D, L) sequence twice: flipping the weight is free.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ def causal_conv1d_torch(
     bias: torch.Tensor | None,
     activation: str | None,
     reverse: bool,
+    initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as ``reference.causal_conv1d_reference``."""
     taps, length = weight.shape[1], x.shape[-1]
@@ -25,8 +26,10 @@ def causal_conv1d_torch(
     if reverse:
         padded = F.pad(x.to(compute), (0, taps - 1))
         weight = weight.flip(-1)
-    else:
+    elif initial_state is None:
         padded = F.pad(x.to(compute), (taps - 1, 0))
+    else:
+        padded = torch.cat([initial_state.to(compute), x.to(compute)], dim=-1)
     y = weight[:, 0, None] * padded[..., :length]
     if bias is not None:
         y = y + bias.to(compute)[:, None]

@@ -7,6 +7,9 @@
   batched matmul; across chunks a state carries the past. Only decays γ^j with 0 ≤ j ≤ C are
   ever formed, so nothing under- or overflows however long the sequence is.
 
+Every form takes an ``initial_state`` S₋₁ (batch, heads, dk, dv) and, with ``return_state``,
+also returns S_{T−1} (see ``reference.retention``); without them the forms run as before.
+
 All math is fp32 whatever the input dtype, except fp64 inputs, which stay fp64 (the exactness
 checks of ``effviz.inspect`` compare in fp64); results are in the math's dtype (the caller casts).
 """
@@ -34,32 +37,64 @@ def _compute(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
-def retention_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+def _start_state(q: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None) -> torch.Tensor:
+    """S₋₁ in the math's dtype: the given state, or zeros."""
+    if initial_state is None:
+        return q.new_zeros(q.shape[0], q.shape[1], q.shape[-1], v.shape[-1])
+    return initial_state.to(q.dtype)
+
+
+def _advance(state: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_gamma: torch.Tensor) -> torch.Tensor:
+    """The state after the n tokens of k, v: γ^n S + Σ_j γ^(n−1−j) k_jᵀ v_j (no negative powers)."""
+    length = k.shape[-2]
+    to_end = torch.exp((length - 1 - torch.arange(length, device=k.device)) * log_gamma[:, None])
+    return torch.exp(length * log_gamma)[:, None, None] * state + (k * to_end[..., None]).transpose(-1, -2) @ v
+
+
+def retention_parallel(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor,
+    initial_state: torch.Tensor | None = None, return_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     q, k, v = _compute(q, k, v)
-    decay = _causal_decay(gamma.to(q.dtype).log(), q.shape[-2])
-    return (q @ k.transpose(-1, -2) * decay) @ v
+    log_gamma = gamma.to(q.dtype).log()
+    length = q.shape[-2]
+    out = (q @ k.transpose(-1, -2) * _causal_decay(log_gamma, length)) @ v
+    if initial_state is not None:
+        # γ^(n+1) q_n S₋₁: what the state before the sequence adds to token n.
+        from_start = torch.exp((torch.arange(length, device=q.device) + 1) * log_gamma[:, None])
+        out = out + from_start[..., None] * (q @ initial_state.to(q.dtype))
+    if not return_state:
+        return out
+    return out, _advance(_start_state(q, v, initial_state), k, v, log_gamma)
 
 
-def retention_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+def retention_recurrent(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor,
+    initial_state: torch.Tensor | None = None, return_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     q, k, v = _compute(q, k, v)
     batch, heads, length, dk = q.shape
     decay = gamma.to(q.dtype).view(1, heads, 1, 1)
-    state = q.new_zeros(batch, heads, dk, v.shape[-1])
+    state = _start_state(q, v, initial_state)
     out = q.new_empty(batch, heads, length, v.shape[-1])
     for t in range(length):
         # The state is replaced, not updated in place, so autograd keeps every step's state.
         state = torch.addcmul(decay * state, k[:, :, t, :, None], v[:, :, t, None, :])
         out[:, :, t] = (q[:, :, t, None, :] @ state).squeeze(-2)
-    return out
+    return (out, state) if return_state else out
 
 
 def retention_chunk(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor, chunk_size: int = CHUNK_SIZE
-) -> torch.Tensor:
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor, chunk_size: int = CHUNK_SIZE,
+    initial_state: torch.Tensor | None = None, return_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise form; ``chunk_size`` is a parameter so tests can cross chunk boundaries cheaply."""
     q, k, v = _compute(q, k, v)
     batch, heads, length, dk = q.shape
     dv = v.shape[-1]
+    # The last chunk's real tokens, before padding: the final state advances over these only.
+    last_start = (length - 1) // chunk_size * chunk_size if length else 0
+    k_last, v_last = k[..., last_start:, :], v[..., last_start:, :]
     # Zero-pad to whole chunks: padded keys and values add nothing to the state, and the
     # padded query rows are cut off at the end.
     pad = -length % chunk_size
@@ -85,13 +120,17 @@ def retention_chunk(
 
     # What each chunk adds to the state, all chunks at once; then the short scan over chunks.
     chunk_states = (k * key_decay).transpose(-1, -2) @ v  # (batch, heads, chunks, dk, dv)
-    state = q.new_zeros(batch, heads, dk, dv)
+    state = _start_state(q, v, initial_state)
     states_before = [state]
     for c in range(chunks - 1):
         state = torch.addcmul(chunk_states[:, :, c], chunk_decay, state)
         states_before.append(state)
     out = out + (q * query_decay) @ torch.stack(states_before, dim=2)
-    return out.reshape(batch, heads, chunks * chunk_size, dv)[:, :, :length]
+    out = out.reshape(batch, heads, chunks * chunk_size, dv)[:, :, :length]
+    if not return_state:
+        return out
+    # Not γ^C S + the padded chunk's state: the padding would decay the state pad steps too far.
+    return out, _advance(state, k_last, v_last, log_gamma)
 
 
 FORMS = {"parallel": retention_parallel, "recurrent": retention_recurrent, "chunk": retention_chunk}
