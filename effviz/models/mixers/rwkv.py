@@ -157,17 +157,26 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
-        return self.step(x, None)[0]
+        k, v, r = self.keys_values(x, token_shift(x, None))
+        return self.output(torch.sigmoid(r) * wkv(*self.decay_and_bonus(), k, v))
 
     def step(self, x: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple]:
         """Next chunk (batch, L, dim); state: (last token (batch, dim), WKV's (batch, 3, dim) sums)."""
         last, sums = state if state is not None else (None, None)
-        shifted = token_shift(x, last)
+        k, v, r = self.keys_values(x, token_shift(x, last))
+        out, sums = wkv(*self.decay_and_bonus(), k, v, state=sums, return_state=True)
+        return self.output(torch.sigmoid(r) * out), (x[:, -1], sums)
+
+    def keys_values(self, x: torch.Tensor, shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k, v, r of (batch, L, dim) tokens given the same tokens shifted one step later."""
         k = self.key(torch.lerp(shifted, x, self.time_mix_k))
         v = self.value(torch.lerp(shifted, x, self.time_mix_v))
         r = self.receptance(torch.lerp(shifted, x, self.time_mix_r))
-        out, sums = wkv(torch.exp(self.time_decay), self.time_first, k, v, state=sums, return_state=True)
-        return self.output(torch.sigmoid(r) * out), (x[:, -1], sums)
+        return k, v, r
+
+    def decay_and_bonus(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """WKV's (w, u): the positive decay rate exp(time_decay), and the bonus."""
+        return torch.exp(self.time_decay), self.time_first
 
 
 class TimeShiftChannelMix(ChannelMix):
