@@ -5,6 +5,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import time
@@ -48,10 +49,11 @@ def test_page_serves_every_tab_offline(app, client):
     # The page embeds the app's config: our title, and analytics switched off.
     assert '"title":"effviz"' in page and '"analytics_enabled":false' in page
     rendered = str(client.config["components"])
-    for tab in ("Vision", "Audio", "Multimodal", "Scaling lab", "Kernels", "Models", "Inside the models"):
+    for tab in ("Vision", "Audio", "Multimodal", "Live digits", "Scaling lab", "Kernels", "Models", "Inside the models"):
         assert f"'label': '{tab}'" in rendered, tab
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    for name in ("/classify_image", "/classify_audio", "/classify_av", "/sweep", "/kernels", "/inspect"):
+    for name in ("/classify_image", "/classify_audio", "/classify_av", "/transcribe_stream", "/transcribe_live",
+                 "/sweep", "/kernels", "/inspect"):
         assert name in endpoints, name
     assert proc.poll() is None
 
@@ -171,6 +173,23 @@ def test_classify_audio_shows_the_spectrogram(client, tmp_path):
         assert "No bundled model for this task yet" in status and shown == []
     else:
         assert len(shown) == len(table["data"]) == len(bundled)
+
+
+def test_transcribe_stream_answers_a_client(client, tmp_path):
+    """The launched app reads the real weights/transcribers/: with none saved it says so."""
+    from gradio_client import handle_file
+
+    from effviz import streaming
+    from effviz.ui.streaming import NO_TRANSCRIBER_MESSAGE
+
+    models = streaming.list_transcribers()
+    status, table, plot = client.predict(handle_file(str(_wav(tmp_path / "tone.wav"))), models,
+                                         api_name="/transcribe_stream")
+    if not models:
+        assert status == NO_TRANSCRIBER_MESSAGE and table["data"] == []
+    else:
+        assert status.startswith("Done: 0.6 s at 16000 Hz") and [row[0] for row in table["data"]] == models
+        assert len(json.loads(plot["plot"])["data"]) == 2 * len(models)
 
 
 def test_classify_av_without_any_input_is_a_clear_error(client, tmp_path):
@@ -383,3 +402,118 @@ def test_sweep_status_counts_sizes_and_estimates_the_time_left(monkeypatch):
     assert "3 of 3 sizes done (6 of 6 points), 30 s elapsed." in statuses[6]
     assert "Done: 6 points in 30 s." in statuses[-1] and len(views) == 8
     assert (scaling.clock(185), scaling.clock(3720), scaling.clock(59.6)) == ("3 min 05 s", "1 h 02 min", "1 min 00 s")
+
+
+# ---- Live digits: streaming transcription, in-process with tiny saved transcribers ----------------
+
+# Only the transformer streams until the stateful kernel ops of Mamba, RWKV and RetNet are merged;
+# the other three recipes join this list then.
+STREAMING_RECIPES = ["transformer-digits-stream"]
+
+
+@pytest.fixture
+def tiny_transcribers(tmp_path, monkeypatch):
+    """Two tiny random transcribers per recipe saved under tmp_path/transcribers: their ids."""
+    from effviz import streaming, train_transcriber
+    from tests.test_streaming import tiny_model
+
+    monkeypatch.setattr(streaming, "TRANSCRIBERS_DIR", tmp_path / "transcribers")
+    streaming._loaded.clear()
+    ids = []
+    for recipe in STREAMING_RECIPES:
+        for seed in (0, 1):
+            card = dict(model=recipe, kind="tiny test transcriber", mixer=recipe.split("-")[0], params=0,
+                        train_seconds=0, threads=1, data="none", metrics={})
+            ids.append(f"tiny-{seed}-{recipe}")
+            train_transcriber.save_transcriber(tiny_model(recipe, seed=seed), card, tmp_path / "transcribers" / ids[-1])
+    yield sorted(ids)
+    streaming._loaded.clear()
+
+
+def _phone_number(folder: Path) -> str:
+    from effviz.ui.examples import prepare_examples
+
+    number = prepare_examples(folder).spoken_number
+    assert number is not None, "the committed spoken digits make the phone-number example"
+    return number
+
+
+def test_an_uploaded_recording_streams_to_the_offline_transcript(tiny_transcribers, tmp_path, monkeypatch):
+    from effviz import streaming
+    from effviz.ui import streaming as live
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(live, "UPDATE_EVERY_S", 0.0)  # a view after every chunk
+    number = _phone_number(tmp_path / "examples")
+    views = list(live.transcribe_stream({"path": number}, tiny_transcribers))
+    status, table, figure = views[-1]
+    seconds = soundfile.info(number).duration
+    assert len(views) == 2 + math.ceil(seconds / streaming.CHUNK_SECONDS)  # start, every chunk, the end
+    assert status.startswith(f"Done: {seconds:.1f} s at 16000 Hz") and "Real-time factor" in status
+    for model_id, digits in zip(table["model"], table["digits"]):
+        model = streaming.load_transcriber(model_id)
+        offline = streaming.transcribe_waveform(model, streaming.recording(number, None, model.config))
+        assert digits == streaming.digits_text(offline) and digits, model_id
+    growing = [view[1]["digits"].str.len().sum() for view in views]
+    assert growing == sorted(growing) and growing[1] < growing[-1]  # the transcripts grow as it streams
+    names = [trace.name for trace in figure.data]
+    assert names == [m for m in tiny_transcribers for _ in ("latency", "state")]  # a line per model in each panel
+    kv_cache = figure.data[1].y  # the transformer's state: keys and values of every token so far
+    assert kv_cache[-1] > kv_cache[0] and list(kv_cache) == sorted(kv_cache)
+
+
+def test_bad_recordings_and_no_transcribers_get_clear_messages(tiny_transcribers, tmp_path, monkeypatch):
+    import gradio as gr
+
+    from effviz import streaming
+    from effviz.ui import streaming as live
+
+    with pytest.raises(gr.Error, match="not a sound file"):
+        list(live.transcribe_stream({"path": str(_bad_sound("text named .wav", tmp_path / "bad.wav"))}, tiny_transcribers))
+    with pytest.raises(gr.Error, match="No recording yet"):
+        list(live.transcribe_stream(None, tiny_transcribers))
+    with pytest.raises(gr.Error, match="the limit is 600 s"):
+        list(live.transcribe_stream({"path": str(_bad_sound("3 hours", tmp_path / "long.wav"))}, tiny_transcribers))
+    with pytest.raises(gr.Error, match="unknown transcriber 'nope'"):
+        list(live.transcribe_stream({"path": str(_wav(tmp_path / "tone.wav"))}, ["nope"]))
+    ((status, table, _),) = live.transcribe_stream({"path": str(_wav(tmp_path / "tone.wav"))}, [])
+    assert status == "Choose at least one model." and table.empty
+    monkeypatch.setattr(streaming, "TRANSCRIBERS_DIR", tmp_path / "none")
+    ((status, _, _),) = live.transcribe_stream({"path": str(_wav(tmp_path / "tone.wav"))}, [])
+    assert status == live.NO_TRANSCRIBER_MESSAGE
+    status, table, _, session = live.transcribe_live({"path": str(_wav(tmp_path / "tone.wav"))}, [], None)
+    assert status == live.NO_TRANSCRIBER_MESSAGE and session is None
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_the_microphone_stream_gives_the_transcript_of_the_whole_resampled_recording(tiny_transcribers, tmp_path,
+                                                                                    monkeypatch, rate):
+    """Chunks as the browser sends them (0.5 s WAV files at the microphone's rate) give the transcript
+    of the whole recording resampled at once, but for the last ~10 ms the resampler still holds."""
+    from effviz import streaming
+    from effviz.data.audio import _resample, prepare_waveform
+    from effviz.ui import streaming as live
+
+    torch.set_num_threads(1)
+    samples, number_rate = soundfile.read(_phone_number(tmp_path / "examples"), dtype="float32")
+    at_mic_rate = _resample(torch.from_numpy(samples), number_rate, rate).numpy()
+    step, session = round(live.LIVE_CHUNK_EVERY_S * rate), None
+    for i, start in enumerate(range(0, at_mic_rate.shape[0], step)):
+        chunk = tmp_path / f"chunk{i}.wav"
+        soundfile.write(chunk, at_mic_rate[start:start + step], rate, subtype="FLOAT")
+        status, table, figure, session = live.transcribe_live({"path": str(chunk)}, tiny_transcribers, session)
+    assert status.startswith(f"Listening: {at_mic_rate.shape[0] / rate:.1f} s at {rate} Hz")
+    for trace, digits in zip(session.traces, table["digits"]):
+        whole = prepare_waveform(at_mic_rate, rate, trace.sample_rate, 600)
+        assert whole.shape[0] - trace.stream.samples <= 0.011 * trace.sample_rate
+        offline = streaming.transcribe_waveform(trace.stream.model, whole[:trace.stream.samples])
+        assert digits == streaming.digits_text(offline) and digits
+    assert len(figure.data) == 2 * len(tiny_transcribers)
+    # The stream stops at its limit: later chunks add nothing, and the status says so.
+    monkeypatch.setattr(live, "MAX_LIVE_SECONDS", session.seconds + 0.2)
+    half_second = str(tmp_path / "chunk0.wav")
+    status, *_, session = live.transcribe_live({"path": half_second}, tiny_transcribers, session)
+    status, table, _, session = live.transcribe_live({"path": half_second}, tiny_transcribers, session)
+    assert status.startswith("Stopped: a live stream is limited to") and session.seconds == pytest.approx(live.MAX_LIVE_SECONDS)
+    status, table, _, session = live.reset_live()
+    assert session is None and table.empty

@@ -114,3 +114,88 @@ def test_look_inside_the_models_on_a_photo(page, tmp_path):
     assert page.locator("#inside-relevance .heatmaplayer, #inside-relevance image").count() >= 1
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "inside.png"), full_page=True)
+
+
+# ---- Live digits: a tiny random transcriber in an app of its own -----------------------------------
+
+# Digits in the table's transcript cell, the one after the mixer's name (3 or more: no other cell of the
+# row is a whole number that large before 100 s of audio).
+DIGITS_SHOWN = """() => {
+    const cells = (document.querySelector('#live-table')?.innerText || '').split('\\n').map(c => c.trim());
+    return cells.some((cell, i) => cell === 'attention' && /^[0-9]{3,}$/.test(cells[i + 1] || ''));
+}"""
+
+
+@pytest.fixture(scope="module")
+def live_app(tmp_path_factory):
+    """The app with one tiny random transformer transcriber (the one that streams before the
+    stateful kernels are merged) as its only saved model: (url, model, phone-number WAV)."""
+    from effviz import train_transcriber
+    from effviz.ui.examples import prepare_examples
+    from tests.test_streaming import tiny_model
+
+    from .conftest import _free_port, launched_app
+
+    weights = tmp_path_factory.mktemp("weights")
+    model = tiny_model("transformer-digits-stream", seed=0)
+    card = dict(model="tiny", kind="tiny test transcriber", mixer="attention", params=0, train_seconds=0,
+                threads=1, data="none", metrics={})
+    train_transcriber.save_transcriber(model, card, weights / "transcribers" / "tiny-transformer-stream")
+    number = prepare_examples(tmp_path_factory.mktemp("examples")).spoken_number
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(_free_port()),
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "EFFVIZ_WEIGHTS_DIR": str(weights), "HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}
+    with launched_app(env, tmp_path_factory.mktemp("live-app") / "app.log") as (url, _, _):
+        yield url, model, number
+
+
+def _live_tab(playwright, url: str, *args: str):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", *args])
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.set_default_timeout(UI_TIMEOUT_MS)
+    tab.goto(url)
+    tab.get_by_role("tab", name="Live digits").click()
+    return browser, tab
+
+
+def test_stream_a_recording_and_see_the_offline_digits_appear(live_app):
+    from playwright.sync_api import sync_playwright
+
+    from effviz import streaming
+
+    url, model, number = live_app
+    offline = streaming.digits_text(streaming.transcribe_waveform(model, streaming.recording(number, None, model.config)))
+    assert offline, "the tiny model says some digits on the phone number"
+    with sync_playwright() as playwright:
+        browser, tab = _live_tab(playwright, url)
+        try:
+            tab.locator("#live-recording input[type=file]").set_input_files(number)
+            tab.locator("#live-recording audio, #live-recording .waveform-container").first.wait_for(state="attached")
+            tab.locator("#live-run").click()
+            _wait_for_text(tab, "#live-status", "Done:")
+            _wait_for_text(tab, "#live-table", offline)
+            tab.locator("#live-plot .js-plotly-plot").wait_for()
+            assert tab.locator("#live-plot .scatterlayer .trace").count() == 2  # compute and state, one model
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            tab.screenshot(path=str(SCREENSHOTS / "live-digits.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_speak_into_the_microphone_and_see_digits_appear(live_app):
+    """Chromium's fake microphone plays the phone number (in a loop, from wherever it is when the
+    recording starts, at the browser's rate): what the model hears is not known here, so the test
+    sees digits appear as the stream goes on, not which."""
+    from playwright.sync_api import sync_playwright
+
+    url, _, number = live_app
+    with sync_playwright() as playwright:
+        browser, tab = _live_tab(playwright, url, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                                 f"--use-file-for-fake-audio-capture={number}")
+        try:
+            tab.locator("#live-mic").get_by_role("button", name="Record").click()
+            _wait_for_text(tab, "#live-status", "Listening:")
+            tab.wait_for_function(DIGITS_SHOWN, timeout=UI_TIMEOUT_MS)
+            tab.locator("#live-plot .js-plotly-plot").wait_for()
+        finally:
+            browser.close()

@@ -15,6 +15,7 @@ import soundfile
 import torch
 import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as audio_functional
+from torchaudio.functional.functional import _get_sinc_resample_kernel  # the kernel resample() uses; torchaudio is pinned
 
 from ..models.releases import AudioPreprocess
 
@@ -98,11 +99,36 @@ def prepare_waveform(audio: np.ndarray, sample_rate: int, target_rate: int, max_
     ``max_seconds`` (checked from its length before any conversion: never silently cut), an
     empty clip, float samples beyond ``MAX_FLOAT_SAMPLE`` (±2**31), or an unusable shape or dtype.
     """
+    sample_rate = _check_rate(sample_rate)
+    audio = _by_channel(audio)
+    _check_duration(audio.shape[0], sample_rate, max_seconds)
+    waveform = _resample(_mix_down(audio), sample_rate, target_rate)
+
+    window = round(target_rate * FRAME_LENGTH_MS / 1000)
+    shift = round(target_rate * FRAME_SHIFT_MS / 1000)
+    min_samples = window + (MIN_FRAMES - 1) * shift
+    if waveform.shape[0] < min_samples:
+        waveform = torch.nn.functional.pad(waveform, (0, min_samples - waveform.shape[0]))
+    return waveform
+
+
+def to_mono(audio: np.ndarray, sample_rate: int) -> torch.Tensor:
+    """A mono float32 waveform at its own rate, checked and converted as :func:`prepare_waveform`
+    does, but neither resampled nor padded: for the chunks of a stream (see :class:`StreamResampler`)."""
+    _check_rate(sample_rate)
+    return _mix_down(_by_channel(audio))
+
+
+def _check_rate(sample_rate: int) -> int:
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise ValueError(
             f"sample_rate {sample_rate} Hz is outside the supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
         )
-    sample_rate = int(sample_rate)  # 44100.0 from some decoders
+    return int(sample_rate)  # 44100.0 from some decoders
+
+
+def _by_channel(audio: np.ndarray) -> np.ndarray:
+    """``audio`` as (samples, channels), its shape and channel count checked."""
     audio = np.asarray(audio)
     if audio.size == 0:
         raise ValueError("audio contains no samples")
@@ -117,26 +143,20 @@ def prepare_waveform(audio: np.ndarray, sample_rate: int, target_rate: int, max_
             audio = audio.T
     else:
         raise ValueError(f"audio must be 1-D (samples,) or 2-D (samples, channels), got shape {audio.shape}")
-    num_samples, num_channels = audio.shape
-    if num_channels > MAX_CHANNELS:
-        raise ValueError(f"audio has {num_channels} channels (at most {MAX_CHANNELS} are accepted)")
-    _check_duration(num_samples, sample_rate, max_seconds)
+    if audio.shape[1] > MAX_CHANNELS:
+        raise ValueError(f"audio has {audio.shape[1]} channels (at most {MAX_CHANNELS} are accepted)")
+    return audio
 
+
+def _mix_down(audio: np.ndarray) -> torch.Tensor:
+    """(samples, channels) of any supported dtype -> mono float32, NaN/inf set to 0."""
     samples = _to_float(audio)
     finite = np.isfinite(samples)
     if not finite.any():
         raise ValueError("audio contains only NaN/inf")
     if not finite.all():
         samples = np.where(finite, samples, 0.0).astype(np.float32)
-    waveform = torch.from_numpy(samples.mean(axis=1, dtype=np.float32))
-    waveform = _resample(waveform, sample_rate, target_rate)
-
-    window = round(target_rate * FRAME_LENGTH_MS / 1000)
-    shift = round(target_rate * FRAME_SHIFT_MS / 1000)
-    min_samples = window + (MIN_FRAMES - 1) * shift
-    if waveform.shape[0] < min_samples:
-        waveform = torch.nn.functional.pad(waveform, (0, min_samples - waveform.shape[0]))
-    return waveform
+    return torch.from_numpy(samples.mean(axis=1, dtype=np.float32))
 
 
 def _check_duration(num_samples: int, sample_rate: int, max_seconds: float) -> None:
@@ -169,11 +189,52 @@ def _to_float(audio: np.ndarray) -> np.ndarray:
 def _resample(waveform: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
     if sample_rate == target_rate:
         return waveform
-    ratio = Fraction(sample_rate, target_rate)  # reduced by the gcd, as torchaudio does
+    ratio = _resample_ratio(sample_rate, target_rate)
+    return audio_functional.resample(waveform, ratio.numerator, ratio.denominator)
+
+
+def _resample_ratio(sample_rate: int, target_rate: int) -> Fraction:
+    """Input samples to output samples, reduced by the gcd as torchaudio does."""
+    ratio = Fraction(sample_rate, target_rate)
     if ratio.numerator * ratio.denominator > MAX_RESAMPLE_FILTER:
         # A pitch change under 0.7 % (50 Hz at 8 kHz) instead of a filter of gigabytes.
         ratio = Fraction(round(sample_rate / RATE_ROUNDING_HZ) * RATE_ROUNDING_HZ, target_rate)
-    return audio_functional.resample(waveform, ratio.numerator, ratio.denominator)
+    return ratio
+
+
+class StreamResampler:
+    """:func:`_resample` of a stream: ``push`` the next samples, get the output samples now final.
+
+    torchaudio's resampler is a polyphase sinc filter: output block ``b`` (``new`` samples) is one
+    dot product per phase with the input samples ``[b*orig - width, b*orig + orig + width)``, the
+    whole recording zero-padded by ``width`` at its start. This class keeps that padding and the
+    input from the next block's window on, and computes a block once its window has arrived, with
+    torchaudio's own kernel: the samples are those of resampling the whole recording at once. A
+    stream that stops leaves its last ``orig + width`` input samples (about 10 ms at 44.1 kHz, 1 ms
+    at 48 kHz, into 8 kHz) unresampled, where the whole recording's end would be zero-padded.
+    """
+
+    def __init__(self, sample_rate: int, target_rate: int):
+        self.sample_rate, self.target_rate = sample_rate, target_rate
+        ratio = _resample_ratio(sample_rate, target_rate)
+        self.orig, self.new = ratio.numerator, ratio.denominator
+        self.kernel, self.width = None, 0
+        if self.orig != self.new:  # as resample(), which returns an input of equal rates unchanged
+            self.kernel, self.width = _get_sinc_resample_kernel(self.orig, self.new, 1, dtype=torch.float32)
+        self.pending = torch.zeros(self.width)  # from the next block's window start on
+
+    def push(self, samples: torch.Tensor) -> torch.Tensor:
+        if self.kernel is None:
+            return samples.float()
+        self.pending = torch.cat([self.pending, samples.float()])
+        span = self.orig + 2 * self.width
+        blocks = (self.pending.shape[0] - span) // self.orig + 1
+        if blocks <= 0:
+            return torch.zeros(0)
+        window = self.pending[: (blocks - 1) * self.orig + span]
+        out = torch.nn.functional.conv1d(window[None, None], self.kernel, stride=self.orig)  # (1, new, blocks)
+        self.pending = self.pending[blocks * self.orig:]
+        return out[0].T.reshape(-1)
 
 
 def fbank(waveform: torch.Tensor, pre: AudioPreprocess) -> torch.Tensor:

@@ -7,7 +7,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from . import MAX_UPLOAD_MB, PREDICT_CONCURRENCY_LIMIT, UPLOAD_RETENTION_S, audio, inside, kernels, models, multimodal, scaling, vision  # noqa: E402
+from . import MAX_UPLOAD_MB, PREDICT_CONCURRENCY_LIMIT, UPLOAD_RETENTION_S, audio, inside, kernels, models, multimodal, scaling, streaming, vision  # noqa: E402
 from .examples import prepare_examples  # noqa: E402
 
 # Every UPLOAD_RETENTION_S seconds, uploads and downloads older than that leave Gradio's cache.
@@ -33,6 +33,8 @@ def build_demo() -> gr.Blocks:
             audio.build(examples)
         with gr.Tab("Multimodal"):
             multimodal.build(examples)
+        with gr.Tab("Live digits"):
+            streaming.build(examples)
         with gr.Tab("Scaling lab"):
             scaling.build()
         with gr.Tab("Kernels"):

@@ -24,6 +24,8 @@ ASSETS_DIR = bundled_path("assets") / "examples"
 PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SAMPLE_RATE = 16_000
+SPOKEN_NUMBER = "415 555 0123"  # the Live digits tab's example: a phone number
+NUMBER_PAUSES_S = (0.15, 0.5)  # after a digit, after a group
 # Trimming keeps the word plus this much silence either side; quieter than this (relative to the
 # clip's peak) counts as silence.
 SILENCE_MARGIN_S = 0.05
@@ -49,6 +51,7 @@ class Examples:
     photos: list[str]
     digits: dict[str, str]  # digit -> drawing (PNG, black ink on white)
     spoken: dict[str, str]  # digit -> speech (16 kHz mono WAV)
+    spoken_number: str | None  # SPOKEN_NUMBER said digit by digit (16 kHz mono WAV); None without the digits
 
 
 def prepare_examples(out_dir: str | Path | None = None) -> Examples:
@@ -66,7 +69,24 @@ def prepare_examples(out_dir: str | Path | None = None) -> Examples:
         for i, word in enumerate(DIGIT_WORDS)
         if (ASSETS_DIR / f"spoken_{word}.wav").is_file()
     }
-    return Examples(photos=save_photos(out), digits=digits, spoken=spoken)
+    number = None
+    if len(spoken) == len(DIGIT_WORDS):
+        number = str(out / "spoken_number.wav")
+        soundfile.write(number, say_number(SPOKEN_NUMBER, spoken), SAMPLE_RATE, subtype="PCM_16")
+    return Examples(photos=save_photos(out), digits=digits, spoken=spoken, spoken_number=number)
+
+
+def say_number(number: str, spoken: dict[str, str]) -> np.ndarray:
+    """``number`` said digit by digit from the spoken digits' files, a short pause after each digit
+    and a longer one between groups ("415 555 0123"), at ``SAMPLE_RATE``."""
+    pieces = [np.zeros(round(NUMBER_PAUSES_S[1] * SAMPLE_RATE), dtype=np.float32)]
+    for group in number.split():
+        for digit in group:
+            samples, rate = read_audio(spoken[digit])
+            pieces += [prepare_waveform(samples, rate, SAMPLE_RATE, max_seconds=5.0).numpy(),
+                       np.zeros(round(NUMBER_PAUSES_S[0] * SAMPLE_RATE), dtype=np.float32)]
+        pieces.append(np.zeros(round(NUMBER_PAUSES_S[1] * SAMPLE_RATE), dtype=np.float32))
+    return np.concatenate(pieces)
 
 
 def save_photos(out_dir: Path) -> list[str]:

@@ -340,3 +340,29 @@ def test_wideband_input_is_brought_to_the_training_band():
         assert (banded - reference)[:, voice_bins].abs().mean() < 0.05
         assert (banded - reference)[:, above_4khz].abs().mean() < 0.05  # as empty as training's
         assert (unbanded - reference)[:, above_4khz].abs().mean() > 0.5
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000])
+def test_a_stream_resampled_chunk_by_chunk_gives_the_samples_of_the_whole(rate):
+    from effviz.data.audio import StreamResampler, _resample
+
+    wave = torch.from_numpy(np.random.default_rng(rate).normal(0, 0.1, 2 * rate).astype(np.float32))
+    whole = _resample(wave, rate, 8000)
+    resampler, pieces, start = StreamResampler(rate, 8000), [], 0
+    for size in [1, 700, 33, 9000, 441, 12000, 5, 30000]:
+        pieces.append(resampler.push(wave[start:start + size]))
+        start += size
+    pieces.append(resampler.push(wave[start:]))
+    streamed = torch.cat(pieces)
+    # All but the last block and filter width (at most ~11 ms), which wait for input that never comes.
+    assert whole.shape[0] - streamed.shape[0] <= (resampler.new * (resampler.orig + resampler.width)) // resampler.orig + resampler.new
+    torch.testing.assert_close(streamed, whole[: streamed.shape[0]], rtol=0, atol=1e-6)
+
+
+def test_to_mono_converts_a_chunk_as_prepare_waveform_does_without_padding():
+    from effviz.data.audio import to_mono
+
+    stereo = np.array([[16384, 0], [-32768, 32767], [0, 0]], dtype=np.int16)
+    assert to_mono(stereo, 48000).tolist() == pytest.approx([0.25, -0.5 + 32767 / 65536, 0.0])
+    with pytest.raises(ValueError, match="outside the supported"):
+        to_mono(stereo, 1000)
