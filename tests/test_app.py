@@ -406,9 +406,7 @@ def test_sweep_status_counts_sizes_and_estimates_the_time_left(monkeypatch):
 
 # ---- Live digits: streaming transcription, in-process with tiny saved transcribers ----------------
 
-# Only the transformer streams until the stateful kernel ops of Mamba, RWKV and RetNet are merged;
-# the other three recipes join this list then.
-STREAMING_RECIPES = ["transformer-digits-stream"]
+STREAMING_RECIPES = ["mamba-digits-stream", "rwkv-digits-stream", "retnet-digits-stream", "transformer-digits-stream"]
 
 
 @pytest.fixture
