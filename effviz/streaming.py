@@ -99,8 +99,8 @@ class GreedyCtc:
 
 def _decoder(cfg: ModelConfig) -> GreedyCtc:
     window, shift = frame_geometry(cfg.sample_rate)
-    per_token = cfg.audio_patch_size * shift / cfg.sample_rate
-    return GreedyCtc(cfg.labels, per_token, ((cfg.audio_patch_size - 1) * shift + window) / cfg.sample_rate)
+    stride = cfg.audio_patch_stride or cfg.audio_patch_size  # frames between tokens
+    return GreedyCtc(cfg.labels, stride * shift / cfg.sample_rate, ((stride - 1) * shift + window) / cfg.sample_rate)
 
 
 @dataclass

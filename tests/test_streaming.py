@@ -55,10 +55,20 @@ def test_the_state_keeps_its_size_except_the_kv_cache(model_id):
         for _ in range(5):
             _, state = model.step(torch.randn(1, 4 * 10, model.config.mel_bins), state)
             sizes.append(state_bytes(state))
-    if model.config.mixer == "attention":
-        assert sizes == [sizes[0] * (i + 1) for i in range(5)]  # keys and values of every token so far
+    if model.config.mixer == "attention":  # keys and values of every token so far: ten tokens more each chunk
+        assert len({b - a for a, b in zip(sizes, sizes[1:])}) == 1 and sizes[1] > sizes[0]
     else:
         assert len(set(sizes)) == 1 and sizes[0] > 0
+
+
+def test_a_token_reads_the_frames_of_its_window_and_no_later_ones():
+    model = tiny_model("retnet-digits-stream")
+    frames = torch.randn(1, 80, model.config.mel_bins)
+    changed = frames.clone()
+    changed[:, 40] += 1  # frame 40: read by the tokens whose 32-frame window holds it, tokens 10-17
+    with torch.no_grad():
+        differs = (model(frames) - model(changed)).abs().amax(-1)[0] > 0
+    assert differs.tolist() == [t >= 10 for t in range(20)]
 
 
 def test_a_chunk_of_partial_tokens_is_refused():
@@ -111,10 +121,22 @@ def test_digit_error_rate_is_edit_distance_over_reference_digits():
 
 def test_connected_utterances_string_digit_clips_with_pauses():
     clips = [(torch.full((800,), 0.1 * (d + 1)), d) for d in range(10)]
-    wave, digits = connected_utterance(clips, 8000, torch.Generator().manual_seed(0))
+    wave, digits, ends = connected_utterance(clips, 8000, torch.Generator().manual_seed(0))
     assert 1 <= len(digits) <= 15
     voiced = (wave.abs() > 0).float()
     assert int((voiced[1:] - voiced[:-1]).clamp_min(0).sum()) == len(digits)  # each digit its own stretch of sound
+    stops = torch.nonzero(voiced[:-1] - voiced[1:] > 0).flatten() + 1
+    assert ends == stops.tolist()  # where each digit's sound stops
+
+
+def test_the_alignment_puts_each_digit_on_the_first_token_that_heard_all_of_it():
+    task = train_transcriber.ConnectedDigitsTask.__new__(train_transcriber.ConnectedDigitsTask)
+    task.cfg = RECIPES["mamba-digits-stream"]()  # 8 kHz: 200-sample windows every 80 samples, 4 frames a token
+    # token t ends at sample ((t + 1) * 4 - 1) * 80 + 200: token 0 at 440, token 1 at 760, token 2 at 1080
+    assert train_transcriber.ALIGNED_TOKENS == 3
+    assert task.aligned_targets([3], [441], tokens=6).tolist() == [0, 4, 4, 4, 0, 0]
+    assert task.aligned_targets([3, 7], [440, 2000], tokens=8).tolist() == [4, 4, 4, 0, 0, 8, 8, 8]
+    assert task.aligned_targets([5], [100_000], tokens=3).tolist() == [0, 0, 6]  # past the end: the last token
 
 
 # --- the recipe end to end on a tiny corpus ---------------------------------------------------------

@@ -6,6 +6,9 @@ them and silence around them. For training it is then corrupted as a visitor's m
 room would: per digit, speed (x0.9-1.1) and level (+-6 dB); over the whole utterance, a room
 (reverberation), a microphone EQ or a telephone band, and coloured noise at 5-40 dB SNR. Test
 utterances stay clean, so their error rate measures the speaker, not the corruption.
+
+Because the utterances are built here, where each digit ends is known to the sample: training
+uses it as an alignment (see ``effviz.train_transcriber``).
 """
 from __future__ import annotations
 
@@ -29,14 +32,14 @@ def spoken_part(wave: torch.Tensor, rate: int) -> torch.Tensor:
 
 def connected_utterance(clips: list[tuple[torch.Tensor, int]], rate: int, gen: torch.Generator,
                         rirs: list[torch.Tensor] | None = None, max_digits: int = MAX_DIGITS
-                        ) -> tuple[torch.Tensor, list[int]]:
+                        ) -> tuple[torch.Tensor, list[int], list[int]]:
     """A random string of 1-``max_digits`` of ``clips`` (spoken-part waveforms at ``rate``, with
     their digit), paused and framed in silence; corrupted when ``rirs`` is given (training), clean
-    otherwise. Returns the waveform and its digits."""
+    otherwise. Returns the waveform, its digits and the sample where each digit's clip ends."""
     count = int(torch.randint(1, max_digits + 1, (), generator=gen))
     picks = torch.randint(len(clips), (count,), generator=gen).tolist()
     corrupt = rirs is not None
-    pieces, digits = [_silence(rate, *EDGE_SECONDS, gen)], []
+    pieces, digits, ends = [_silence(rate, *EDGE_SECONDS, gen)], [], []
     for n, pick in enumerate(picks):
         wave, digit = clips[pick]
         if corrupt:
@@ -48,11 +51,12 @@ def connected_utterance(clips: list[tuple[torch.Tensor, int]], rate: int, gen: t
             pieces.append(_silence(rate, *PAUSE_SECONDS, gen))
         pieces.append(wave)
         digits.append(digit)
+        ends.append(sum(p.shape[0] for p in pieces))
     pieces.append(_silence(rate, *EDGE_SECONDS, gen))
     utterance = torch.cat(pieces)
     if corrupt:
         utterance = _corrupt(utterance, rate, gen, rirs)
-    return utterance.clamp(-1, 1), digits
+    return utterance.clamp(-1, 1), digits, ends
 
 
 def _silence(rate: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
