@@ -22,6 +22,7 @@ from effviz.models import EffvizModel
 from effviz.models import registry
 
 from .conftest import STARTUP_TIMEOUT_S, _free_port, launched_app
+from .test_bench_stream import tiny  # noqa: F401  (fixture: tiny transcriber recipes)
 
 pytestmark = pytest.mark.timeout(STARTUP_TIMEOUT_S + 180)
 
@@ -51,7 +52,7 @@ def test_page_serves_every_tab_offline(app, client):
     for tab in ("Vision", "Audio", "Multimodal", "Scaling lab", "Kernels", "Models", "Inside the models"):
         assert f"'label': '{tab}'" in rendered, tab
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    for name in ("/classify_image", "/classify_audio", "/classify_av", "/sweep", "/kernels", "/inspect"):
+    for name in ("/classify_image", "/classify_audio", "/classify_av", "/sweep", "/stream_bench", "/kernels", "/inspect"):
         assert name in endpoints, name
     assert proc.poll() is None
 
@@ -383,3 +384,36 @@ def test_sweep_status_counts_sizes_and_estimates_the_time_left(monkeypatch):
     assert "3 of 3 sizes done (6 of 6 points), 30 s elapsed." in statuses[6]
     assert "Done: 6 points in 30 s." in statuses[-1] and len(views) == 8
     assert (scaling.clock(185), scaling.clock(3720), scaling.clock(59.6)) == ("3 min 05 s", "1 h 02 min", "1 min 00 s")
+
+
+def test_scaling_lab_streams_seconds_and_marks_where_the_kv_cache_hit_the_budget(tiny, monkeypatch):
+    """In-process, the benchmark's child replaced by the same run in this process: the tiny
+    transformer's cache (512 bytes a token) passes a 0.1 MiB budget after 8.32 s of the 12 asked."""
+    import gradio as gr
+
+    from effviz.bench import stream
+    from effviz.ui import scaling
+
+    def in_process(spec, stop):
+        yield stream.stream_environment(spec)
+        yield from stream.run_stream(spec, stop)
+
+    monkeypatch.setattr(scaling.stream, "run_stream_in_child", in_process)
+    views = list(scaling.stream_bench(["transformer-digits-stream"], 0.2, 0.1))
+    status, latency, memory, summary, table, files = views[-1]
+    assert "Starting" in views[0][0] and "Done in" in status
+    assert any("streamed, 0 of 1 model ended" in view[0] for view in views[1:-1])
+    marks = [t for t in memory.data if t.mode == "markers+text"]
+    assert [tuple(t.text) for t in marks] == [("memory limit",)] and tuple(marks[0].x) == pytest.approx((8.32,))
+    assert any(t.name == "state budget 0.1 MiB" for t in memory.data)
+    assert any(t.name == "real time: 160 ms of audio a chunk" for t in latency.data)
+    assert list(table["seconds streamed"]) == pytest.approx([8.32]) and list(table["limit"]) == ["memory"]
+    assert "memory: state of" in summary and "Weights: random" in summary
+    record = json.loads(Path(files[0]).read_text())
+    assert record["models"][0]["limit"] == "memory" and record["models"][0]["stopped_at_s"] == pytest.approx(8.32)
+    for models, minutes, budget, message in [([], 1, None, "at least one"), (["nope"], 1, None, "unknown transcriber"),
+                                             (["transformer-digits-stream"], 61, None, "minutes streamed"),
+                                             (["transformer-digits-stream"], 1, -1, "state budget")]:
+        with pytest.raises(gr.Error, match=message):
+            list(scaling.stream_bench(models, minutes, budget))
+    assert scaling.stop_stream_bench("nobody") == "No benchmark of yours is running."
