@@ -102,6 +102,10 @@ def test_chunks_slower_than_their_audio_stop_the_model(tiny, monkeypatch):
     *points, end = list(run_stream(short_spec(STREAMING)))
     assert end.limit == "latency" and "real time" in end.reason
     assert len(points) == 1 and points[0].limit == "latency" and points[0].latency_ms == 200.0
+    spec = short_spec(STREAMING)
+    report = stream.format_report(stream.make_record(spec, stream.stream_environment(spec), points, [end], 1.0))
+    assert report.rstrip().endswith("| transformer-digits-stream | 0.8 s | 200.00 | 200.00-200.00 | 0 of 5 | 9,728 | "
+                                    "real-time limit |")
     assert end.seconds == pytest.approx(0.8)  # stopped at its first point: 5 chunks, one window
     assert end.compute_cpu_s / end.seconds == pytest.approx(0.2 / 0.16)
 
@@ -126,20 +130,22 @@ def test_a_model_that_fails_ends_alone_and_the_cli_says_so(tiny, monkeypatch, tm
 
 
 def test_stop_ends_every_stream(tiny):
+    """Also: a window of one chunk (its latency is that chunk's)."""
     import threading
 
     stop = threading.Event()
     events = []
-    for event in run_stream(short_spec(STREAMING), stop):
+    for event in run_stream(StreamSpec(models=tuple(STREAMING), minutes=0.1, window_chunks=1), stop):
         events.append(event)
         stop.set()
     assert [type(e) for e in events] == [StreamPoint, StreamEnd] and events[-1].limit == "stopped"
+    assert events[0].window == 1 and events[0].latency_ms == events[0].latency_p80_ms
 
 
 @pytest.mark.parametrize("args", [
     ["--minutes", "0"], ["--minutes", "61"], ["--minutes", "x"], ["--models", "nope"], ["--models", ","],
     ["--state-budget-mib", "-1"], ["--checkpoints", "a,b"], ["--checkpoints", "0"], ["--window", "0"],
-    ["--threads", "0"],
+    ["--threads", "0"], ["--state-budget-mib", "nan"],
 ])
 def test_bad_arguments_are_usage_errors(args, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -16,7 +16,7 @@ import plotly.colors
 import plotly.graph_objects as go
 
 from .fit import Crossover, Exponent
-from .stream import MIB, StreamPoint
+from .stream import LIMIT_NAMES, MIB, StreamPoint
 from .sweep import PointResult, summarize
 from .timing import describe_calibration
 
@@ -174,7 +174,6 @@ def write_html(sweep_json: Path, out: Path) -> None:
 
 STREAM_METRICS = {"latency": "latency per chunk (ms), min of the window, bar to p80",
                   "memory": "state held (MiB)"}
-LIMIT_LABELS = {"latency": "real-time limit", "memory": "memory limit"}
 
 
 def stream_figure(points: Sequence[StreamPoint], metric: str, chunk_seconds: float,
@@ -203,7 +202,7 @@ def stream_figure(points: Sequence[StreamPoint], metric: str, chunk_seconds: flo
         if stopped:
             fig.add_trace(go.Scatter(
                 x=[p.seconds for p in stopped], y=[values[p] for p in stopped], mode="markers+text",
-                marker=dict(color=colour, size=14, symbol="x"), text=[LIMIT_LABELS[p.limit] for p in stopped],
+                marker=dict(color=colour, size=14, symbol="x"), text=[LIMIT_NAMES[p.limit] for p in stopped],
                 textposition="top left", legendgroup=model, showlegend=False,
                 hovertemplate="%{x:,.0f} s: stopped, %{text}<extra>" + model + "</extra>",
             ))

@@ -15,6 +15,8 @@ takes the window of the last ``window_chunks`` chunks: the minimum of its undist
 p20-p80 beside it or, when fewer than 3 are undisturbed, the CPU times of all of them (one thread:
 each chunk without its waiting), marked unstable. Points fall every ``every_s`` seconds streamed
 and at each checkpoint reached (10 s, 1 min, 5 min, 10 min, 30 min, 60 min, and the end).
+A model's latency ratio compares the last of its checkpoints (or the point where it stopped) to
+the first.
 
 A model stops when the latency of a point exceeds the chunk's own duration (it can no longer keep
 up with a live source), or as soon as its state exceeds ``state_budget_mib``; its last point
@@ -37,7 +39,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -56,7 +58,8 @@ MAX_MINUTES = 60.0
 LOOP_SECONDS = 8.0  # the synthetic audio repeats every 50 chunks of 0.16 s
 POINTS_PER_STREAM = 180  # points are spread this thin at most, and no closer than a window apart
 MIB = 2**20
-LIMITS = ("latency", "memory")  # what a model can hit; "error" and "stopped" end a stream too
+# The limits a model can hit (a stream also ends on "error" or when "stopped"), as reports name them.
+LIMIT_NAMES = {"latency": "real-time limit", "memory": "memory limit"}
 AUDIO = ("synthetic: tones at 300, 1100 and 2300 Hz with white noise at 5%, looped every "
          f"{LOOP_SECONDS:g} s (a chunk's cost does not depend on what it holds)")
 
@@ -148,7 +151,7 @@ class StreamPoint:
 
 @dataclass(frozen=True)
 class StreamEnd:
-    """How a model's stream ended: ``limit`` is None when it reached the end, else one of LIMITS,
+    """How a model's stream ended: ``limit`` is None when it reached the end, else a key of LIMIT_NAMES,
     "error" or "stopped"; ``reason`` says it in words."""
 
     model: str
@@ -184,23 +187,18 @@ def build_transcriber(model_id: str) -> tuple[Transcriber, str]:
     return Transcriber(TRANSCRIBER_RECIPES[model_id]()).eval(), "random"
 
 
-@dataclass
 class _Runner:
-    """One model's stream as the benchmark drives it."""
+    """One model's stream as the benchmark drives it: its chunks, its window of timed chunks, the
+    points still due."""
 
-    model_id: str
-    spec: StreamSpec
-    policy: TimingPolicy
-    model: Transcriber = field(init=False)
-    weights: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.model, self.weights = build_transcriber(self.model_id)
+    def __init__(self, model_id: str, spec: StreamSpec, policy: TimingPolicy):
+        self.model_id, self.spec, self.policy = model_id, spec, policy
+        self.model, self.weights = build_transcriber(model_id)
         self.stream = streaming.DigitStream(self.model)
-        self.chunks = synthetic_chunks(self.model.config.sample_rate, self.spec.chunk_seconds)
-        self.window: deque[Run] = deque(maxlen=self.spec.window_chunks)
-        self.due = self.spec.point_times()
-        self.checkpoints = set(round(c, 6) for c in self.spec.checkpoint_times())
+        self.chunks = synthetic_chunks(self.model.config.sample_rate, spec.chunk_seconds)
+        self.window: deque[Run] = deque(maxlen=spec.window_chunks)
+        self.due = spec.point_times()
+        self.checkpoints = {round(c, 6) for c in spec.checkpoint_times()}
         self.fed, self.cpu_s, self.wall_s, self.seconds = 0, 0.0, 0.0, 0.0
 
     def end(self, limit: str | None, reason: str) -> StreamEnd:
@@ -226,11 +224,11 @@ class _Runner:
         point = self.point(report.state_bytes, checkpoint)
         chunk_ms = self.spec.chunk_seconds * 1e3
         if over_budget:
-            point = _with_limit(point, "memory")
+            point = replace(point, limit="memory")
             return [point, self.end("memory", f"state of {report.state_bytes / MIB:,.1f} MiB exceeded the "
                                     f"{self.spec.state_budget_mib:g} MiB budget at {self.seconds:,.1f} s streamed")]
         if point.latency_ms > chunk_ms:
-            point = _with_limit(point, "latency")
+            point = replace(point, limit="latency")
             return [point, self.end("latency", f"a chunk took {point.latency_ms:.1f} ms at best over its last "
                                     f"{counted(point.window, 'chunk')}, more than the {chunk_ms:g} ms of audio it "
                                     f"holds: it no longer keeps up in real time ({self.seconds:,.1f} s streamed)")]
@@ -250,17 +248,14 @@ class _Runner:
         )
 
 
-def _with_limit(point: StreamPoint, limit: str) -> StreamPoint:
-    return StreamPoint(**{**point.to_dict(), "limit": limit})
-
-
 def run_stream(spec: StreamSpec, stop: threading.Event | None = None) -> Iterator[StreamPoint | StreamEnd]:
     """Stream every model of ``spec`` in turn, chunk by chunk, in this process (with its torch
     threads as they are: the CLI and the child set them to ``spec.threads``). Yields each point
     as it is measured and each model's ``StreamEnd``. A model that fails to build or to stream
     ends with limit "error" and the others go on; ``stop`` ends every stream at the next round."""
     on_cpu_alone = torch.get_num_threads() == 1
-    policy = TimingPolicy(budget_s=0.0, min_runs=3, max_runs=spec.window_chunks, cpu_fallback=on_cpu_alone)
+    policy = TimingPolicy(budget_s=0.0, min_runs=min(3, spec.window_chunks), max_runs=spec.window_chunks,
+                          cpu_fallback=on_cpu_alone)
     active: list[_Runner] = []
     for model_id in spec.models:
         try:
@@ -307,12 +302,13 @@ def stream_environment(spec: StreamSpec) -> dict[str, Any]:
 
 
 def summarize(spec: StreamSpec, points: Sequence[StreamPoint], ends: Sequence[StreamEnd]) -> list[dict[str, Any]]:
-    """Per model: its checkpoints, the latency ratio of its last checkpoint reached to its first,
-    its state bytes at both and whether they are equal, its real-time factors and how it ended."""
+    """Per model: its checkpoints reached and the point where it stopped, if it did; the latency
+    ratio of the last of those to the first, its state bytes at both and whether they are equal;
+    its real-time factors and how it ended."""
     rows = []
     for end in sorted(ends, key=lambda e: spec.models.index(e.model)):
         own = [p for p in points if p.model == end.model]
-        marks = [p for p in own if p.checkpoint]
+        marks = [p for p in own if p.checkpoint or p.limit]
         first, last = (marks[0], marks[-1]) if len(marks) >= 2 else (None, None)
         rows.append({
             "model": end.model, "mixer": end.mixer, "weights": end.weights, "seconds_streamed": end.seconds,
@@ -331,8 +327,8 @@ def summarize(spec: StreamSpec, points: Sequence[StreamPoint], ends: Sequence[St
 
 
 def duration(seconds: float) -> str:
-    """A length of audio as the report reads it: "10 s", "1 min", "2.5 min"."""
-    return f"{seconds:g} s" if seconds < 60 else f"{seconds / 60:g} min"
+    """A length of audio as the report reads it: "10.08 s", "1 min", "25.5 min"."""
+    return f"{round(seconds, 2):g} s" if seconds < 60 else f"{round(seconds / 60, 1):g} min"
 
 
 def format_report(record: dict[str, Any]) -> str:
@@ -358,7 +354,7 @@ def format_report(record: dict[str, Any]) -> str:
         if row["latency_ratio"] is not None:
             first, last = row["checkpoints"][0], row["checkpoints"][-1]
             latency = (f"{first['latency_ms']:.2f} at {duration(first['seconds'])} → {last['latency_ms']:.2f} at "
-                       f"{duration(last['seconds'])}")
+                       f"{duration(last['seconds'])}" + (f" ({LIMIT_NAMES[last['limit']]})" if last["limit"] else ""))
             ratio = f"{row['latency_ratio']:.2f}x"
             state = f"{row['state_bytes_first']:,} → {row['state_bytes_last']:,}"
             same = "yes" if row["state_same_size"] else "no"
@@ -368,14 +364,14 @@ def format_report(record: dict[str, Any]) -> str:
                else f"{row['real_time_factor_cpu']:.4f} ({row['real_time_factor_wall']:.4f})")
         ended = f"{row['limit']}: {row['reason']}" if row["limit"] else row["reason"]
         lines.append(f"| {row['model']} | {row['mixer']} | {latency} | {ratio} | {state} | {same} | {rtf} | {ended} |")
-    lines += ["", "| model | seconds streamed | latency ms (min) | p20-p80 ms | disturbed of window | state bytes |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| model | seconds streamed | latency ms (min) | p20-p80 ms | disturbed of window | state bytes | stopped |",
+              "|---|---|---|---|---|---|---|"]
     for row in record["models"]:
         for p in row["checkpoints"]:
             note = " (unstable: CPU times)" if p["unstable"] and p["basis"] == "cpu" else " (unstable)" if p["unstable"] else ""
             lines.append(f"| {row['model']} | {duration(p['seconds'])} | {p['latency_ms']:.2f} | "
                          f"{p['latency_p20_ms']:.2f}-{p['latency_p80_ms']:.2f} | {p['disturbed']} of {p['window']}{note} | "
-                         f"{p['state_bytes']:,} |")
+                         f"{p['state_bytes']:,} | {LIMIT_NAMES[p['limit']] if p['limit'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -383,7 +379,8 @@ def make_record(spec: StreamSpec, env: dict[str, Any], points: Sequence[StreamPo
                 run_wall_s: float) -> dict[str, Any]:
     """Everything a run measured, as the JSON the CLI writes and the app offers."""
     return {"environment": env, "spec": asdict(spec), "run_wall_s": run_wall_s,
-            "models": summarize(spec, points, ends), "points": [p.to_dict() for p in points]}
+            "models": summarize(spec, points, ends), "points": [p.to_dict() for p in points],
+            "ends": [e.to_dict() for e in ends]}
 
 
 # ---- in a child process (the app) ------------------------------------------------------------

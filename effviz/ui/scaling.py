@@ -43,9 +43,11 @@ SUGGESTED_VALUES = {"resolution": "160, 320, 480, 640", "seconds": "2, 4, 8, 16"
 TABLE_COLUMNS = ["model", "x", "tokens", "input", "latency ms (min)", "p20 ms", "p80 ms", "runs (redone)",
                  "peak MiB", "status", "reason"]
 
-# Seconds streamed: the default run takes about STREAM_DEFAULT_WALL on the Space's 2 vCPU (all four
-# transcribers, measured: see docs/stream-bench-readme.md); the budget is low enough that the
-# transformer's KV cache reaches it within the default minutes, where the others hold under 1 MiB.
+# Seconds streamed: 10 minutes of audio is 3,750 chunks per model; at a few ms a chunk for the
+# recurrent models and the transformer's growing cost until its stop, the four take a few minutes
+# of one core (see docs/stream-bench-readme.md). The budget is one the transformer's KV cache
+# (4 KiB a token, 25 tokens a second) passes after about 5.5 minutes, well within the default,
+# where the recurrent models hold a fixed state far under 1 MiB.
 STREAM_DEFAULT_MINUTES, STREAM_DEFAULT_BUDGET_MIB = 10.0, 32.0
 STREAM_MIN_MINUTES, STREAM_MAX_BUDGET_MIB = 0.2, 4096.0
 STREAM_REDRAW_S = 1.0  # the curves are redrawn at most this often while a stream runs
