@@ -228,7 +228,8 @@ def write_stream_html(record: dict[str, Any], out: Path) -> None:
     offline HTML page, with where it ran as the caption."""
     points = [StreamPoint(**p) for p in record["points"]]
     spec, env = record["spec"], record["environment"]
-    figures = [stream_figure(points, metric, spec["chunk_seconds"], spec["state_budget_mib"]) for metric in STREAM_METRICS]
+    figures = [stream_figure(points, metric, spec["chunk_seconds"], spec["state_budget_mib"])
+               for metric in STREAM_METRICS]
     for fig in figures:
         fig.update_layout(width=680)
     caption = (f"{env['device_name']}, {env['threads']} torch thread(s), nice {env['nice']}, torch {env['torch']}, "

@@ -23,9 +23,9 @@ up with a live source), or as soon as its state exceeds ``state_budget_mib``; it
 records the limit it hit. The real-time factor is compute time over audio time, from the CPU
 time of every chunk (the compute alone) and from their wall time (waits included).
 
-``python -m effviz.bench.stream`` runs a spec read as JSON from stdin and writes one JSON event a
-line to stdout: the Scaling lab runs it so, in a child process whose single thread and growing
-caches never touch the app's own.
+``python -m effviz.bench.stream`` runs a spec read as JSON from stdin's first line and writes one
+JSON event a line to stdout; a second line on stdin stops it. The Scaling lab runs it so, in a
+child process whose single thread and growing caches never touch the app's own.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import platform
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -89,7 +90,8 @@ class StreamSpec:
                 raise ValueError(f"unknown transcriber {model_id!r}; choose from {', '.join(TRANSCRIBER_RECIPES)}")
         if not (math.isfinite(self.minutes) and 0 < self.minutes <= MAX_MINUTES):
             raise ValueError(f"minutes must be more than 0 and at most {MAX_MINUTES:g}, got {self.minutes}")
-        if self.state_budget_mib is not None and not (math.isfinite(self.state_budget_mib) and self.state_budget_mib > 0):
+        budget = self.state_budget_mib
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise ValueError(f"the state budget must be a positive number of MiB, got {self.state_budget_mib}")
         if self.window_chunks < 1:
             raise ValueError(f"a window holds at least 1 chunk, got {self.window_chunks}")
@@ -266,7 +268,7 @@ def run_stream(spec: StreamSpec, stop: threading.Event | None = None) -> Iterato
     while active:
         if stop is not None and stop.is_set():
             for runner in active:
-                yield runner.end("stopped", f"stopped by the user at {runner.seconds:,.1f} s streamed")
+                yield runner.end("stopped", f"by the user at {runner.seconds:,.1f} s streamed")
             return
         for runner in list(active):
             try:
@@ -348,8 +350,8 @@ def format_report(record: dict[str, Any]) -> str:
     weights = {row["weights"] for row in record["models"]}
     if "random" in weights:
         lines += ["Weights: random (no saved transcriber here); timing does not depend on them.", ""]
-    lines += ["| model | mixer | latency first → last checkpoint (ms) | ratio | state bytes first → last | same size | "
-              "real-time factor CPU (wall) | ended |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | mixer | latency first → last checkpoint (ms) | ratio | state bytes first → last | "
+              "same size | real-time factor CPU (wall) | ended |", "|---|---|---|---|---|---|---|---|"]
     for row in record["models"]:
         if row["latency_ratio"] is not None:
             first, last = row["checkpoints"][0], row["checkpoints"][-1]
@@ -364,14 +366,15 @@ def format_report(record: dict[str, Any]) -> str:
                else f"{row['real_time_factor_cpu']:.4f} ({row['real_time_factor_wall']:.4f})")
         ended = f"{row['limit']}: {row['reason']}" if row["limit"] else row["reason"]
         lines.append(f"| {row['model']} | {row['mixer']} | {latency} | {ratio} | {state} | {same} | {rtf} | {ended} |")
-    lines += ["", "| model | seconds streamed | latency ms (min) | p20-p80 ms | disturbed of window | state bytes | stopped |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | seconds streamed | latency ms (min) | p20-p80 ms | disturbed of window | state bytes "
+              "| stopped |", "|---|---|---|---|---|---|---|"]
     for row in record["models"]:
         for p in row["checkpoints"]:
-            note = " (unstable: CPU times)" if p["unstable"] and p["basis"] == "cpu" else " (unstable)" if p["unstable"] else ""
+            note = "" if not p["unstable"] else " (unstable: CPU times)" if p["basis"] == "cpu" else " (unstable)"
             lines.append(f"| {row['model']} | {duration(p['seconds'])} | {p['latency_ms']:.2f} | "
-                         f"{p['latency_p20_ms']:.2f}-{p['latency_p80_ms']:.2f} | {p['disturbed']} of {p['window']}{note} | "
-                         f"{p['state_bytes']:,} | {LIMIT_NAMES[p['limit']] if p['limit'] else ''} |")
+                         f"{p['latency_p20_ms']:.2f}-{p['latency_p80_ms']:.2f} | "
+                         f"{p['disturbed']} of {p['window']}{note} | {p['state_bytes']:,} | "
+                         f"{LIMIT_NAMES[p['limit']] if p['limit'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -386,62 +389,87 @@ def make_record(spec: StreamSpec, env: dict[str, Any], points: Sequence[StreamPo
 # ---- in a child process (the app) ------------------------------------------------------------
 
 _POLL_S = 0.05
+STOP_GRACE_S = 10.0  # a stopped child has this long to report its streams' ends before it is killed
 
 
-def run_stream_in_child(spec: StreamSpec, stop: threading.Event | None = None) -> Iterator[dict[str, Any] | StreamPoint | StreamEnd]:
+def run_stream_in_child(spec: StreamSpec, stop: threading.Event | None = None
+                        ) -> Iterator[dict[str, Any] | StreamPoint | StreamEnd]:
     """``run_stream`` in a child process with ``spec.threads`` torch threads: yields its
-    environment (a dict) first, then its points and ends as they come. ``stop`` kills the child
-    and ends the generator; a child that dies raises RuntimeError with its last words."""
+    environment (a dict) first, then its points and ends as they come. Setting ``stop`` asks the
+    child to end every stream (each model's end, "stopped", still comes), and kills it if it has
+    not within STOP_GRACE_S; a child that fails raises RuntimeError with its last words."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads)}
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen([sys.executable, "-m", "effviz.bench.stream"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "effviz.bench.stream"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+        lines: queue.Queue[str | None] = queue.Queue()
 
-    def read() -> None:
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
+        def read() -> None:
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        proc.stdin.write(json.dumps(asdict(spec)))
-        proc.stdin.close()
-        while True:
-            if stop is not None and stop.is_set():
-                return
-            try:
-                line = lines.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            event = json.loads(line)
-            if "environment" in event:
-                yield event["environment"]
-            elif "point" in event:
-                yield StreamPoint(**event["point"])
+        threading.Thread(target=read, daemon=True).start()
+        deadline = math.inf  # set when stopping
+        try:
+            _tell(proc, json.dumps(asdict(spec)))
+            while time.monotonic() < deadline:
+                if stop is not None and stop.is_set() and deadline == math.inf:
+                    _tell(proc, "stop")
+                    deadline = time.monotonic() + STOP_GRACE_S
+                try:
+                    line = lines.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                if line is None:
+                    break
+                yield _event(json.loads(line))
             else:
-                yield StreamEnd(**event["end"])
-        proc.wait()
-        if proc.returncode != 0:
-            tail = " | ".join(proc.stderr.read().strip().splitlines()[-3:])
-            raise RuntimeError(f"the streaming benchmark's process exited with code {proc.returncode}: {tail}")
-    finally:  # also when the caller abandons the generator: never leave a child running
-        if proc.poll() is None:
-            proc.kill()
+                return  # stopped, and the child did not end in time: killed below
             proc.wait()
+            if proc.returncode != 0:
+                stderr.seek(0)
+                tail = " | ".join(stderr.read().strip().splitlines()[-3:])
+                raise RuntimeError(f"the streaming benchmark's process exited with code {proc.returncode}: {tail}")
+        finally:  # also when the caller abandons the generator: never leave a child running
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _tell(proc: subprocess.Popen, line: str) -> None:
+    try:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+    except BrokenPipeError:  # the child has ended already; its output and exit status say how
+        pass
+
+
+def _event(message: dict[str, Any]) -> dict[str, Any] | StreamPoint | StreamEnd:
+    if "environment" in message:
+        return message["environment"]
+    if "point" in message:
+        return StreamPoint(**message["point"])
+    return StreamEnd(**message["end"])
 
 
 def _child_main() -> None:
-    spec_fields = json.load(sys.stdin)
-    spec = StreamSpec(**{**spec_fields, "models": tuple(spec_fields["models"]),
-                         "checkpoints_s": tuple(spec_fields["checkpoints_s"])})
+    """The spec on stdin's first line; any next line, or stdin closing (the parent gone), stops
+    every stream at the next round."""
+    fields = json.loads(sys.stdin.readline())
+    spec = StreamSpec(**{**fields, "models": tuple(fields["models"]), "checkpoints_s": tuple(fields["checkpoints_s"])})
+    stop = threading.Event()
+
+    def listen() -> None:
+        sys.stdin.readline()
+        stop.set()
+
+    threading.Thread(target=listen, daemon=True).start()
     torch.set_num_threads(spec.threads)
     print(json.dumps({"environment": stream_environment(spec)}), flush=True)
-    for event in run_stream(spec):
+    for event in run_stream(spec, stop):
         kind = "point" if isinstance(event, StreamPoint) else "end"
         print(json.dumps({kind: event.to_dict()}), flush=True)
 

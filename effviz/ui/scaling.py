@@ -257,9 +257,11 @@ def make_stream_spec(models: Sequence[str], minutes: float, budget_mib: float | 
     """A validated ``StreamSpec`` from the form's fields (ValueError with the reason otherwise):
     one torch thread, the CLI's window and checkpoints; an empty budget means none."""
     if minutes is None or not STREAM_MIN_MINUTES <= float(minutes) <= stream.MAX_MINUTES:
-        raise ValueError(f"minutes streamed must lie between {STREAM_MIN_MINUTES:g} and {stream.MAX_MINUTES:g}, got {minutes}")
+        raise ValueError(f"minutes streamed must lie between {STREAM_MIN_MINUTES:g} and {stream.MAX_MINUTES:g}, "
+                         f"got {minutes}")
     if budget_mib is not None and not 0 < float(budget_mib) <= STREAM_MAX_BUDGET_MIB:
-        raise ValueError(f"the state budget must be more than 0 and at most {STREAM_MAX_BUDGET_MIB:g} MiB, got {budget_mib}")
+        raise ValueError(f"the state budget must be more than 0 and at most {STREAM_MAX_BUDGET_MIB:g} MiB, "
+                         f"got {budget_mib}")
     return stream.StreamSpec(models=tuple(models or ()), minutes=float(minutes),
                              state_budget_mib=None if budget_mib is None else float(budget_mib))
 
