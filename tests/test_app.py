@@ -23,6 +23,7 @@ from effviz.models import EffvizModel
 from effviz.models import registry
 
 from .conftest import STARTUP_TIMEOUT_S, _free_port, launched_app
+from .test_bench_stream import tiny  # noqa: F401  (fixture: tiny transcriber recipes)
 
 pytestmark = pytest.mark.timeout(STARTUP_TIMEOUT_S + 180)
 
@@ -53,7 +54,7 @@ def test_page_serves_every_tab_offline(app, client):
         assert f"'label': '{tab}'" in rendered, tab
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ("/classify_image", "/classify_audio", "/classify_av", "/transcribe_stream", "/transcribe_live",
-                 "/sweep", "/kernels", "/inspect"):
+                 "/sweep", "/stream_bench", "/kernels", "/inspect"):
         assert name in endpoints, name
     assert proc.poll() is None
 
@@ -518,3 +519,36 @@ def test_the_microphone_stream_gives_the_transcript_of_the_whole_resampled_recor
     assert status.startswith("Stopped: a live stream is limited to") and session.seconds == pytest.approx(live.MAX_LIVE_SECONDS)
     status, table, _, session = live.reset_live()
     assert session is None and table.empty
+
+
+def test_scaling_lab_streams_seconds_and_marks_where_the_kv_cache_hit_the_budget(tiny, monkeypatch):
+    """In-process, the benchmark's child replaced by the same run in this process: the tiny
+    transformer's cache (512 bytes a token) passes a 0.1 MiB budget after 8.32 s of the 12 asked."""
+    import gradio as gr
+
+    from effviz.bench import stream
+    from effviz.ui import scaling
+
+    def in_process(spec, stop):
+        yield stream.stream_environment(spec)
+        yield from stream.run_stream(spec, stop)
+
+    monkeypatch.setattr(scaling.stream, "run_stream_in_child", in_process)
+    views = list(scaling.stream_bench(["transformer-digits-stream"], 0.2, 0.1))
+    status, latency, memory, summary, table, files = views[-1]
+    assert "Starting" in views[0][0] and "Done in" in status
+    assert any("streamed, 0 of 1 model ended" in view[0] for view in views[1:-1])
+    marks = [t for t in memory.data if t.mode == "markers+text"]
+    assert [tuple(t.text) for t in marks] == [("memory limit",)] and tuple(marks[0].x) == pytest.approx((8.32,))
+    assert any(t.name == "state budget 0.1 MiB" for t in memory.data)
+    assert any(t.name == "real time: 160 ms of audio a chunk" for t in latency.data)
+    assert list(table["seconds streamed"]) == pytest.approx([8.32]) and list(table["limit"]) == ["memory"]
+    assert "memory: state of" in summary and "Weights: random" in summary
+    record = json.loads(Path(files[0]).read_text())
+    assert record["models"][0]["limit"] == "memory" and record["models"][0]["stopped_at_s"] == pytest.approx(8.32)
+    for models, minutes, budget, message in [([], 1, None, "at least one"), (["nope"], 1, None, "unknown transcriber"),
+                                             (["transformer-digits-stream"], 61, None, "minutes streamed"),
+                                             (["transformer-digits-stream"], 1, -1, "state budget")]:
+        with pytest.raises(gr.Error, match=message):
+            list(scaling.stream_bench(models, minutes, budget))
+    assert scaling.stop_stream_bench("nobody") == "No benchmark of yours is running."

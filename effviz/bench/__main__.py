@@ -1,7 +1,8 @@
 """Command line: ``python -m effviz.bench kernels [--ops ...] [--lengths ...] [--json PATH]`` and
 ``python -m effviz.bench sweep --models vim-tiny,deit-tiny --axis resolution --values 224,448``
 and ``python -m effviz.bench figure SWEEP.json --html OUT.html`` (the Scaling lab's plots of a
-saved sweep).
+saved sweep) and ``python -m effviz.bench stream --minutes 30 --out docs/stream-bench.json`` (per-chunk
+latency and held state of the streaming transcribers as the seconds streamed grow).
 
 Tables go to stdout as Markdown (ready to paste into the README); progress goes to stderr.
 """
@@ -121,7 +122,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("sweep_json", type=Path, help="file written by `sweep --json`")
     f.add_argument("--html", type=Path, required=True, metavar="PATH", help="HTML page to write")
+
+    from ..models.registry import TRANSCRIBER_RECIPES
+    from .stream import CHECKPOINTS_S, MAX_MINUTES
+
+    st = commands.add_parser(
+        "stream",
+        help="per-chunk latency and held state of the streaming transcribers as the seconds streamed grow",
+        description="Stream synthetic audio through each digit transcriber (saved weights when present, "
+        "random ones otherwise) in chunks, the models in turn chunk by chunk, in this process with one "
+        "torch thread by default; at checkpoints, the latency of the last chunks (minimum of the undisturbed "
+        "ones, p20-p80) and the bytes the state holds. A model stops when its chunks take longer than the "
+        "audio they hold, or when its state exceeds --state-budget-mib.",
+    )
+    st.add_argument("--models", type=_comma_list, default=list(TRANSCRIBER_RECIPES),
+                    help="comma-separated transcriber ids (default: all four)")
+    st.add_argument("--minutes", type=_positive_float, default=30.0,
+                    help=f"audio streamed per model, at most {MAX_MINUTES:g} (default: %(default)s)")
+    st.add_argument("--state-budget-mib", type=_positive_float, default=None,
+                    help="stop a model whose state holds more than this (default: no budget)")
+    st.add_argument("--window", type=_positive_int, default=25,
+                    help="consecutive chunks a latency is taken over (default: %(default)s, 4 s of audio)")
+    st.add_argument("--checkpoints", type=_comma_numbers, default=list(CHECKPOINTS_S), metavar="SECONDS,...",
+                    help="seconds streamed to report (those reached, and the end; default: 10 s to 60 min)")
+    st.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: %(default)s)")
+    st.add_argument("--out", type=Path, metavar="PATH", help="also write every point and the summary to this JSON file")
+    st.add_argument("--html", type=Path, metavar="PATH", help="also draw the curves in an offline HTML page")
     return parser
+
+
+def _stream_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Exit code 0, or 1 when a model could not stream (its row says why), 130 when interrupted."""
+    import time
+
+    import torch
+
+    from .stream import StreamEnd, StreamSpec, duration, format_report, make_record, run_stream, stream_environment
+
+    try:
+        spec = StreamSpec(models=tuple(args.models), minutes=args.minutes, state_budget_mib=args.state_budget_mib,
+                          window_chunks=args.window, checkpoints_s=tuple(args.checkpoints), threads=args.threads)
+    except ValueError as err:
+        parser.error(str(err))
+    torch.set_num_threads(spec.threads)
+    env = stream_environment(spec)
+    points, ends = [], []
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        for event in run_stream(spec):
+            if isinstance(event, StreamEnd):
+                ends.append(event)
+                print(f"[stream] {event.model}: {event.limit or 'done'}: {event.reason}", file=sys.stderr, flush=True)
+                continue
+            points.append(event)
+            if event.checkpoint:
+                print(f"[stream] {event.model} at {duration(event.seconds)}: {event.latency_ms:.2f} ms a chunk, "
+                      f"state {event.state_bytes:,} bytes", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: reporting the models that ended so far", file=sys.stderr)
+    record = make_record(spec, env, points, ends, time.perf_counter() - started)
+    sys.stdout.write(format_report(record))
+    if args.out is not None:
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+    if args.html is not None:
+        from .figure import write_stream_html
+
+        write_stream_html(record, args.html)
+    if interrupted:
+        return 130
+    return 1 if any(end.limit == "error" for end in ends) else 0
 
 
 def _sweep_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -175,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "sweep":
         return _sweep_main(args, parser)
+    if args.command == "stream":
+        return _stream_main(args, parser)
     if args.command == "figure":
         from .figure import write_html
 

@@ -1,7 +1,9 @@
-"""The Scaling lab's figure: log-log latency or peak memory against token count, per model.
+"""The Scaling lab's figures: log-log latency or peak memory against token count, per model; and
+per-chunk latency or held state against seconds streamed (the streaming benchmark).
 
-The app draws it live as points stream in; ``python -m effviz.bench figure SWEEP.json --html
-OUT.html`` draws it from a saved sweep (the README's figures).
+The app draws them live as points stream in; ``python -m effviz.bench figure SWEEP.json --html
+OUT.html`` draws a saved sweep and ``python -m effviz.bench stream --html OUT.html`` a streaming
+run (the README's figures).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import plotly.colors
 import plotly.graph_objects as go
 
 from .fit import Crossover, Exponent
+from .stream import LIMIT_NAMES, MIB, StreamPoint
 from .sweep import PointResult, summarize
 from .timing import describe_calibration
 
@@ -165,3 +168,78 @@ def write_html(sweep_json: Path, out: Path) -> None:
     out.write_text("<!doctype html><html><head><meta charset='utf-8'></head>"
                    f"<body style='margin:0;font-family:sans-serif'>{body}"
                    f"<p style='font-size:12px;margin:4px 12px'>{caption}</p></body></html>\n")
+
+
+# ---- the streaming benchmark (effviz.bench.stream) -------------------------------------------
+
+STREAM_METRICS = {"latency": "latency per chunk (ms), min of the window, bar to p80",
+                  "memory": "state held (MiB)"}
+
+
+def stream_figure(points: Sequence[StreamPoint], metric: str, chunk_seconds: float,
+                  state_budget_mib: float | None) -> go.Figure:
+    """Per-chunk latency or held state against seconds streamed, one curve per model (log y: a
+    fixed state of kilobytes and a cache of hundreds of MiB on one plot), with the limit drawn
+    across (the chunk's own duration; the state budget when there is one) and a marker where a
+    model hit it."""
+    fig = go.Figure()
+    palette = plotly.colors.qualitative.Plotly
+    models = list(dict.fromkeys(p.model for p in points))
+    values = {p: (p.latency_ms if metric == "latency" else p.state_bytes / MIB) for p in points}
+    for i, model in enumerate(models):
+        colour = palette[i % len(palette)]
+        own = [p for p in points if p.model == model]
+        error = None
+        if metric == "latency":
+            error = dict(type="data", symmetric=False, array=[max(0.0, p.latency_p80_ms - p.latency_ms) for p in own],
+                         arrayminus=[0] * len(own), thickness=1, width=2)
+        fig.add_trace(go.Scatter(
+            x=[p.seconds for p in own], y=[values[p] for p in own], mode="lines+markers", name=model,
+            legendgroup=model, line=dict(color=colour), marker=dict(size=4), error_y=error,
+            hovertemplate="%{x:,.0f} s streamed: %{y:.3g}<extra>" + model + "</extra>",
+        ))
+        stopped = [p for p in own if p.limit]
+        if stopped:
+            fig.add_trace(go.Scatter(
+                x=[p.seconds for p in stopped], y=[values[p] for p in stopped], mode="markers+text",
+                marker=dict(color=colour, size=14, symbol="x"), text=[LIMIT_NAMES[p.limit] for p in stopped],
+                textposition="top left", legendgroup=model, showlegend=False,
+                hovertemplate="%{x:,.0f} s: stopped, %{text}<extra>" + model + "</extra>",
+            ))
+    limit = chunk_seconds * 1e3 if metric == "latency" else state_budget_mib
+    if limit is not None and points:
+        label = (f"real time: {limit:g} ms of audio a chunk" if metric == "latency" else f"state budget {limit:g} MiB")
+        fig.add_trace(go.Scatter(
+            x=[0, max(p.seconds for p in points)], y=[limit, limit], mode="lines", name=label,
+            line=dict(color="black", dash="dot", width=1), hoverinfo="skip",
+        ))
+    title = STREAM_METRICS[metric]
+    fig.update_xaxes(title_text="seconds streamed", rangemode="tozero")
+    fig.update_yaxes(type="log", title_text=title)
+    fig.update_layout(title=dict(text=f"{title.split(' (')[0]} vs seconds streamed", y=1, yref="container",
+                                 yanchor="top", pad=dict(t=12)),
+                      height=FIGURE_HEIGHT_PX, margin=dict(t=TOP_MARGIN_PX),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom"))
+    return fig
+
+
+def write_stream_html(record: dict[str, Any], out: Path) -> None:
+    """Both streaming figures of a run (``bench stream --out``'s record) side by side in one
+    offline HTML page, with where it ran as the caption."""
+    points = [StreamPoint(**p) for p in record["points"]]
+    spec, env = record["spec"], record["environment"]
+    figures = [stream_figure(points, metric, spec["chunk_seconds"], spec["state_budget_mib"])
+               for metric in STREAM_METRICS]
+    for fig in figures:
+        fig.update_layout(width=680)
+    caption = (f"{env['device_name']}, {env['threads']} torch thread(s), nice {env['nice']}, torch {env['torch']}, "
+               f"{env['date']}; {env['audio']}; weights: "
+               + ", ".join(f"{row['model']} {row['weights']}" for row in record["models"]))
+    body = "".join(
+        '<div style="display:inline-block">'
+        + fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displayModeBar": False}) + "</div>"
+        for i, fig in enumerate(figures)
+    )
+    Path(out).write_text("<!doctype html><html><head><meta charset='utf-8'></head>"
+                         f"<body style='margin:0;font-family:sans-serif'>{body}"
+                         f"<p style='font-size:12px;margin:4px 12px'>{caption}</p></body></html>\n")

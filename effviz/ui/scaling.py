@@ -8,7 +8,12 @@ for the CPU detected and run again, minimum with p20/p80), peak memory in a chil
 Predictions in the other tabs keep running during a sweep (a sweep takes minutes; holding them
 would stall every visitor). The sweep's child times with one pinned torch thread, so a run that a
 prediction slowed is seen exactly (its wall time exceeds its CPU time) and run again; the status
-line counts those runs."""
+line counts those runs.
+
+Its second axis, seconds streamed, runs ``effviz.bench.stream`` instead: the streaming digit
+transcribers fed synthetic audio chunk by chunk, in turn, for up to an hour each, in a child
+process with one torch thread; per-chunk latency and held state drawn against seconds streamed
+as it goes, and the point where a model hit the real-time or memory limit marked."""
 from __future__ import annotations
 
 import json
@@ -23,10 +28,10 @@ from typing import Any, Iterator, Sequence
 import gradio as gr
 import pandas as pd
 
-from ..bench import sweep
-from ..bench.figure import scaling_figure
+from ..bench import stream, sweep
+from ..bench.figure import scaling_figure, stream_figure
 from ..bench.fit import Crossover, Exponent
-from ..models.registry import ARCHITECTURES, BUNDLED_RECIPES
+from ..models.registry import ARCHITECTURES, BUNDLED_RECIPES, TRANSCRIBER_RECIPES
 from ..wording import counted
 from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
 
@@ -38,7 +43,20 @@ SUGGESTED_VALUES = {"resolution": "160, 320, 480, 640", "seconds": "2, 4, 8, 16"
 TABLE_COLUMNS = ["model", "x", "tokens", "input", "latency ms (min)", "p20 ms", "p80 ms", "runs (redone)",
                  "peak MiB", "status", "reason"]
 
-# Stop events of the sweeps running now, by Gradio session: Stop ends its own session's sweep only.
+# Seconds streamed: 10 minutes of audio is 3,750 chunks per model; at a few ms a chunk for the
+# recurrent models and the transformer's growing cost until its stop, the four take a few minutes
+# of one core (see docs/stream-bench-readme.md). The budget is one the transformer's KV cache
+# (4 KiB a token, 25 tokens a second) passes after about 5.5 minutes, well within the default,
+# where the recurrent models hold a fixed state far under 1 MiB.
+STREAM_DEFAULT_MINUTES, STREAM_DEFAULT_BUDGET_MIB = 10.0, 32.0
+STREAM_MIN_MINUTES, STREAM_MAX_BUDGET_MIB = 0.2, 4096.0
+STREAM_REDRAW_S = 1.0  # the curves are redrawn at most this often while a stream runs
+STREAM_TABLE_COLUMNS = ["model", "seconds streamed", "latency ms (min)", "p20 ms", "p80 ms", "disturbed of window",
+                        "state bytes", "real-time factor (CPU)", "limit"]
+AXIS_CHOICES = {"input size": "resolution, audio length or tokens: whole models, one forward per size",
+                "seconds streamed": "the streaming transcribers, chunk after chunk, up to an hour"}
+
+# Stop events of the benchmarks running now, by Gradio session: Stop ends its own session's only.
 _stops: dict[str | None, threading.Event] = {}
 
 
@@ -232,8 +250,140 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
+# ---- seconds streamed ------------------------------------------------------------------------
+
+
+def make_stream_spec(models: Sequence[str], minutes: float, budget_mib: float | None) -> stream.StreamSpec:
+    """A validated ``StreamSpec`` from the form's fields (ValueError with the reason otherwise):
+    one torch thread, the CLI's window and checkpoints; an empty budget means none."""
+    if minutes is None or not STREAM_MIN_MINUTES <= float(minutes) <= stream.MAX_MINUTES:
+        raise ValueError(f"minutes streamed must lie between {STREAM_MIN_MINUTES:g} and {stream.MAX_MINUTES:g}, "
+                         f"got {minutes}")
+    if budget_mib is not None and not 0 < float(budget_mib) <= STREAM_MAX_BUDGET_MIB:
+        raise ValueError(f"the state budget must be more than 0 and at most {STREAM_MAX_BUDGET_MIB:g} MiB, "
+                         f"got {budget_mib}")
+    return stream.StreamSpec(models=tuple(models or ()), minutes=float(minutes),
+                             state_budget_mib=None if budget_mib is None else float(budget_mib))
+
+
+@reports_bad_input
+def stream_bench(models: Sequence[str], minutes: float, budget_mib: float | None,
+                 session: str | None = None) -> Iterator[tuple]:
+    """Run the streaming benchmark in a child process, yielding the whole view (status, latency
+    plot, state plot, summary, table, files) as it starts, as points come (at most every
+    STREAM_REDRAW_S, and at every checkpoint and end), and at the end with the JSON to download."""
+    spec = make_stream_spec(models, minutes, budget_mib)
+    stop = _stops[session] = threading.Event()
+    environment: dict[str, Any] = {}
+    points: list[stream.StreamPoint] = []
+    ends: list[stream.StreamEnd] = []
+    started = last_drawn = time.monotonic()
+    yield _stream_view(spec, points, ends, "Starting the benchmark's process ...")
+    try:
+        events = stream.run_stream_in_child(spec, stop)
+        try:
+            for event in events:
+                if isinstance(event, dict):
+                    environment = event
+                elif isinstance(event, stream.StreamPoint):
+                    points.append(event)
+                else:
+                    ends.append(event)
+                now = time.monotonic()
+                if (isinstance(event, stream.StreamPoint) and not event.checkpoint
+                        and now - last_drawn < STREAM_REDRAW_S):
+                    continue
+                last_drawn = now
+                yield _stream_view(spec, points, ends, stream_progress(spec, points, ends, now - started))
+        finally:
+            events.close()  # kills the child if this generator is abandoned
+    finally:
+        _stops.pop(session, None)
+    took = clock(time.monotonic() - started)
+    if stop.is_set():
+        ending = f"Stopped after {took}; the points measured so far stay."
+    else:
+        ending = f"Done in {took}."
+    record = stream.make_record(spec, environment, points, ends, time.monotonic() - started) if environment else None
+    yield _stream_view(spec, points, ends, ending, record)
+
+
+def stream_progress(spec: stream.StreamSpec, points: Sequence[stream.StreamPoint], ends: Sequence[stream.StreamEnd],
+                    elapsed_s: float) -> str:
+    """How far the streams are and about how long is left, at the pace so far."""
+    streamed = max((p.seconds for p in points), default=0.0)
+    head = (f"{stream.duration(round(streamed))} of {stream.duration(spec.total_s)} streamed, "
+            f"{len(ends)} of {counted(len(spec.models), 'model')} ended, {clock(elapsed_s)} elapsed")
+    if not streamed:
+        return head + " ..."
+    left = clock(math.ceil(elapsed_s * (spec.total_s - streamed) / streamed))
+    return f"{head}; about {left} left at the pace so far (more while a KV cache grows) ..."
+
+
+def _stream_view(spec: stream.StreamSpec, points: Sequence[stream.StreamPoint], ends: Sequence[stream.StreamEnd],
+                 status: str, record: dict[str, Any] | None = None) -> tuple:
+    files = None
+    if record is not None:
+        folder = Path(tempfile.mkdtemp(prefix="effviz-stream-"))
+        path = folder / "stream-bench.json"
+        path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+        files = [str(path)]
+    return (
+        f"**{status}**",
+        stream_figure(points, "latency", spec.chunk_seconds, spec.state_budget_mib),
+        stream_figure(points, "memory", spec.chunk_seconds, spec.state_budget_mib),
+        stream.format_report(record) if record is not None else stream_summary(points, ends),
+        stream_table(points),
+        files,
+    )
+
+
+def stream_summary(points: Sequence[stream.StreamPoint], ends: Sequence[stream.StreamEnd]) -> str:
+    """Each model's latest point, and how its stream ended when it has."""
+    ended = {e.model: e for e in ends}
+    lines = []
+    for model in dict.fromkeys([p.model for p in points] + [e.model for e in ends]):
+        latest = next((p for p in reversed(points) if p.model == model), None)
+        line = f"- {model}"
+        if latest is not None:
+            line += (f": {latest.latency_ms:.2f} ms a chunk at {stream.duration(round(latest.seconds, 2))}, "
+                     f"state {latest.state_bytes:,} bytes")
+        if model in ended:
+            line += f"; {ended[model].limit or 'done'}: {ended[model].reason}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def stream_table(points: Sequence[stream.StreamPoint]) -> pd.DataFrame:
+    """The checkpoints and the points where a model stopped."""
+    rows = [[p.model, p.seconds, _round(p.latency_ms), _round(p.latency_p20_ms), _round(p.latency_p80_ms),
+             f"{p.disturbed} of {p.window}", p.state_bytes, round(p.real_time_factor_cpu, 4), p.limit or ""]
+            for p in points if p.checkpoint or p.limit]
+    return pd.DataFrame(rows, columns=STREAM_TABLE_COLUMNS)
+
+
+def stop_stream_bench(session: str | None = None) -> str:
+    stop = _stops.get(session)
+    if stop is None:
+        return "No benchmark of yours is running."
+    stop.set()
+    return "Stopping: the streams end now; the points measured so far stay."
+
+
 def build() -> None:
-    """The Scaling lab's components and events (inside the caller's ``gr.Blocks``)."""
+    """The Scaling lab's components and events (inside the caller's ``gr.Blocks``): what grows
+    (input size, or seconds streamed) picks which of the two forms shows."""
+    grows = gr.Radio(list(AXIS_CHOICES), value="input size", label="what grows", elem_id="scaling-grows",
+                     info="; ".join(f"{k}: {v}" for k, v in AXIS_CHOICES.items()))
+    with gr.Column(visible=True) as sweep_form:
+        _build_sweep()
+    with gr.Column(visible=False) as stream_form:
+        _build_stream()
+    grows.change(lambda g: (gr.update(visible=g == "input size"), gr.update(visible=g == "seconds streamed")),
+                 grows, [sweep_form, stream_form], api_visibility="private")
+
+
+def _build_sweep() -> None:
     spec = sweep.default_spec()
     gr.Markdown(
         "Pick models and an axis; the curves grow as points finish. At each size the models are "
@@ -287,3 +437,48 @@ def build() -> None:
     )
     # Not queued behind the sweep it stops.
     stop.click(on_stop, None, status, api_name="stop_sweep", concurrency_limit=None)
+
+
+def _build_stream() -> None:
+    gr.Markdown(
+        "Each chosen transcriber (the causal digit models of the Audio tab's streaming; saved weights when "
+        "present, random ones otherwise: a chunk's cost does not depend on them) is fed the same synthetic "
+        f"audio in chunks of {stream.streaming.CHUNK_SECONDS * 1e3:g} ms, the models in turn chunk by chunk, "
+        "in a process of its own with 1 torch thread. Latency per chunk is the minimum of the undisturbed "
+        "chunks among the last 25 (a chunk whose wall time exceeds its CPU time waited for the machine), its "
+        "bar reaching up to their p80; held memory is the bytes of the model's state: fixed for Mamba, RWKV "
+        "and RetNet, the growing key-value cache for the transformer. A model stops, marked ✕, when its chunks "
+        "take longer than the audio they hold (it can no longer keep up live) or its state exceeds the budget. "
+        f"The default ({STREAM_DEFAULT_MINUTES:g} min, all four) takes a few minutes on a 2-vCPU machine; "
+        "an hour of audio takes several times longer."
+    )
+    with gr.Row():
+        models = gr.CheckboxGroup(list(TRANSCRIBER_RECIPES), value=list(TRANSCRIBER_RECIPES), label="transcribers",
+                                  elem_id="stream-models")
+    with gr.Row():
+        minutes = gr.Number(STREAM_DEFAULT_MINUTES, label="minutes streamed", minimum=STREAM_MIN_MINUTES,
+                            maximum=stream.MAX_MINUTES, info=f"up to {stream.MAX_MINUTES:g}", elem_id="stream-minutes")
+        budget = gr.Number(STREAM_DEFAULT_BUDGET_MIB, label="state budget (MiB)", minimum=0.001,
+                           maximum=STREAM_MAX_BUDGET_MIB,
+                           info="a model whose state grows past this stops, as on a device with that much to "
+                           "spare; empty for none")
+        run = gr.Button("Run stream", variant="primary", elem_id="stream-run")
+        stop = gr.Button("Stop", variant="stop")
+    status = gr.Markdown()
+    with gr.Row():
+        latency_plot = gr.Plot(label="latency per chunk", elem_id="stream-latency")
+        memory_plot = gr.Plot(label="held state")
+    summary = gr.Markdown()
+    table = gr.Dataframe(headers=STREAM_TABLE_COLUMNS, label="checkpoints and stops", interactive=False)
+    files = gr.File(label="download every point (JSON)", file_count="multiple", interactive=False)
+
+    def on_run(models, minutes, budget, request: gr.Request):
+        yield from stream_bench(models, minutes, budget, request.session_hash)
+
+    def on_stop(request: gr.Request) -> str:
+        return stop_stream_bench(request.session_hash)
+
+    run.click(on_run, [models, minutes, budget], [status, latency_plot, memory_plot, summary, table, files],
+              api_name="stream_bench", concurrency_limit=1, concurrency_id=BENCH_CONCURRENCY)
+    # Not queued behind the run it stops.
+    stop.click(on_stop, None, status, api_name="stop_stream_bench", concurrency_limit=None)
