@@ -195,3 +195,27 @@ def test_unknown_and_invalid_transcriber_ids_are_clear_errors(tiny_recipe):
     with pytest.raises(ValueError, match="invalid transcriber id"):
         streaming.load_transcriber("../weights")
     assert json.dumps(streaming.list_transcribers()) == "[]"
+
+
+def test_the_transcribe_command_streams_a_file_through_every_saved_transcriber(tmp_path, monkeypatch, capsys):
+    import soundfile
+
+    from effviz.__main__ import main
+
+    monkeypatch.setattr(streaming, "TRANSCRIBERS_DIR", tmp_path / "transcribers")
+    streaming._loaded.clear()
+    card = dict(model="tiny", kind="tiny test transcriber", mixer="rwkv", params=0, train_seconds=0, threads=1,
+                data="none", metrics={})
+    model = tiny_model("rwkv-digits-stream", seed=3)
+    train_transcriber.save_transcriber(model, card, tmp_path / "transcribers" / "tiny-rwkv")
+    wave = np.random.default_rng(0).normal(0, 0.1, 3 * 44100).astype(np.float32)
+    soundfile.write(tmp_path / "numbers.wav", wave, 44100)
+    assert main(["transcribe", str(tmp_path / "numbers.wav"), "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    offline = streaming.transcribe_waveform(model, streaming.recording(tmp_path / "numbers.wav", None, model.config))
+    assert result["model"] == "tiny-rwkv" and result["transcript"] == streaming.digits_text(offline)
+    assert result["seconds"] == pytest.approx(3.0) and result["real_time_factor"] > 0 and result["state_bytes"] > 0
+    assert main(["transcribe", str(tmp_path / "missing.wav")]) == 1
+    assert main(["transcribe", str(tmp_path / "numbers.wav"), "--model", "nope"]) == 1
+    assert "unknown transcriber 'nope'" in capsys.readouterr().err
+    streaming._loaded.clear()

@@ -67,23 +67,30 @@ def _channel_fraction(dim: int) -> torch.Tensor:
     return (torch.arange(dim, dtype=torch.float32) / dim).view(1, 1, dim)
 
 
+def _token_mix_init(dim: int, layer_idx: int, depth: int) -> dict[str, nn.Parameter]:
+    """The official "fancy" init of a token mixer: decays from -5 (slowest) to 3 across channels,
+    sharper in deeper layers; the token's own bonus log(0.3) with a +-0.5 zigzag; mixes closer to
+    the unshifted token in deeper layers. Keys: decay, first, mix_k, mix_v, mix_r."""
+    rising, falling = _layer_ratios(layer_idx, depth)
+    channel_pos = torch.linspace(0, 1, dim)
+    zigzag = 0.5 * ((torch.arange(dim) + 1) % 3 - 1).float()
+    fraction = _channel_fraction(dim)
+    return {
+        "decay": nn.Parameter(-5 + 8 * channel_pos ** (0.7 + 1.3 * rising)),
+        "first": nn.Parameter(math.log(0.3) + zigzag),
+        "mix_k": nn.Parameter(fraction**falling),
+        "mix_v": nn.Parameter(fraction**falling + 0.3 * rising),
+        "mix_r": nn.Parameter(fraction ** (0.5 * falling)),
+    }
+
+
 class SpatialMix(nn.Module):
     """Q-shift -> k, v, r projections -> Bi-WKV over all tokens -> ``output(sigmoid(r) * wkv)``."""
 
     def __init__(self, dim: int, layer_idx: int, depth: int):
         super().__init__()
-        rising, falling = _layer_ratios(layer_idx, depth)
-        # Official "fancy" init: decays from -5 (slowest) to 3 across channels, sharper in deeper
-        # layers; the token's own bonus log(0.3) with a +-0.5 zigzag; mixes closer to the
-        # unshifted token in deeper layers.
-        channel_pos = torch.linspace(0, 1, dim)
-        self.spatial_decay = nn.Parameter(-5 + 8 * channel_pos ** (0.7 + 1.3 * rising))
-        zigzag = 0.5 * ((torch.arange(dim) + 1) % 3 - 1).float()
-        self.spatial_first = nn.Parameter(math.log(0.3) + zigzag)
-        fraction = _channel_fraction(dim)
-        self.spatial_mix_k = nn.Parameter(fraction**falling)
-        self.spatial_mix_v = nn.Parameter(fraction**falling + 0.3 * rising)
-        self.spatial_mix_r = nn.Parameter(fraction ** (0.5 * falling))
+        for name, param in _token_mix_init(dim, layer_idx, depth).items():
+            setattr(self, f"spatial_{name}", param)
         self.key = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(dim, dim, bias=False)
         self.receptance = nn.Linear(dim, dim, bias=False)
@@ -142,15 +149,8 @@ class TimeMix(nn.Module):
 
     def __init__(self, dim: int, layer_idx: int, depth: int):
         super().__init__()
-        rising, falling = _layer_ratios(layer_idx, depth)
-        channel_pos = torch.linspace(0, 1, dim)
-        self.time_decay = nn.Parameter(-5 + 8 * channel_pos ** (0.7 + 1.3 * rising))
-        zigzag = 0.5 * ((torch.arange(dim) + 1) % 3 - 1).float()
-        self.time_first = nn.Parameter(math.log(0.3) + zigzag)
-        fraction = _channel_fraction(dim)
-        self.time_mix_k = nn.Parameter(fraction**falling)
-        self.time_mix_v = nn.Parameter(fraction**falling + 0.3 * rising)
-        self.time_mix_r = nn.Parameter(fraction ** (0.5 * falling))
+        for name, param in _token_mix_init(dim, layer_idx, depth).items():
+            setattr(self, f"time_{name}", param)
         self.key = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(dim, dim, bias=False)
         self.receptance = nn.Linear(dim, dim, bias=False)
