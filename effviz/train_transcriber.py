@@ -266,9 +266,11 @@ def save_transcriber(model: Transcriber, card: dict, out_dir: Path) -> None:
     (out_dir / "README.md").write_text(render_card(card))
 
 
+# Both sets were looked at (on 60 utterances each) while the loss was chosen (alignment
+# cross-entropy, SpecAugment scaled to 40 bins): validation numbers, not held-out ones.
 METRIC_NOTES = {
-    "der_speaker": "connected digits of the FSDD speaker left out of training (test)",
-    "der_synthetic_voices": "connected digits in 10 espeak-ng voices no training clip uses (test)",
+    "der_speaker": "connected digits of the FSDD speaker left out of training (validation)",
+    "der_synthetic_voices": "connected digits in 10 espeak-ng voices no training clip uses (validation)",
 }
 
 
@@ -278,8 +280,10 @@ def render_card(card: dict) -> str:
 
 A {card['kind']} with the {card['mixer']} mixer, {card['params']:,} parameters, trained by
 `python -m effviz.train_transcriber {card['model']}` ({card['train_seconds']:.0f} s, {card['threads']} thread(s)).
-It reads 8 kHz audio as 40-bin fbank frames, four frames (40 ms) a token, and streams: see
-`effviz.streaming`.
+It reads 8 kHz audio as 40-bin fbank frames; every 40 ms a token reads the last 320 ms of
+them, and streams with the state of the chunks before (see `effviz.streaming`). Its head has CTC's
+outputs (blank and the digits) and is decoded as CTC is; it was trained by cross-entropy on the
+alignment the utterances are built with{" plus CTC" if card["recipe"].get("ctc_weight") else ""}, {card["recipe"]["epochs"]} epochs of batches of {card["recipe"]["batch_size"]}.
 
 Data: {card['data']}.
 
@@ -287,7 +291,8 @@ Data: {card['data']}.
 |---|---|
 {rows}
 
-The saved weights are the last epoch's; nothing was selected on these sets.
+The saved weights are the last epoch's; no checkpoint was selected on these sets, but both were
+looked at while the recipe's loss was chosen, so they are validation numbers.
 
 sha256 of model.safetensors: `{card['sha256']}`
 """
