@@ -58,6 +58,8 @@ def test_pip_installed_package_finds_its_weights_from_anywhere(tmp_path):
                               str(source)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
     assert (target / "effviz" / "weights").is_dir() and (target / "effviz" / "assets" / "examples").is_dir()
+    for transcriber in (REPO / "weights" / "transcribers").iterdir():  # two levels down: listed on their own
+        assert (target / "effviz" / "weights" / "transcribers" / transcriber.name / "model.safetensors").is_file()
     photo = tmp_path / "cat.png"
     Image.fromarray(data.chelsea()).save(photo)
     elsewhere = tmp_path / "elsewhere"
