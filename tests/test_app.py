@@ -414,15 +414,14 @@ STREAMING_RECIPES = ["mamba-digits-stream", "rwkv-digits-stream", "retnet-digits
 def tiny_transcribers(tmp_path, monkeypatch):
     """Two tiny random transcribers per recipe saved under tmp_path/transcribers: their ids."""
     from effviz import streaming, train_transcriber
-    from tests.test_streaming import tiny_model
+    from tests.test_streaming import tiny_card, tiny_model
 
     monkeypatch.setattr(streaming, "TRANSCRIBERS_DIR", tmp_path / "transcribers")
     streaming._loaded.clear()
     ids = []
     for recipe in STREAMING_RECIPES:
         for seed in (0, 1):
-            card = dict(model=recipe, kind="tiny test transcriber", mixer=recipe.split("-")[0], params=0,
-                        train_seconds=0, threads=1, data="none", metrics={})
+            card = tiny_card(recipe, recipe.split("-")[0])
             ids.append(f"tiny-{seed}-{recipe}")
             train_transcriber.save_transcriber(tiny_model(recipe, seed=seed), card, tmp_path / "transcribers" / ids[-1])
     yield sorted(ids)

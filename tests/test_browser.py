@@ -132,14 +132,13 @@ def live_app(tmp_path_factory):
     stateful kernels are merged) as its only saved model: (url, model, phone-number WAV)."""
     from effviz import train_transcriber
     from effviz.ui.examples import prepare_examples
-    from tests.test_streaming import tiny_model
+    from tests.test_streaming import tiny_card, tiny_model
 
     from .conftest import _free_port, launched_app
 
     weights = tmp_path_factory.mktemp("weights")
     model = tiny_model("transformer-digits-stream", seed=0)
-    card = dict(model="tiny", kind="tiny test transcriber", mixer="attention", params=0, train_seconds=0,
-                threads=1, data="none", metrics={})
+    card = tiny_card("tiny", "attention")
     train_transcriber.save_transcriber(model, card, weights / "transcribers" / "tiny-transformer-stream")
     number = prepare_examples(tmp_path_factory.mktemp("examples")).spoken_number
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(_free_port()),

@@ -5,6 +5,7 @@ trains, saves and reloads a checked model."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -19,6 +20,12 @@ from tests.test_train import tiny_fsdd, tone_word
 
 RECIPES = dict(registry.TRANSCRIBER_RECIPES)
 TINY = dict(embed_dim=32, num_heads=2)
+
+
+def tiny_card(model_id: str, mixer: str) -> dict:
+    """The card fields save_transcriber renders, for a tiny untrained model."""
+    return dict(model=model_id, kind="tiny test transcriber", mixer=mixer, params=0, train_seconds=0, threads=1,
+                data="none", metrics={}, recipe=asdict(train_transcriber.RECIPE))
 
 
 def tiny_model(model_id: str, seed: int = 0) -> Transcriber:
@@ -204,8 +211,7 @@ def test_the_transcribe_command_streams_a_file_through_every_saved_transcriber(t
 
     monkeypatch.setattr(streaming, "TRANSCRIBERS_DIR", tmp_path / "transcribers")
     streaming._loaded.clear()
-    card = dict(model="tiny", kind="tiny test transcriber", mixer="rwkv", params=0, train_seconds=0, threads=1,
-                data="none", metrics={})
+    card = tiny_card("tiny", "rwkv")
     model = tiny_model("rwkv-digits-stream", seed=3)
     train_transcriber.save_transcriber(model, card, tmp_path / "transcribers" / "tiny-rwkv")
     wave = np.random.default_rng(0).normal(0, 0.1, 3 * 44100).astype(np.float32)
