@@ -29,19 +29,25 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def page(app):
+def playwright():
+    """One Playwright for the module: its sync API refuses to start while another one runs."""
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(app, playwright):
     url, _, _ = app
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-            tab.set_default_timeout(UI_TIMEOUT_MS)
-            tab.goto(url)
-            yield tab
-        finally:
-            browser.close()
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    try:
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.set_default_timeout(UI_TIMEOUT_MS)
+        tab.goto(url)
+        yield tab
+    finally:
+        browser.close()
 
 
 def _wait_for_text(page, selector: str, text: str) -> None:
@@ -157,44 +163,38 @@ def _live_tab(playwright, url: str, *args: str):
     return browser, tab
 
 
-def test_stream_a_recording_and_see_the_offline_digits_appear(live_app):
-    from playwright.sync_api import sync_playwright
-
+def test_stream_a_recording_and_see_the_offline_digits_appear(live_app, playwright):
     from effviz import streaming
 
     url, model, number = live_app
     offline = streaming.digits_text(streaming.transcribe_waveform(model, streaming.recording(number, None, model.config)))
     assert offline, "the tiny model says some digits on the phone number"
-    with sync_playwright() as playwright:
-        browser, tab = _live_tab(playwright, url)
-        try:
-            tab.locator("#live-recording input[type=file]").set_input_files(number)
-            tab.locator("#live-recording audio, #live-recording .waveform-container").first.wait_for(state="attached")
-            tab.locator("#live-run").click()
-            _wait_for_text(tab, "#live-status", "Done:")
-            _wait_for_text(tab, "#live-table", offline)
-            tab.locator("#live-plot .js-plotly-plot").wait_for()
-            assert tab.locator("#live-plot .scatterlayer .trace").count() == 2  # compute and state, one model
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            tab.screenshot(path=str(SCREENSHOTS / "live-digits.png"), full_page=True)
-        finally:
-            browser.close()
+    browser, tab = _live_tab(playwright, url)
+    try:
+        tab.locator("#live-recording input[type=file]").set_input_files(number)
+        tab.locator("#live-recording audio, #live-recording .waveform-container").first.wait_for(state="attached")
+        tab.locator("#live-run").click()
+        _wait_for_text(tab, "#live-status", "Done:")
+        _wait_for_text(tab, "#live-table", offline)
+        tab.locator("#live-plot .js-plotly-plot").wait_for()
+        assert tab.locator("#live-plot .scatterlayer .trace").count() == 2  # compute and state, one model
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(SCREENSHOTS / "live-digits.png"), full_page=True)
+    finally:
+        browser.close()
 
 
-def test_speak_into_the_microphone_and_see_digits_appear(live_app):
+def test_speak_into_the_microphone_and_see_digits_appear(live_app, playwright):
     """Chromium's fake microphone plays the phone number (in a loop, from wherever it is when the
     recording starts, at the browser's rate): what the model hears is not known here, so the test
     sees digits appear as the stream goes on, not which."""
-    from playwright.sync_api import sync_playwright
-
     url, _, number = live_app
-    with sync_playwright() as playwright:
-        browser, tab = _live_tab(playwright, url, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                                 f"--use-file-for-fake-audio-capture={number}")
-        try:
-            tab.locator("#live-mic").get_by_role("button", name="Record").click()
-            _wait_for_text(tab, "#live-status", "Listening:")
-            tab.wait_for_function(DIGITS_SHOWN, timeout=UI_TIMEOUT_MS)
-            tab.locator("#live-plot .js-plotly-plot").wait_for()
-        finally:
-            browser.close()
+    browser, tab = _live_tab(playwright, url, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                             f"--use-file-for-fake-audio-capture={number}")
+    try:
+        tab.locator("#live-mic").get_by_role("button", name="Record").click()
+        _wait_for_text(tab, "#live-status", "Listening:")
+        tab.wait_for_function(DIGITS_SHOWN, timeout=UI_TIMEOUT_MS)
+        tab.locator("#live-plot .js-plotly-plot").wait_for()
+    finally:
+        browser.close()
