@@ -522,7 +522,8 @@ def test_the_microphone_stream_gives_the_transcript_of_the_whole_resampled_recor
 
 def test_scaling_lab_streams_seconds_and_marks_where_the_kv_cache_hit_the_budget(tiny, monkeypatch):
     """In-process, the benchmark's child replaced by the same run in this process: the tiny
-    transformer's cache (512 bytes a token) passes a 0.1 MiB budget after 8.32 s of the 12 asked."""
+    transformer's state (its window's 4,480 bytes of frames, then 512 bytes a token of cache) passes a
+    0.1 MiB budget after 8.0 s of the 12 asked."""
     import gradio as gr
 
     from effviz.bench import stream
@@ -538,13 +539,13 @@ def test_scaling_lab_streams_seconds_and_marks_where_the_kv_cache_hit_the_budget
     assert "Starting" in views[0][0] and "Done in" in status
     assert any("streamed, 0 of 1 model ended" in view[0] for view in views[1:-1])
     marks = [t for t in memory.data if t.mode == "markers+text"]
-    assert [tuple(t.text) for t in marks] == [("memory limit",)] and tuple(marks[0].x) == pytest.approx((8.32,))
+    assert [tuple(t.text) for t in marks] == [("memory limit",)] and tuple(marks[0].x) == pytest.approx((8.0,))
     assert any(t.name == "state budget 0.1 MiB" for t in memory.data)
     assert any(t.name == "real time: 160 ms of audio a chunk" for t in latency.data)
-    assert list(table["seconds streamed"]) == pytest.approx([8.32]) and list(table["limit"]) == ["memory"]
+    assert list(table["seconds streamed"]) == pytest.approx([8.0]) and list(table["limit"]) == ["memory"]
     assert "memory: state of" in summary and "Weights: random" in summary
     record = json.loads(Path(files[0]).read_text())
-    assert record["models"][0]["limit"] == "memory" and record["models"][0]["stopped_at_s"] == pytest.approx(8.32)
+    assert record["models"][0]["limit"] == "memory" and record["models"][0]["stopped_at_s"] == pytest.approx(8.0)
     for models, minutes, budget, message in [([], 1, None, "at least one"), (["nope"], 1, None, "unknown transcriber"),
                                              (["transformer-digits-stream"], 61, None, "minutes streamed"),
                                              (["transformer-digits-stream"], 1, -1, "state budget")]:
