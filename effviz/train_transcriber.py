@@ -39,6 +39,7 @@ import torchaudio
 from .data import synthetic_speech
 from .data.connected_digits import connected_utterance, digit_error_rate, spoken_part
 from .data.speech_augment import room_impulse_responses, spec_augment
+from .models.config import ModelConfig
 from .models.registry import TRANSCRIBER_RECIPES
 from .models.transcriber import Transcriber
 from .streaming import TRANSCRIBERS_DIR, causal_fbank, frame_geometry, transcribe_waveform
@@ -122,19 +123,6 @@ class ConnectedDigitsTask:
                 self._bank = features, digits, ends
         return self._bank
 
-    def aligned_targets(self, digits: list[int], ends: list[int], tokens: int) -> torch.Tensor:
-        """(tokens,) class ids: each digit's (digit + 1) on the ``ALIGNED_TOKENS`` tokens from the
-        first whose frames reach the end of its clip, 0 (blank) elsewhere."""
-        window, shift = frame_geometry(self.cfg.sample_rate)
-        per_token = self.cfg.audio_patch_stride
-        targets = torch.zeros(tokens, dtype=torch.long)
-        for digit, end in zip(digits, ends):
-            # token t's last frame ends at sample ((t + 1) * per_token - 1) * shift + window
-            token = max(0, math.ceil(((end - window) / shift + 1) / per_token) - 1)
-            token = min(token, tokens - 1)
-            targets[token:token + ALIGNED_TOKENS] = digit + 1
-        return targets
-
     def batches(self, batch_size: int, gen: torch.Generator):
         """Shuffled batches: (features (batch, frames, mel) zero-padded at the end, their frame
         counts, targets (batch, digits) as class ids, their lengths, and the aligned targets
@@ -154,7 +142,7 @@ class ConnectedDigitsTask:
             aligned = torch.full((len(rows), int(lengths.max()) // per_token), -100, dtype=torch.long)
             for i, r in enumerate(rows):
                 tokens = int(lengths[i]) // per_token
-                aligned[i, :tokens] = self.aligned_targets(digits[r], ends[r], tokens)
+                aligned[i, :tokens] = aligned_targets(self.cfg, digits[r], ends[r], tokens)
             yield padded, lengths, torch.nn.utils.rnn.pad_sequence(targets, batch_first=True), \
                 torch.tensor([len(t) for t in targets]), aligned
 
@@ -165,6 +153,19 @@ class ConnectedDigitsTask:
             gen = torch.Generator().manual_seed(TEST_SEED)
             sets[name] = [connected_utterance(clips, self.cfg.sample_rate, gen)[:2] for _ in range(TEST_UTTERANCES)]
         return sets
+
+
+def aligned_targets(cfg: ModelConfig, digits: list[int], ends: list[int], tokens: int) -> torch.Tensor:
+    """(tokens,) class ids: each digit's (digit + 1) on the ``ALIGNED_TOKENS`` tokens from the
+    first whose frames reach the end of its clip (``ends``, in samples), 0 (blank) elsewhere."""
+    window, shift = frame_geometry(cfg.sample_rate)
+    per_token = cfg.audio_patch_stride
+    targets = torch.zeros(tokens, dtype=torch.long)
+    for digit, end in zip(digits, ends):
+        # token t's last frame ends at sample ((t + 1) * per_token - 1) * shift + window
+        token = min(max(0, math.ceil(((end - window) / shift + 1) / per_token) - 1), tokens - 1)
+        targets[token:token + ALIGNED_TOKENS] = digit + 1
+    return targets
 
 
 def _source_hash() -> str:

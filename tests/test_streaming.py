@@ -137,13 +137,12 @@ def test_connected_utterances_string_digit_clips_with_pauses():
 
 
 def test_the_alignment_puts_each_digit_on_the_first_token_that_heard_all_of_it():
-    task = train_transcriber.ConnectedDigitsTask.__new__(train_transcriber.ConnectedDigitsTask)
-    task.cfg = RECIPES["mamba-digits-stream"]()  # 8 kHz: 200-sample windows every 80 samples, 4 frames a token
+    cfg = RECIPES["mamba-digits-stream"]()  # 8 kHz: 200-sample windows every 80 samples, a token every 4 frames
     # token t ends at sample ((t + 1) * 4 - 1) * 80 + 200: token 0 at 440, token 1 at 760, token 2 at 1080
     assert train_transcriber.ALIGNED_TOKENS == 3
-    assert task.aligned_targets([3], [441], tokens=6).tolist() == [0, 4, 4, 4, 0, 0]
-    assert task.aligned_targets([3, 7], [440, 2000], tokens=8).tolist() == [4, 4, 4, 0, 0, 8, 8, 8]
-    assert task.aligned_targets([5], [100_000], tokens=3).tolist() == [0, 0, 6]  # past the end: the last token
+    assert train_transcriber.aligned_targets(cfg, [3], [441], tokens=6).tolist() == [0, 4, 4, 4, 0, 0]
+    assert train_transcriber.aligned_targets(cfg, [3, 7], [440, 2000], tokens=8).tolist() == [4, 4, 4, 0, 0, 8, 8, 8]
+    assert train_transcriber.aligned_targets(cfg, [5], [100_000], tokens=3).tolist() == [0, 0, 6]  # past the end: the last token
 
 
 # --- the recipe end to end on a tiny corpus ---------------------------------------------------------

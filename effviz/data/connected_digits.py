@@ -16,8 +16,7 @@ import torch
 import torchaudio.functional as audio_functional
 
 from .audio import speech_span
-from .speech_augment import (_chance, _uniform, add_noise, equalise, random_eq, reverberate,
-                             telephone_band)
+from .speech_augment import add_noise, chance, equalise, random_eq, reverberate, telephone_band, uniform
 
 MAX_DIGITS = 15
 PAUSE_SECONDS = (0.0, 0.5)  # between two digits
@@ -43,10 +42,10 @@ def connected_utterance(clips: list[tuple[torch.Tensor, int]], rate: int, gen: t
     for n, pick in enumerate(picks):
         wave, digit = clips[pick]
         if corrupt:
-            if _chance(gen, 0.5):
-                factor = _uniform(gen, 0.9, 1.1)
+            if chance(gen, 0.5):
+                factor = uniform(gen, 0.9, 1.1)
                 wave = audio_functional.resample(wave, int(rate * factor) // 100, rate // 100)
-            wave = wave * 10 ** (_uniform(gen, -6, 6) / 20)
+            wave = wave * 10 ** (uniform(gen, -6, 6) / 20)
         if n:
             pieces.append(_silence(rate, *PAUSE_SECONDS, gen))
         pieces.append(wave)
@@ -60,19 +59,19 @@ def connected_utterance(clips: list[tuple[torch.Tensor, int]], rate: int, gen: t
 
 
 def _silence(rate: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.zeros(round(_uniform(gen, low, high) * rate))
+    return torch.zeros(round(uniform(gen, low, high) * rate))
 
 
 def _corrupt(wave: torch.Tensor, rate: int, gen: torch.Generator, rirs: list[torch.Tensor]) -> torch.Tensor:
-    if _chance(gen, 0.3):
+    if chance(gen, 0.3):
         wave = reverberate(wave, rirs[int(torch.randint(len(rirs), (), generator=gen))])
-    if _chance(gen, 0.15):
+    if chance(gen, 0.15):
         wave = equalise(wave, rate, telephone_band(wave.shape[0], rate))
-    elif _chance(gen, 0.5):
+    elif chance(gen, 0.5):
         wave = equalise(wave, rate, random_eq(wave.shape[0], rate, gen))
-    if _chance(gen, 0.8):  # a real microphone is never digitally silent
-        wave = add_noise(wave, _uniform(gen, 5, 40), gen, colour=float(torch.randint(3, (), generator=gen)))
-    return wave * 10 ** (_uniform(gen, -10, 6) / 20)
+    if chance(gen, 0.8):  # a real microphone is never digitally silent
+        wave = add_noise(wave, uniform(gen, 5, 40), gen, colour=float(torch.randint(3, (), generator=gen)))
+    return wave * 10 ** (uniform(gen, -10, 6) / 20)
 
 
 def edit_distance(reference: list, hypothesis: list) -> int:

@@ -73,34 +73,36 @@ class SpeechAugment:
 
     def corrupt(self, wave: torch.Tensor, gen: torch.Generator, snr_db: float | None = None) -> torch.Tensor:
         """The waveform half of the augmentation, then the features: the costly half (a few ms a clip)."""
-        if _chance(gen, 0.6):
-            factor = _uniform(gen, 0.9, 1.1)
+        if chance(gen, 0.6):
+            factor = uniform(gen, 0.9, 1.1)
             wave = audio_functional.resample(wave, int(self.pre.sample_rate * factor) // 100, self.pre.sample_rate // 100)
-        wave = fit_length(wave[: self.length] * 10 ** _uniform(gen, -0.5, 0.5), self.length, gen)
-        if _chance(gen, 0.3):
+        wave = fit_length(wave[: self.length] * 10 ** uniform(gen, -0.5, 0.5), self.length, gen)
+        if chance(gen, 0.3):
             wave = reverberate(wave, self.rirs[int(torch.randint(len(self.rirs), (), generator=gen))])
-        if _chance(gen, 0.15):
+        if chance(gen, 0.15):
             wave = equalise(wave, self.pre.sample_rate, telephone_band(wave.shape[0], self.pre.sample_rate))
-        elif _chance(gen, 0.5):
+        elif chance(gen, 0.5):
             wave = equalise(wave, self.pre.sample_rate, random_eq(wave.shape[0], self.pre.sample_rate, gen))
         if snr_db is not None:
             wave = add_noise(wave, snr_db, gen)
-        elif _chance(gen, 0.5):
-            wave = add_noise(wave, _uniform(gen, 0, 30), gen, colour=float(torch.randint(3, (), generator=gen)))
+        elif chance(gen, 0.5):
+            wave = add_noise(wave, uniform(gen, 0, 30), gen, colour=float(torch.randint(3, (), generator=gen)))
         return fbank(wave, self.pre)
 
     def perturb(self, features: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The feature half: VTLP and SpecAugment (cheap)."""
-        if _chance(gen, 0.5):
-            features = warp_vocal_tract(features, _uniform(gen, 0.9, 1.1), self.band_bins)
+        if chance(gen, 0.5):
+            features = warp_vocal_tract(features, uniform(gen, 0.9, 1.1), self.band_bins)
         return spec_augment(features, gen, self.band_bins)
 
 
-def _chance(gen: torch.Generator, p: float) -> bool:
+def chance(gen: torch.Generator, p: float) -> bool:
+    """True with probability ``p``, drawn from ``gen``."""
     return bool(torch.rand((), generator=gen) < p)
 
 
-def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+def uniform(gen: torch.Generator, low: float, high: float) -> float:
+    """A float drawn uniformly from [low, high) by ``gen``."""
     return low + (high - low) * float(torch.rand((), generator=gen))
 
 
@@ -114,7 +116,7 @@ def random_eq(num_samples: int, sample_rate: int, gen: torch.Generator) -> torch
     """A smooth random gain curve over the rfft bins (a microphone's colour): four cosines over
     the band, +-6 dB at most."""
     f = torch.linspace(0, 1, num_samples // 2 + 1)
-    db = sum(_uniform(gen, -1.5, 1.5) * torch.cos(math.pi * k * f + _uniform(gen, 0, math.pi)) for k in range(1, 5))
+    db = sum(uniform(gen, -1.5, 1.5) * torch.cos(math.pi * k * f + uniform(gen, 0, math.pi)) for k in range(1, 5))
     return 10 ** (db / 20)
 
 
@@ -180,21 +182,21 @@ def no_digit_sound(num_samples: int, sample_rate: int, gen: torch.Generator) -> 
     kind = int(torch.randint(5, (), generator=gen))
     if kind == 0:
         return torch.zeros(num_samples)
-    level = 10 ** (_uniform(gen, -70, -6) / 20)
+    level = 10 ** (uniform(gen, -70, -6) / 20)
     t = torch.arange(num_samples) / sample_rate
     if kind in (1, 2):  # steady (1) or bursts of (2) noise
-        sound = coloured_noise(num_samples, _uniform(gen, 0, 2), gen)
+        sound = coloured_noise(num_samples, uniform(gen, 0, 2), gen)
         if kind == 2:
-            rate = _uniform(gen, 0.5, 6)
-            sound = sound * (torch.sin(2 * math.pi * rate * t + _uniform(gen, 0, 6.3)) > _uniform(gen, -0.5, 0.8))
+            rate = uniform(gen, 0.5, 6)
+            sound = sound * (torch.sin(2 * math.pi * rate * t + uniform(gen, 0, 6.3)) > uniform(gen, -0.5, 0.8))
     else:  # a tone (3) or a chord (4), with harmonics and a slow envelope
         sound = torch.zeros(num_samples)
         for _ in range(1 if kind == 3 else int(torch.randint(2, 5, (), generator=gen))):
-            pitch = 55 * 2 ** _uniform(gen, 0, 5)
+            pitch = 55 * 2 ** uniform(gen, 0, 5)
             for harmonic in range(1, int(torch.randint(1, 6, (), generator=gen)) + 1):
                 if pitch * harmonic < sample_rate / 2:
-                    sound += torch.sin(2 * math.pi * pitch * harmonic * t + _uniform(gen, 0, 6.3)) / harmonic
-        sound = sound * torch.sin(math.pi * (t / t[-1]) ** _uniform(gen, 0.3, 3)).clamp_min(0)
+                    sound += torch.sin(2 * math.pi * pitch * harmonic * t + uniform(gen, 0, 6.3)) / harmonic
+        sound = sound * torch.sin(math.pi * (t / t[-1]) ** uniform(gen, 0.3, 3)).clamp_min(0)
         sound = sound / sound.pow(2).mean().sqrt().clamp_min(1e-12)
     sound = (sound * level).clamp(-1, 1)
     return frame_speech(sound, sample_rate, num_samples / sample_rate)
