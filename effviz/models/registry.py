@@ -224,6 +224,19 @@ def _fsdd(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
+def _fsdd_hybrid(cfg: ModelConfig, tail_blocks: int) -> ModelConfig:
+    """A speech model with attention in its last ``tail_blocks`` blocks (MambaVision's layout) and
+    otherwise the sibling's mixer, recipe and tokenizer. The Mamba hybrid gets a ninth block: an
+    attention block without channel mixer is lighter than a Mamba block, and 7 Mamba + 2 attention
+    blocks (745k parameters) match aum-fsdd's 8 Mamba blocks (751k). RWKV keeps its channel mix in
+    every block, so swapping one time mix for attention keeps its parameter count (586k)."""
+    cfg = _fsdd(cfg)
+    if cfg.channel_mixer is None:
+        cfg.depth += 1
+    cfg.mixer_schedule = tail_schedule(cfg.mixer, "attention", cfg.depth, tail_blocks)
+    return cfg
+
+
 def _digits_av(cfg: ModelConfig) -> ModelConfig:
     """Handwritten digit (28x28, two 3x3 convs, 7x7 patches -> 4x4 tokens) and/or spoken digit, one
     sequence. The blocks and audio tokenizer are those of the FSDD model with the same mixer, so
@@ -265,6 +278,10 @@ BUNDLED_RECIPES: dict[str, Callable[[], ModelConfig]] = {
     "audio-rwkv-fsdd": lambda: _fsdd(vrwkv_tiny()),
     "audio-retnet-fsdd": lambda: _fsdd(vir_tiny()),
     "ast-fsdd": lambda: _fsdd(deit_tiny()),
+    # Hybrid and sparse variants, trained by the same speech recipe as their siblings.
+    "aum-hybrid-fsdd": lambda: _fsdd_hybrid(vim_tiny(), tail_blocks=2),
+    "audio-rwkv-hybrid-fsdd": lambda: _fsdd_hybrid(vrwkv_tiny(), tail_blocks=1),
+    "ast-moe-fsdd": lambda: _moe(_fsdd(deit_tiny())),
     "av-mamba-digits": lambda: _digits_av(vim_tiny()),
     "av-transformer-digits": lambda: _digits_av(deit_tiny()),
 }
