@@ -9,6 +9,9 @@ audio-visual models validate on), and its card gets the cross-validation table.
 
     python docs/speech_cv.py --data ../shared/data --train   # train missing folds (2 at a time)
     python docs/speech_cv.py                                 # collect finished folds only
+    python docs/speech_cv.py --models aum-hybrid-fsdd        # collect and bundle these models only
+
+A hybrid or experts model's card also gets its plain siblings' folds, trained the same way.
 
 A fold writes ``runs/cv/<model>/<speaker>/`` (the model, its card, its epoch history) and
 resumes from ``runs/<model>-without-<speaker>/last.pt`` if interrupted.
@@ -28,11 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from effviz.data.datasets import load_fsdd  # noqa: E402
+from effviz.models import EffvizModel  # noqa: E402
 from effviz.models.registry import BUNDLED_RECIPES, task_of, weight_folders  # noqa: E402
-from effviz.train import VAL_SPEAKER, calibrate_saved, data_files, render_card  # noqa: E402
+from effviz.train import VAL_SPEAKER, architecture_notes, calibrate_saved, data_files, render_card  # noqa: E402
 
 CV_DIR = REPO / "runs" / "cv"
 SPEECH_MODELS = [m for m in BUNDLED_RECIPES if task_of(BUNDLED_RECIPES[m]()) == "audio"]
+# The plain models, one per token mixer; the others are hybrid or experts variants of them.
+PLAIN = [m for m in SPEECH_MODELS
+         if not BUNDLED_RECIPES[m]().mixer_schedule and BUNDLED_RECIPES[m]().channel_mixer != "moe"]
 # Averaged over the folds beside the test speaker's accuracy.
 ALSO = ("speaker_digits_only", "synthetic_voices", "no_digit_words", "no_digit_sounds")
 
@@ -75,18 +82,22 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--train", action="store_true", help="train the folds that have no card yet")
     parser.add_argument("--jobs", type=int, default=2, help="folds trained at once (one CPU thread each)")
+    parser.add_argument("--models", type=lambda text: text.split(","), default=SPEECH_MODELS,
+                        help=f"comma-separated, of {', '.join(SPEECH_MODELS)} (default: all)")
     args = parser.parse_args()
+    if unknown := set(args.models) - set(SPEECH_MODELS):
+        parser.error(f"not speech models: {', '.join(sorted(unknown))}")
     speakers = sorted({clip.speaker for clip in load_fsdd(Path(args.data) / "fsdd-5speakers.zip")})
     if args.train:
-        todo = [(m, s) for s in speakers for m in SPEECH_MODELS if fold_card(m, s) is None]
+        todo = [(m, s) for s in speakers for m in args.models if fold_card(m, s) is None]
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: train_fold(*job, args.data), todo))
-    for m in SPEECH_MODELS:  # a fold whose calibration lacks max_cost used another rule: calibrate it by this one
+    for m in args.models:  # a fold whose calibration lacks max_cost used another rule: calibrate it by this one
         for s in speakers:
             card = fold_card(m, s)
             if card is not None and "max_cost" not in card.get("no_digit_calibration", {}):
                 calibrate_saved(CV_DIR / m / s, data_files(args.data))
-    results = {m: summarise(m, speakers) for m in SPEECH_MODELS}
+    results = {m: summarise(m, speakers) for m in dict.fromkeys([*args.models, *PLAIN])}
     print("| model | " + " | ".join(speakers) + " | mean | worst |")
     print("|---|" + "---|" * (len(speakers) + 2))
     for m, r in results.items():
@@ -96,14 +107,24 @@ def main() -> None:
         cells = " | ".join(f"{100 * r['folds'][s]['speaker']:.1f}%" for s in speakers)
         print(f"| `{m}` | {cells} | {100 * r['mean']:.1f}% | {100 * r['worst']:.1f}% |")
     done = {m: r for m, r in results.items() if r is not None}
-    (REPO / "docs" / "speech-cv.json").write_text(json.dumps(done, indent=2) + "\n")
+    saved = REPO / "docs" / "speech-cv.json"
+    everything = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **done}
+    saved.write_text(json.dumps({m: everything[m] for m in SPEECH_MODELS if m in everything}, indent=2) + "\n")
     folders = weight_folders()
-    for m, r in done.items():  # the bundled model: the fold without VAL_SPEAKER, with the table
+    for m in args.models:  # the bundled model: the fold without VAL_SPEAKER, with the table
+        if m not in done:
+            continue
         bundled = folders.get(m, REPO / "weights" / m)
+        bundled.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "model.safetensors"):
             shutil.copyfile(CV_DIR / m / VAL_SPEAKER / name, bundled / name)
         card = fold_card(m, VAL_SPEAKER)
-        card["cross_validation"] = {k: v for k, v in r.items() if k != "recipe"}
+        card["cross_validation"] = {k: v for k, v in done[m].items() if k != "recipe"}
+        card.update(architecture_notes(EffvizModel(BUNDLED_RECIPES[m]())))
+        if m not in PLAIN:
+            card["siblings"] = {s: {"mixer": fold_card(s, VAL_SPEAKER)["mixer"], "params": fold_card(s, VAL_SPEAKER)["params"],
+                                    "cross_validation": {k: v for k, v in done[s].items() if k != "recipe"}}
+                                for s in PLAIN if s in done}
         (bundled / "card.json").write_text(json.dumps(card, indent=2) + "\n")
         (bundled / "README.md").write_text(render_card(card))
 

@@ -41,6 +41,7 @@ from .data.datasets import load_cifar10, load_fsdd, load_mnist
 from .data.speech_augment import SpeechAugment, add_noise, no_digit_sound, room_impulse_responses
 from .models import EffvizModel, ModelConfig
 from .models.releases import Preprocess
+from .models.mixers.moe import MoeMlp
 from .models.registry import BUNDLED_RECIPES, WEIGHTS_DIR, task_of, weight_folders
 from .wording import counted
 
@@ -467,6 +468,26 @@ def count_flops(model: EffvizModel, inputs: dict[str, torch.Tensor]) -> int:
     return counter.get_total_flops()
 
 
+def architecture_notes(model: EffvizModel) -> dict:
+    """What a card says beyond the main mixer: a hybrid's mixers block by block ("7 mamba + 2
+    attention"), and for experts the parameters one token passes through (the router and ``top_k``
+    experts per block) beside the total. Empty for a plain model."""
+    cfg, notes = model.config, {}
+    if cfg.mixer_schedule:
+        runs = [[cfg.mixer_schedule[0], 0]]
+        for mixer in cfg.mixer_schedule:
+            if mixer != runs[-1][0]:
+                runs.append([mixer, 0])
+            runs[-1][1] += 1
+        notes["mixers"] = " + ".join(f"{count} {mixer}" for mixer, count in runs) + " blocks"
+    experts = [m for m in model.modules() if isinstance(m, MoeMlp)]
+    if experts:
+        idle = sum((len(m.experts) - m.top_k) * sum(p.numel() for p in m.experts[0].parameters()) for m in experts)
+        notes["active_params"] = sum(p.numel() for p in model.parameters()) - idle
+        notes["mixers"] = f"{cfg.mixer} blocks with {cfg.moe_top_k} of {cfg.moe_experts} MLP experts"
+    return notes
+
+
 def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume: bool = False,
           out_dir: Path | None = None, limit_batches: int | None = None, test_speaker: str | None = None) -> dict:
     """Train ``model_id`` by its modality's recipe; returns its card. ``test_speaker`` (speech
@@ -558,6 +579,7 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
         "task": task_name,
         "mixer": cfg.mixer,
         "params": sum(p.numel() for p in model.parameters()),
+        **architecture_notes(model),
         "forward_flops": count_flops(model, example),
         "train_seconds": round(elapsed),
         "threads": torch.get_num_threads(),
@@ -677,6 +699,30 @@ Were "no digit" not an answer, the mean would be {100 * cv['mean_speaker_digits_
 """
 
 
+def _siblings(card: dict) -> str:
+    """A hybrid or experts model beside the plain models its recipe also trains, fold for fold."""
+    siblings = card.get("siblings")
+    if not siblings:
+        return ""
+    mine = card["cross_validation"]
+    speakers = list(mine["folds"])
+    rows = [(card["model_id"], card.get("mixers", card["mixer"]), card["params"], mine), *(
+        (name, s["mixer"], s["params"], s["cross_validation"]) for name, s in siblings.items())]
+    lines = "\n".join(f"| `{name}` | {mixer} | {params / 1e6:.2f} M | "
+                      + " | ".join(f"{100 * cv['folds'][s]['speaker']:.1f}%" for s in speakers)
+                      + f" | **{100 * cv['mean']:.1f}%** | {100 * cv['worst']:.1f}% |" for name, mixer, params, cv in rows)
+    return f"""## Beside its siblings
+
+The plain speech models' cross-validation folds (`docs/speech-cv.json`), trained by the same recipe on the
+same folds: accuracy on each left-out speaker.
+
+| model | token mixer | parameters | {' | '.join(speakers)} | mean | worst |
+|---|---|---|{'---|' * len(speakers)}---|---|
+{lines}
+
+"""
+
+
 def _calibration(card: dict) -> str:
     c = card.get("no_digit_calibration")
     if not c:
@@ -701,12 +747,12 @@ def render_card(card: dict) -> str:
     how = "trained" if source else "trained from scratch"
     return f"""# {card['model_id']}
 
-Bundled effviz model ({card['task']}, **{card['mixer']}** token mixer), {how} by
+Bundled effviz model ({card['task']}, **{card.get('mixers', card['mixer'] + ' token mixer')}**), {how} by
 `python -m effviz.train {card['model_id']}`.
 
 | | |
 |---|---|
-| parameters | {card['params']:,} |
+| parameters | {card['params']:,}{f" (one token passes through {card['active_params']:,})" if 'active_params' in card else ''} |
 | forward FLOPs (one input at training size; matmuls+convs) | {card['forward_flops'] / 1e6:.1f} M |
 | training time | {card['train_seconds'] / 60:.1f} min on {counted(card['threads'], 'CPU thread')} |
 | data | {card['data']} |{warm}
@@ -718,7 +764,7 @@ Bundled effviz model ({card['task']}, **{card['mixer']}** token mixer), {how} by
 |---|---|---|
 {metric_lines}
 
-{_fusion_line(m) if card['task'] == 'audio-visual' else ''}{_calibration(card)}{_cross_validation(card.get('cross_validation'))}## What limits it
+{_fusion_line(m) if card['task'] == 'audio-visual' else ''}{_calibration(card)}{_cross_validation(card.get('cross_validation'))}{_siblings(card)}## What limits it
 
 {RECIPE_LIMITS[card['task']]}
 

@@ -28,7 +28,7 @@ def table_row(card: dict) -> str:
     threads = card["threads"]
     training = (f"{card['recipe']['epochs']} epochs, {round(card['train_seconds'] / 60)} min on {threads} "
                 f"thread{'s' if threads > 1 else ''}" + (f"; from `{source}`" if source else ""))
-    return (f"| `{card['model_id']}` | {card['task']} | {card['mixer']} | {card['params'] / 1e6:.2f} M | "
+    return (f"| `{card['model_id']}` | {card['task']} | {card.get('mixers', card['mixer'])} | {card['params'] / 1e6:.2f} M | "
             f"{round(card['forward_flops'] / 1e6)} M | {accuracy} | {training} |")
 
 

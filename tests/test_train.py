@@ -195,3 +195,28 @@ def test_eval_re_measures_the_card_from_the_saved_weights(tiny_setup, monkeypatc
     assert json.loads(capsys.readouterr().out)["speaker"]["measured"] == pytest.approx(card["metrics"]["speaker"], abs=1e-9)
     assert cli_main(["eval", "aum-fsdd", "--data", str(out / "nowhere")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_cards_name_a_hybrids_mixers_and_the_parameters_a_token_passes_through():
+    hybrid = EffvizModel(tiny("aum-hybrid-fsdd", depth=3, mixer_schedule=("mamba", "mamba", "attention")))
+    assert train.architecture_notes(hybrid) == {"mixers": "2 mamba + 1 attention blocks"}
+    experts = EffvizModel(tiny("ast-moe-fsdd", depth=2))
+    notes = train.architecture_notes(experts)
+    assert notes["mixers"] == "attention blocks with 2 of 8 MLP experts"
+    expert = sum(p.numel() for p in experts.blocks[0].ffn.experts[0].parameters())
+    assert notes["active_params"] == sum(p.numel() for p in experts.parameters()) - 2 * 6 * expert
+    assert train.architecture_notes(EffvizModel(tiny("ast-fsdd"))) == {}
+
+
+def test_a_variants_card_sets_it_beside_its_siblings_fold_for_fold():
+    def cv(*accuracies):
+        return {"mean": sum(accuracies) / 2, "worst": min(accuracies), "worst_speaker": "a",
+                "folds": {s: {"speaker": a} for s, a in zip("ab", accuracies)}}
+
+    card = {"model_id": "ast-moe-fsdd", "mixers": "attention blocks with 2 of 8 MLP experts", "mixer": "attention",
+            "params": 2_000_000, "active_params": 800_000, "cross_validation": cv(0.9, 0.7),
+            "siblings": {"ast-fsdd": {"mixer": "attention", "params": 550_000, "cross_validation": cv(0.8, 0.6)}}}
+    text = train._siblings(card)
+    assert "| `ast-moe-fsdd` | attention blocks with 2 of 8 MLP experts | 2.00 M | 90.0% | 70.0% | **80.0%** | 70.0% |" in text
+    assert "| `ast-fsdd` | attention | 0.55 M | 80.0% | 60.0% | **70.0%** | 60.0% |" in text
+    assert train._siblings({"model_id": "ast-fsdd"}) == ""
