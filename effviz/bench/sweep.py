@@ -80,7 +80,7 @@ ACTIVATION_VALUES = {"attention": 16, "mamba": 32, "rwkv": 20, "retention": 24, 
 EAGER_SCORE_COPIES = 2.5
 # Causal attention (SDPA with its boolean (L, L) mask) holds more than the mask: gpt-tiny grew by
 # 2.6 bytes per (L, L) entry beyond its linear part from 1024 to 2048 tokens (mask included), i.e.
-# a tenth of a copy of the (heads, L, L) fp32 scores; set 2.5x higher.
+# a tenth of a copy of the (heads, L, L) fp32 scores; with the mask, set 1.5x higher.
 CAUSAL_SCORE_COPIES = 0.25
 # A child's own footprint before any model: Python + torch + effviz are about 520 MiB resident
 # on CPU; a CUDA context takes a similar amount on the GPU.
@@ -809,23 +809,31 @@ def summarize(points: Sequence[PointResult], fit_range: tuple[float, float] | No
         }
         for m, ps in by_model.items()
     ]
-    crossovers = []
-    for eff in (m for m in by_model if mixers[m] != "attention"):
-        for base in (m for m in by_model if mixers[m] == "attention"):
-            eff_at = {p.x: p for p in by_model[eff]}
-            base_at = {p.x: p for p in by_model[base]}
-            xs = sorted(eff_at.keys() & base_at.keys())
-            entry: dict[str, Any] = {"efficient": eff, "baseline": base}
-            for metric in ("latency", "memory"):
-                found: Crossover = crossover(
-                    xs,
-                    [_cost(eff_at[x], metric, False) for x in xs],
-                    [_cost(base_at[x], metric, True) for x in xs],
-                    [eff_at[x].tokens for x in xs],
-                )
-                entry[metric] = found.to_dict()
-            crossovers.append(entry)
+    crossovers = [
+        pair_crossovers(by_model[eff], by_model[base])
+        for eff in (m for m in by_model if mixers[m] != "attention")
+        for base in (m for m in by_model if mixers[m] == "attention")
+    ]
     return {"fits": fits, "crossovers": crossovers}
+
+
+def pair_crossovers(efficient: Sequence[PointResult], baseline: Sequence[PointResult]) -> dict[str, Any]:
+    """Where the model of ``efficient`` becomes faster and smaller than that of ``baseline``, over
+    the values both were run at: {"efficient", "baseline", "latency", "memory"}, each metric a
+    ``Crossover.to_dict()``."""
+    eff_at = {p.x: p for p in efficient}
+    base_at = {p.x: p for p in baseline}
+    xs = sorted(eff_at.keys() & base_at.keys())
+    entry: dict[str, Any] = {"efficient": efficient[0].model, "baseline": baseline[0].model}
+    for metric in ("latency", "memory"):
+        found: Crossover = crossover(
+            xs,
+            [_cost(eff_at[x], metric, False) for x in xs],
+            [_cost(base_at[x], metric, True) for x in xs],
+            [eff_at[x].tokens for x in xs],
+        )
+        entry[metric] = found.to_dict()
+    return entry
 
 
 def estimate_left_s(spec: SweepSpec, size_seconds: Sequence[float]) -> float:
