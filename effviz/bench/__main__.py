@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="For text (causal language models over token length), vision (resolution), audio "
         "(seconds) and audio-visual input (tokens), sweep the transformer and the efficient models of the "
         "same backbone, randomly initialised, as the sweep command does; then tabulate the speed-up and "
-        "memory saving at the longest input, the crossovers and the fitted exponents. The default sizes take "
-        "about 10 minutes on one thread of a 2-core CPU; --quick is a smoke run of tiny sizes.",
+        "memory saving at the longest input, the crossovers and the fitted exponents. The default sizes are "
+        "estimated at 10-12 minutes on one thread of a 2-core CPU; --quick is a smoke run of tiny sizes.",
     )
     mo.add_argument("--modalities", type=_comma_list, default=list(MODALITIES),
                     help=f"comma-separated, of {', '.join(MODALITIES)} (default: all)")

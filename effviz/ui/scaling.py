@@ -510,7 +510,7 @@ def _build_modality_table() -> None:
         "The survey's table (traditional vs efficient approach, and the gain, per modality) as a measurement: "
         "for each modality one sweep of its transformer and efficient models on the same backbone, randomly "
         f"initialised, measured as above ({rows}). The table fills in as points come: speed-up and memory "
-        "saving at the longest input both ran, crossovers, fitted exponents. The full run takes about 10 "
+        "saving at the longest input both ran, crossovers, fitted exponents. The full run should take 10-12 "
         "minutes on a 2-core CPU; quick sizes check the pipeline in a couple of minutes, not numbers to quote."
     )
     with gr.Row():
