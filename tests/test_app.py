@@ -54,7 +54,7 @@ def test_page_serves_every_tab_offline(app, client):
         assert f"'label': '{tab}'" in rendered, tab
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ("/classify_image", "/classify_audio", "/classify_av", "/transcribe_stream", "/transcribe_live",
-                 "/sweep", "/stream_bench", "/kernels", "/inspect"):
+                 "/sweep", "/stream_bench", "/modality_table", "/kernels", "/inspect"):
         assert name in endpoints, name
     assert proc.poll() is None
 
@@ -403,6 +403,39 @@ def test_sweep_status_counts_sizes_and_estimates_the_time_left(monkeypatch):
     assert "3 of 3 sizes done (6 of 6 points), 30 s elapsed." in statuses[6]
     assert "Done: 6 points in 30 s." in statuses[-1] and len(views) == 8
     assert (scaling.clock(185), scaling.clock(3720), scaling.clock(59.6)) == ("3 min 05 s", "1 h 02 min", "1 min 00 s")
+
+
+def test_modality_table_fills_in_as_points_come_and_refuses_bad_input(monkeypatch):
+    """In-process, with the measuring faked (test_bench_modality.py tests the table itself)."""
+    import gradio as gr
+
+    from effviz.bench import modality
+    from effviz.ui import scaling
+
+    from .test_bench_modality import ENVIRONMENT, fake_run_sweep
+
+    monkeypatch.setattr(modality, "run_sweep", fake_run_sweep)
+    monkeypatch.setattr(scaling.sweep, "sweep_environment", lambda spec: ENVIRONMENT)
+    views = list(scaling.stream_modality_table(["text", "audio"], True, 1))
+    # The start, one view per point (4 text models and 3 audio models at 3 sizes), the end.
+    assert len(views) == 1 + 3 * (4 + 3) + 1
+    status, table, latency_plot, memory_plot, files = views[-1]
+    assert "Done: 21 points" in status
+    assert "| text | gpt-tiny | mamba-lm-tiny |" in table and "| audio | ast-tiny | audio-rwkv-tiny |" in table
+    record = json.loads(Path(files[0]).read_text())
+    assert [row["efficient"] for row in record["table"]] == [
+        "mamba-lm-tiny", "rwkv-lm-tiny", "retnet-lm-tiny", "aum-tiny", "audio-rwkv-tiny"]
+    assert views[1][1].count("| text |") == 0 and views[4][1].count("| text |") == 3  # rows come with their points
+    for bad, message in ((["speech"], "unknown modality 'speech'"), ([], "choose at least one modality")):
+        with pytest.raises(gr.Error, match=message):
+            list(scaling.stream_modality_table(bad, True, 1))
+
+
+def test_modality_table_endpoint_says_what_is_wrong(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="unknown modality 'speech'"):
+        client.predict(["speech"], True, 1, api_name="/modality_table")
 
 
 # ---- Live digits: streaming transcription, in-process with tiny saved transcribers ----------------

@@ -2,7 +2,9 @@
 ``python -m effviz.bench sweep --models vim-tiny,deit-tiny --axis resolution --values 224,448``
 and ``python -m effviz.bench figure SWEEP.json --html OUT.html`` (the Scaling lab's plots of a
 saved sweep) and ``python -m effviz.bench stream --minutes 30 --out docs/stream-bench.json`` (per-chunk
-latency and held state of the streaming transcribers as the seconds streamed grow).
+latency and held state of the streaming transcribers as the seconds streamed grow) and
+``python -m effviz.bench modality --out docs/modality-table.json`` (the survey's modality table:
+transformer against linear-time mixers on text, vision, audio and audio-visual input).
 
 Tables go to stdout as Markdown (ready to paste into the README); progress goes to stderr.
 """
@@ -148,7 +150,89 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: %(default)s)")
     st.add_argument("--out", type=Path, metavar="PATH", help="also write every point and the summary to this JSON file")
     st.add_argument("--html", type=Path, metavar="PATH", help="also draw the curves in an offline HTML page")
+
+    from .modality import MODALITIES
+
+    mo = commands.add_parser(
+        "modality",
+        help="the survey's modality table, measured: transformer vs linear-time mixers on each modality",
+        description="For text (causal language models over token length), vision (resolution), audio "
+        "(seconds) and audio-visual input (tokens), sweep the transformer and the efficient models of the "
+        "same backbone, randomly initialised, as the sweep command does; then tabulate the speed-up and "
+        "memory saving at the longest input, the crossovers and the fitted exponents. The default sizes are "
+        "estimated at 10-12 minutes on one thread of a 2-core CPU; --quick is a smoke run of tiny sizes.",
+    )
+    mo.add_argument("--modalities", type=_comma_list, default=list(MODALITIES),
+                    help=f"comma-separated, of {', '.join(MODALITIES)} (default: all)")
+    mo.add_argument("--quick", action="store_true",
+                    help="tiny sizes and one timed run per model and size: checks the pipeline, not numbers to quote")
+    mo.add_argument("--values", action="append", default=[], metavar="MODALITY=V,V,V",
+                    help="sizes of one modality in its axis units (text: tokens, vision: px, audio: s, "
+                    "audio-visual: tokens); repeat for others")
+    mo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    mo.add_argument("--budget", type=_non_negative_float, default=2.0,
+                    help="seconds of timed runs per size, all its models together (default: %(default)s)")
+    mo.add_argument("--min-runs", type=_positive_int, default=3, help="undisturbed timed runs per model, at least")
+    mo.add_argument("--max-runs", type=_positive_int, default=20, help="undisturbed timed runs per model, at most")
+    mo.add_argument("--timeout", type=_positive_float, default=300.0,
+                    help="seconds each model may take per size (startup and model build included)")
+    mo.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: %(default)s)")
+    mo.add_argument("--out", type=Path, metavar="PATH", help="also write every point, the fits and the table to this JSON file")
+    mo.add_argument("--html", type=Path, metavar="PATH", help="also draw each modality's curves in an offline HTML page")
     return parser
+
+
+def _modality_values(items: list[str]) -> dict[str, list[float]]:
+    """["text=64,128,256", ...] -> {"text": [64.0, 128.0, 256.0], ...}; ValueError otherwise."""
+    values = {}
+    for item in items:
+        modality, sep, numbers = item.partition("=")
+        if not sep:
+            raise ValueError(f"--values takes MODALITY=V,V,V, got {item!r}")
+        try:
+            values[modality.strip()] = _comma_numbers(numbers)
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"--values {item!r}: {err}") from None
+    return values
+
+
+def _modality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import time
+
+    from .modality import ModalitySpec, format_table, make_record, run_modalities
+    from .sweep import format_environment, sweep_environment
+
+    try:
+        spec = ModalitySpec(modalities=tuple(args.modalities), quick=args.quick, values=_modality_values(args.values),
+                            device=args.device, budget_s=args.budget, min_runs=args.min_runs, max_runs=args.max_runs,
+                            timeout_s=args.timeout, threads=args.threads)
+    except ValueError as err:
+        parser.error(str(err))
+    print("[modality] calibrating: timing a fixed workload to gauge this machine's noise", file=sys.stderr, flush=True)
+    env = sweep_environment(spec.sweep_spec(spec.modalities[0]))
+    points: dict[str, list] = {m: [] for m in spec.modalities}
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        for modality, point in run_modalities(spec):
+            points[modality].append(point)
+            value = "no latency" if point.latency_ms is None else f"{point.latency_ms:.1f} ms"
+            memory = f", {point.peak_mem_mib:.1f} MiB" if point.peak_mem_mib is not None else ""
+            reason = f" ({point.reason})" if point.reason else ""
+            print(f"[{modality}] {point.model} at {point.x:g} ({point.tokens} tokens): {point.status}, {value}{memory}"
+                  f"{reason}; {time.perf_counter() - started:.0f} s elapsed", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # the running child was killed on the way out; report what was measured
+        interrupted = True
+        print("interrupted: reporting the points measured so far", file=sys.stderr)
+    record = make_record(spec, env, points, time.perf_counter() - started)
+    sys.stdout.write(format_environment(env) + "\n" + format_table(record["table"]))
+    if args.out is not None:
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+    if args.html is not None:
+        from .figure import write_modality_html
+
+        write_modality_html(record, args.html)
+    return 130 if interrupted else 0
 
 
 def _stream_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -248,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep_main(args, parser)
     if args.command == "stream":
         return _stream_main(args, parser)
+    if args.command == "modality":
+        return _modality_main(args, parser)
     if args.command == "figure":
         from .figure import write_html
 

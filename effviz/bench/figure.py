@@ -151,23 +151,45 @@ def write_html(sweep_json: Path, out: Path) -> None:
     made again from the points, by today's rules, whatever the file's summary says."""
     record = json.loads(Path(sweep_json).read_text())
     points = [PointResult(**p) for p in record["points"]]
-    unit, env = record["spec"]["unit"], record["environment"]
     summary = summarize(points)
-    figures = [scaling_figure(points, metric, summary, unit) for metric in METRICS]
+    figures = [scaling_figure(points, metric, summary, record["spec"]["unit"]) for metric in METRICS]
+    out.write_text(_page(_figures_html(figures, first=True), record["environment"]))
+
+
+def write_modality_html(record: dict[str, Any], out: Path) -> None:
+    """The modality table's curves (``python -m effviz.bench modality --html``): each modality's
+    latency and memory figures side by side under its name, in one offline HTML page."""
+    from .modality import points_of  # the modality bench imports the sweep, as this module does
+
+    sections = []
+    for i, (modality, points) in enumerate(points_of(record).items()):
+        summary = summarize(points)
+        unit = record["modalities"][modality]["unit"]
+        figures = [scaling_figure(points, metric, summary, unit) for metric in METRICS]
+        sections.append(f"<h3 style='margin:8px 12px 0'>{modality}</h3>" + _figures_html(figures, first=i == 0))
+    out.write_text(_page("".join(sections), record["environment"]))
+
+
+def _figures_html(figures: Sequence[go.Figure], first: bool) -> str:
+    """Figures side by side; plotly.js embedded once, with the page's first figure."""
     for fig in figures:
         fig.update_layout(width=680)
+    return "".join(
+        '<div style="display:inline-block">'
+        + fig.to_html(full_html=False, include_plotlyjs=first and i == 0, config={"displayModeBar": False}) + "</div>"
+        for i, fig in enumerate(figures)
+    )
+
+
+def _page(body: str, env: dict[str, Any]) -> str:
+    """An offline HTML page of figures, captioned with the environment they were measured in."""
     caption = ", ".join(f"{k}: {v:.0f}" if isinstance(v, float) else f"{k}: {v}"
                         for k, v in env.items() if not isinstance(v, (dict, list)))
     if "calibration" in env:
         caption += "; " + describe_calibration(env["calibration"])
-    body = "".join(
-        '<div style="display:inline-block">'
-        + fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displayModeBar": False}) + "</div>"
-        for i, fig in enumerate(figures)
-    )
-    out.write_text("<!doctype html><html><head><meta charset='utf-8'></head>"
-                   f"<body style='margin:0;font-family:sans-serif'>{body}"
-                   f"<p style='font-size:12px;margin:4px 12px'>{caption}</p></body></html>\n")
+    return ("<!doctype html><html><head><meta charset='utf-8'></head>"
+            f"<body style='margin:0;font-family:sans-serif'>{body}"
+            f"<p style='font-size:12px;margin:4px 12px'>{caption}</p></body></html>\n")
 
 
 # ---- the streaming benchmark (effviz.bench.stream) -------------------------------------------

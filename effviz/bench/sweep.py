@@ -5,7 +5,8 @@ A sweep runs every model of a ``SweepSpec`` at every value of one axis:
 - ``resolution``: side of a square image in px, rounded down to a multiple of the model's patch;
 - ``seconds``: audio length; the input is a (batch, seconds * 100, mel_bins) fbank;
 - ``tokens``: fused audio-visual sequence length, for models that take both modalities: image
-  side and audio length grow together, about half the tokens each; the actual count is reported.
+  side and audio length grow together, about half the tokens each; the actual count is reported;
+- ``length``: text length in tokens, for the causal language models (random token ids).
 
 Each point (one value of the axis) runs in fresh child processes (this module run as a script),
 one point at a time. One timing child builds every model of the point and times their forwards
@@ -57,11 +58,12 @@ from effviz.bench.timing import TimingPolicy, calibrate, describe_calibration, m
 from effviz.kernels import native
 from effviz.kernels.dispatch import pick
 from effviz.models import EffvizModel, ModelConfig, architecture_config
-from effviz.models.registry import ARCHITECTURES, BUNDLED_RECIPES
+from effviz.models.language import LanguageModel
+from effviz.models.registry import ARCHITECTURES, BUNDLED_RECIPES, LANGUAGE_MODELS
 from effviz.wording import counted
 
-AXES = {"resolution": "px", "seconds": "s", "tokens": "tokens"}
-AXIS_MODALITIES = {"resolution": ("image",), "seconds": ("audio",), "tokens": ("image", "audio")}
+AXES = {"resolution": "px", "seconds": "s", "tokens": "tokens", "length": "tokens"}
+AXIS_MODALITIES = {"resolution": ("image",), "seconds": ("audio",), "tokens": ("image", "audio"), "length": ("text",)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 STATUSES = ("ok", "oom", "timeout", "skipped", "error")
 FRAMES_PER_SECOND = 100  # Kaldi fbank, 10 ms frame shift
@@ -76,6 +78,10 @@ MIB = 2**20
 ACTIVATION_VALUES = {"attention": 16, "mamba": 32, "rwkv": 20, "retention": 24, "window_attention": 32}
 # Eager attention also holds (heads, L, L) scores: 1.9-2.1 copies measured at 896-1248 px.
 EAGER_SCORE_COPIES = 2.5
+# Causal attention (SDPA with its boolean (L, L) mask) holds more than the mask: gpt-tiny grew by
+# 2.6 bytes per (L, L) entry beyond its linear part from 1024 to 2048 tokens (mask included), i.e.
+# a tenth of a copy of the (heads, L, L) fp32 scores; with the mask, set 1.5x higher.
+CAUSAL_SCORE_COPIES = 0.25
 # A child's own footprint before any model: Python + torch + effviz are about 520 MiB resident
 # on CPU; a CUDA context takes a similar amount on the GPU.
 CHILD_BASE_MIB = 550
@@ -88,15 +94,23 @@ _POLL_S = 0.05
 
 
 def model_config(model_id: str) -> ModelConfig:
-    """Config of an official tiny architecture or of a bundled recipe (weights not needed)."""
+    """Config of an official tiny architecture, a bundled recipe or a language model (weights
+    not needed)."""
     if model_id in ARCHITECTURES:
         return architecture_config(model_id)
     if model_id in BUNDLED_RECIPES:
         return BUNDLED_RECIPES[model_id]()
+    if model_id in LANGUAGE_MODELS:
+        return LANGUAGE_MODELS[model_id]()
     raise ValueError(
         f"unknown model {model_id!r}; architectures: {', '.join(ARCHITECTURES)}; "
-        f"bundled: {', '.join(BUNDLED_RECIPES)}"
+        f"bundled: {', '.join(BUNDLED_RECIPES)}; language models: {', '.join(LANGUAGE_MODELS)}"
     )
+
+
+def build_model(cfg: ModelConfig) -> torch.nn.Module:
+    """The model a config describes: a language model for text, the classifier otherwise."""
+    return LanguageModel(cfg) if cfg.modalities == ("text",) else EffvizModel(cfg)
 
 
 @dataclass(frozen=True)
@@ -106,8 +120,11 @@ class PointInput:
     image_side: int | None
     audio_frames: int | None
     tokens: int
+    text_tokens: int | None = None
 
     def describe(self) -> str:
+        if self.text_tokens is not None:
+            return f"text {self.text_tokens} tokens"
         parts = []
         if self.image_side is not None:
             parts.append(f"image {self.image_side}x{self.image_side}")
@@ -124,7 +141,7 @@ def plan_input(model_id: str, axis: str, x: float) -> PointInput:
     cfg = model_config(model_id)
     needed = AXIS_MODALITIES[axis]
     if not set(needed) <= set(cfg.modalities):
-        example = {"resolution": "vim-tiny", "seconds": "aum-tiny", "tokens": "av-mamba-digits"}[axis]
+        example = {"resolution": "vim-tiny", "seconds": "aum-tiny", "tokens": "av-mamba-tiny", "length": "gpt-tiny"}[axis]
         raise ValueError(
             f"model {model_id!r} takes {' and '.join(cfg.modalities)} input, but the {axis} axis needs "
             f"a model that takes {' and '.join(needed)} (e.g. {example})"
@@ -137,6 +154,10 @@ def plan_input(model_id: str, axis: str, x: float) -> PointInput:
     def frames_for(time_patches: int) -> int:
         return (time_patches - 1) * stride + audio_patch
 
+    if axis == "length":
+        if round(x) < 1:
+            raise ValueError(f"{model_id}: a text needs at least 1 token, got {x:g}")
+        return PointInput(None, None, round(x), text_tokens=round(x))
     if axis == "resolution":
         side = int(x) // patch * patch
         if side == 0:
@@ -276,7 +297,7 @@ class PointResult:
 def parameter_count(model_id: str) -> int:
     """Parameters of a model, counted on the meta device: nothing is allocated."""
     with torch.device("meta"):
-        model = EffvizModel(model_config(model_id))
+        model = build_model(model_config(model_id))
     return sum(p.numel() for p in model.parameters())
 
 
@@ -293,6 +314,10 @@ def estimate_memory_mib(model_id: str, axis: str, x: float, batch: int = 1, dtyp
     total += max(ACTIVATION_VALUES[m] for m in mixers) * batch * length * cfg.embed_dim * 4
     if "attention" in mixers and cfg.attn_impl == "eager":
         total += EAGER_SCORE_COPIES * batch * cfg.num_heads * length**2 * item
+    if "attention" in mixers and cfg.causal:  # the (L, L) causal mask, and SDPA's masked scores
+        total += length**2 + CAUSAL_SCORE_COPIES * batch * cfg.num_heads * length**2 * item
+    if point.text_tokens is not None:  # next-token logits over the vocabulary
+        total += batch * length * cfg.num_classes * item
     # Image stem: each full-resolution conv + GELU holds 2 x stem_channels values per pixel; the
     # stride-2 conv + GELU holds 2 x 2*stem_channels at 1/4 of the pixels.
     stem = 2 * cfg.stem_channels * cfg.stem_depth + (cfg.stem_channels if cfg.stem_stride == 2 else 0)
@@ -472,8 +497,10 @@ def _point_forward(model_id: str, axis: str, x: float, device: str, dtype: str, 
     point = plan_input(model_id, axis, x)
     cfg = model_config(model_id)
     dev, dt = torch.device(device), DTYPES[dtype]
-    model = EffvizModel(cfg).eval().to(device=dev, dtype=dt)
+    model = build_model(cfg).eval().to(device=dev, dtype=dt)
     inputs = {}
+    if point.text_tokens is not None:
+        inputs["tokens"] = torch.randint(0, cfg.num_classes, (batch, point.text_tokens), device=dev)
     if point.image_side is not None:
         inputs["image"] = torch.randn(batch, cfg.in_chans, point.image_side, point.image_side, device=dev, dtype=dt)
     if point.audio_frames is not None:
@@ -782,23 +809,31 @@ def summarize(points: Sequence[PointResult], fit_range: tuple[float, float] | No
         }
         for m, ps in by_model.items()
     ]
-    crossovers = []
-    for eff in (m for m in by_model if mixers[m] != "attention"):
-        for base in (m for m in by_model if mixers[m] == "attention"):
-            eff_at = {p.x: p for p in by_model[eff]}
-            base_at = {p.x: p for p in by_model[base]}
-            xs = sorted(eff_at.keys() & base_at.keys())
-            entry: dict[str, Any] = {"efficient": eff, "baseline": base}
-            for metric in ("latency", "memory"):
-                found: Crossover = crossover(
-                    xs,
-                    [_cost(eff_at[x], metric, False) for x in xs],
-                    [_cost(base_at[x], metric, True) for x in xs],
-                    [eff_at[x].tokens for x in xs],
-                )
-                entry[metric] = found.to_dict()
-            crossovers.append(entry)
+    crossovers = [
+        pair_crossovers(by_model[eff], by_model[base])
+        for eff in (m for m in by_model if mixers[m] != "attention")
+        for base in (m for m in by_model if mixers[m] == "attention")
+    ]
     return {"fits": fits, "crossovers": crossovers}
+
+
+def pair_crossovers(efficient: Sequence[PointResult], baseline: Sequence[PointResult]) -> dict[str, Any]:
+    """Where the model of ``efficient`` becomes faster and smaller than that of ``baseline``, over
+    the values both were run at: {"efficient", "baseline", "latency", "memory"}, each metric a
+    ``Crossover.to_dict()``."""
+    eff_at = {p.x: p for p in efficient}
+    base_at = {p.x: p for p in baseline}
+    xs = sorted(eff_at.keys() & base_at.keys())
+    entry: dict[str, Any] = {"efficient": efficient[0].model, "baseline": baseline[0].model}
+    for metric in ("latency", "memory"):
+        found: Crossover = crossover(
+            xs,
+            [_cost(eff_at[x], metric, False) for x in xs],
+            [_cost(base_at[x], metric, True) for x in xs],
+            [eff_at[x].tokens for x in xs],
+        )
+        entry[metric] = found.to_dict()
+    return entry
 
 
 def estimate_left_s(spec: SweepSpec, size_seconds: Sequence[float]) -> float:

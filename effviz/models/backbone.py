@@ -55,6 +55,8 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if "text" in config.modalities:
+            raise ValueError("a text config is a language model's: build it with effviz.models.language.LanguageModel")
         self.config = cfg = config
         dim = cfg.embed_dim
         self.tokenizers = nn.ModuleDict()

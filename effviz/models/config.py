@@ -29,7 +29,8 @@ class ModelConfig:
     num_classes: int = 1000
     labels: list[str] = field(default_factory=list)
     # Tokenizers. Images: (in_chans, H, W) -> conv patches. Audio: a (frames, mel_bins) fbank is
-    # treated as a 1-channel (mel_bins, frames) image, as in AST and AuM.
+    # treated as a 1-channel (mel_bins, frames) image, as in AST and AuM. Text: token ids through
+    # an embedding of num_classes rows, the vocabulary (effviz.models.language; causal only).
     modalities: tuple[str, ...] = ("image",)
     in_chans: int = 3
     patch_size: int = 16
@@ -96,6 +97,8 @@ class ModelConfig:
     # Wider inputs are band-limited to it, so a 44.1 kHz microphone take reads as training data did.
     audio_band_hz: float = 0.0
     modality_embed: bool = False  # learned per-modality embedding (multimodal early fusion)
+    # A causal language model (effviz.models.language) reads text the same way: causal mixers, no
+    # class token, no position embedding, a next-token head on every token.
     # A streaming transcriber (effviz.models.transcriber): every token mixer causal and carrying
     # its state from one chunk to the next, fbank frames stacked ``audio_patch_size`` to a token,
     # no class token and no position embedding (the recurrences and the causal mask order the
@@ -126,9 +129,11 @@ class ModelConfig:
             raise ValueError(f"unknown cls_token position {self.cls_token!r}")
         if self.dist_token and self.cls_token != "first":
             raise ValueError("a distillation token follows a class token in first position (cls_token='first')")
-        if self.causal and (self.modalities != ("audio",) or self.cls_token is not None
+        if "text" in self.modalities and (self.modalities != ("text",) or not self.causal):
+            raise ValueError("a text model is a causal language model: text alone, with causal=True")
+        if self.causal and (self.modalities not in (("audio",), ("text",)) or self.cls_token is not None
                             or set(self.block_mixers()) - set(CAUSAL_MIXERS)):
-            raise ValueError(f"a causal model reads audio alone, without a class token, through "
+            raise ValueError(f"a causal model reads audio or text alone, without a class token, through "
                              f"{', '.join(CAUSAL_MIXERS)} mixers")
         if self.labels and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")

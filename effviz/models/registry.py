@@ -130,6 +130,14 @@ def ast_base() -> ModelConfig:
                        modalities=("audio",), num_classes=527, audio_patch_stride=10, audio_grid_size=(12, 101))
 
 
+def _audio_visual(cfg: ModelConfig) -> ModelConfig:
+    """Image and audio in one sequence, as the bundled digit models fuse them, at the official
+    tiny sizes: the architecture's blocks over DeiT's 16x16 image patches (224 px: 14x14) then
+    AST/AuM's 16x16 fbank patches (128 mel bins, 10 s: 8x64), a learned embedding per modality."""
+    cfg.modalities, cfg.modality_embed, cfg.num_classes = ("image", "audio"), True, 527
+    return cfg
+
+
 ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "vim-tiny": vim_tiny,
     "vim-small": vim_small,
@@ -148,6 +156,36 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "ast-tiny": lambda: _audio(deit_tiny()),
     "ast-tiny-eager": lambda: _audio(deit_tiny("eager")),
     "ast-base": ast_base,
+    "av-mamba-tiny": lambda: _audio_visual(vim_tiny()),
+    "av-transformer-tiny": lambda: _audio_visual(deit_tiny()),
+}
+
+# Byte-level vocabulary of the language models, as MambaByte (Wang et al., arXiv 2401.13660):
+# with a 50k-token BPE vocabulary the head alone would cost 9.6M multiply-adds a token at D=192,
+# more than the twelve blocks, the same for every mixer, and hide what the mixers cost.
+BYTE_VOCABULARY = 256
+
+
+def _language(cfg: ModelConfig) -> ModelConfig:
+    """The same blocks as a causal language model over bytes (effviz.models.language): each
+    mixer in its causal form, no class token, a next-byte head on every token."""
+    cfg.modalities, cfg.causal, cfg.cls_token, cfg.num_classes = ("text",), True, None, BYTE_VOCABULARY
+    cfg.__post_init__()
+    return cfg
+
+
+# Causal language models at the vision models' tiny sizes, randomly initialised (for timing):
+# the same blocks on text as on images, so the table's rows differ by modality alone.
+LANGUAGE_MODELS: dict[str, Callable[[], ModelConfig]] = {
+    # Vim-Ti's blocks (D=192, 24 Mamba blocks without channel mixer), one causal scan each: the
+    # parameters of the 12-block models, as Mamba LMs pair two Mamba blocks per transformer block.
+    "mamba-lm-tiny": lambda: _language(vim_tiny()),
+    # VRWKV-T's blocks (D=192, depth 12) in RWKV-4's causal form: time mix + channel mix, ln0.
+    "rwkv-lm-tiny": lambda: _language(vrwkv_tiny()),
+    # ViR-T's blocks (D=192, depth 12, 3 heads): RetNet retention, chunkwise over the sequence.
+    "retnet-lm-tiny": lambda: _language(vir_tiny()),
+    # DeiT-Ti's blocks (D=192, depth 12, 3 heads) with a causal mask: a GPT of that size.
+    "gpt-tiny": lambda: _language(deit_tiny()),
 }
 
 

@@ -85,6 +85,8 @@ def _paper(cfg: ModelConfig) -> str:
         return "Hatamizadeh & Kautz, MambaVision, arXiv:2407.08083 (its Mamba-then-attention pattern)"
     if cfg.channel_mixer == "moe":
         return "Riquelme et al., V-MoE, arXiv:2106.05974 (its top-k routed MLP experts)"
+    if len(cfg.modalities) > 1:
+        return "early fusion of image and audio tokens in one sequence, as our bundled digit models"
     return {
         "window_attention": "Beltagy et al., Longformer, arXiv:2004.05150 (its sliding window, over patches)",
         "retention": "Hatamizadeh et al., ViR, arXiv:2310.19731 (no code or weights released)",

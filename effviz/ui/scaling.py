@@ -13,7 +13,11 @@ line counts those runs.
 Its second axis, seconds streamed, runs ``effviz.bench.stream`` instead: the streaming digit
 transcribers fed synthetic audio chunk by chunk, in turn, for up to an hour each, in a child
 process with one torch thread; per-chunk latency and held state drawn against seconds streamed
-as it goes, and the point where a model hit the real-time or memory limit marked."""
+as it goes, and the point where a model hit the real-time or memory limit marked.
+
+The modality table (an accordion under the input-size form) runs ``effviz.bench.modality``: one
+sweep per modality (text length, image resolution, audio seconds, audio-visual tokens), the
+transformer against the efficient models, filling in the survey's summary table as points come."""
 from __future__ import annotations
 
 import json
@@ -28,10 +32,10 @@ from typing import Any, Iterator, Sequence
 import gradio as gr
 import pandas as pd
 
-from ..bench import stream, sweep
+from ..bench import modality, stream, sweep
 from ..bench.figure import scaling_figure, stream_figure
 from ..bench.fit import Crossover, Exponent
-from ..models.registry import ARCHITECTURES, BUNDLED_RECIPES, TRANSCRIBER_RECIPES
+from ..models.registry import ARCHITECTURES, BUNDLED_RECIPES, LANGUAGE_MODELS, TRANSCRIBER_RECIPES
 from ..wording import counted
 from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
 
@@ -39,7 +43,8 @@ from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
 MAX_MODELS, MAX_VALUES, MAX_BATCH, MAX_BUDGET_S, MAX_TIMEOUT_S = 8, 12, 64, 30, 600
 # Suggested values when the axis changes: 4 sizes over 4x in tokens or more (an exponent needs 3
 # sizes over 2x in its upper half), within a few minutes on a 2-core CPU.
-SUGGESTED_VALUES = {"resolution": "160, 320, 480, 640", "seconds": "2, 4, 8, 16", "tokens": "128, 256, 512, 1024"}
+SUGGESTED_VALUES = {"resolution": "160, 320, 480, 640", "seconds": "2, 4, 8, 16", "tokens": "128, 256, 512, 1024",
+                    "length": "256, 512, 1024, 2048"}
 TABLE_COLUMNS = ["model", "x", "tokens", "input", "latency ms (min)", "p20 ms", "p80 ms", "runs (redone)",
                  "peak MiB", "status", "reason"]
 
@@ -166,6 +171,61 @@ def clock(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60} min {whole % 60:02d} s"
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+@gpu
+@reports_bad_input
+def stream_modality_table(modalities: Sequence[str], quick: bool, budget_s: float,
+                          session: str | None = None) -> Iterator[tuple]:
+    """Run the modality table's sweeps, yielding the view (status, table, latency plot, memory
+    plot of the modality being measured, files) at the start, after every point, and at the end
+    with the JSON to download. Stopped by ``stop_sweep``, as a sweep is."""
+    if budget_s is None or not 0 < float(budget_s) <= MAX_BUDGET_S:
+        raise ValueError(f"time budget must be more than 0 and at most {MAX_BUDGET_S}, got {budget_s}")
+    spec = modality.ModalitySpec(modalities=tuple(modalities or ()), quick=bool(quick), budget_s=float(budget_s))
+    total = sum(len(modality.MODALITIES[m].models) * len(spec.sizes(m)) for m in spec.modalities)
+    stop = _stops[session] = threading.Event()
+    points: dict[str, list[sweep.PointResult]] = {m: [] for m in spec.modalities}
+    started = time.monotonic()
+    try:
+        environment = sweep.sweep_environment(spec.sweep_spec(spec.modalities[0]))
+        yield _modality_view(points, spec.modalities[0], "Running, one modality after another, smallest size first ...")
+        measured = modality.run_modalities(spec, stop)
+        try:
+            for name, point in measured:
+                points[name].append(point)
+                done = sum(len(ps) for ps in points.values())
+                yield _modality_view(points, name, f"{name}: {done} of {counted(total, 'point')} done, "
+                                     f"{clock(time.monotonic() - started)} elapsed ...")
+        finally:
+            measured.close()  # hands the sweep slot on even if this generator is abandoned
+    finally:
+        _stops.pop(session, None)
+    done = sum(len(ps) for ps in points.values())
+    took = clock(time.monotonic() - started)
+    ending = (f"Stopped after {done} of {counted(total, 'point')}, {took}." if stop.is_set()
+              else f"Done: {counted(total, 'point')} in {took}.")
+    last = next((m for m in reversed(spec.modalities) if points[m]), spec.modalities[0])
+    record = modality.make_record(spec, environment, points, time.monotonic() - started)
+    yield _modality_view(points, last, ending, record)
+
+
+def _modality_view(points: dict[str, list[sweep.PointResult]], shown: str, status: str,
+                   record: dict[str, Any] | None = None) -> tuple:
+    files = None
+    if record is not None:
+        path = Path(tempfile.mkdtemp(prefix="effviz-modality-")) / "modality-table.json"
+        path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+        files = [str(path)]
+    summary = sweep.summarize(points[shown])
+    unit = sweep.AXES[modality.MODALITIES[shown].axis]
+    return (
+        f"**{status}**",
+        modality.format_table(modality.table_rows(points)),
+        scaling_figure(points[shown], "latency", summary, unit),
+        scaling_figure(points[shown], "memory", summary, unit),
+        files,
+    )
 
 
 def stop_sweep(session: str | None = None) -> str:
@@ -398,11 +458,13 @@ def _build_sweep() -> None:
         "counts the runs they disturbed."
     )
     with gr.Row():
-        models = gr.CheckboxGroup(list(ARCHITECTURES) + list(BUNDLED_RECIPES), value=list(spec.models), elem_id="sweep-models",
-                                  label="models", info="official tiny architectures, then our bundled recipes")
+        models = gr.CheckboxGroup(list(ARCHITECTURES) + list(BUNDLED_RECIPES) + list(LANGUAGE_MODELS),
+                                  value=list(spec.models), elem_id="sweep-models", label="models",
+                                  info="official tiny architectures, our bundled recipes, then causal language models")
     with gr.Row():
         axis = gr.Radio(list(sweep.AXES), value=spec.axis, label="axis",
-                        info="resolution: image side in px; seconds: audio length; tokens: fused audio + image")
+                        info="resolution: image side in px; seconds: audio length; tokens: fused audio + image; "
+                        "length: text tokens (language models)")
         values = gr.Textbox(", ".join(f"{v:g}" for v in spec.values), label="values", info="comma separated",
                             elem_id="sweep-values")
         device = gr.Dropdown(devices(), value=spec.device, label="device")
@@ -437,6 +499,45 @@ def _build_sweep() -> None:
     )
     # Not queued behind the sweep it stops.
     stop.click(on_stop, None, status, api_name="stop_sweep", concurrency_limit=None)
+    with gr.Accordion("Modality table: the survey's summary, measured", open=False):
+        _build_modality_table()
+
+
+def _build_modality_table() -> None:
+    rows = "; ".join(f"{m}: {r.baseline} vs {', '.join(r.efficient + r.variants)} over {r.axis}"
+                     for m, r in modality.MODALITIES.items())
+    gr.Markdown(
+        "The survey's table (traditional vs efficient approach, and the gain, per modality) as a measurement: "
+        "for each modality one sweep of its transformer and efficient models on the same backbone, randomly "
+        f"initialised, measured as above ({rows}). The table fills in as points come: speed-up and memory "
+        "saving at the longest input both ran, crossovers, fitted exponents. The full run should take 10-12 "
+        "minutes on a 2-core CPU; quick sizes check the pipeline in a couple of minutes, not numbers to quote."
+    )
+    with gr.Row():
+        modalities = gr.CheckboxGroup(list(modality.MODALITIES), value=list(modality.MODALITIES), label="modalities",
+                                      elem_id="modality-modalities")
+        quick = gr.Checkbox(False, label="quick (tiny sizes, one run each)")
+        budget = gr.Number(sweep.default_spec().budget_s, label="time budget per size (s)", minimum=0.1,
+                           maximum=MAX_BUDGET_S)
+        run = gr.Button("Run modality table", variant="primary", elem_id="modality-run")
+        stop = gr.Button("Stop", variant="stop")
+    status = gr.Markdown()
+    table = gr.Markdown(elem_id="modality-table")
+    with gr.Row():
+        latency_plot = gr.Plot(label="latency (modality being measured)")
+        memory_plot = gr.Plot(label="peak memory")
+    files = gr.File(label="download every point, the fits and the table (JSON)", file_count="multiple",
+                    interactive=False)
+
+    def on_run(modalities, quick, budget, request: gr.Request):
+        yield from stream_modality_table(modalities, quick, budget, request.session_hash)
+
+    def on_stop(request: gr.Request) -> str:
+        return stop_sweep(request.session_hash)
+
+    run.click(on_run, [modalities, quick, budget], [status, table, latency_plot, memory_plot, files],
+              api_name="modality_table", concurrency_limit=1, concurrency_id=BENCH_CONCURRENCY)
+    stop.click(on_stop, None, status, api_name="stop_modality_table", concurrency_limit=None)
 
 
 def _build_stream() -> None:

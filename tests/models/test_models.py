@@ -38,11 +38,15 @@ def small_model(arch: str) -> EffvizModel:
 
 
 def small_input(arch: str, batch: int = 2) -> dict[str, torch.Tensor]:
-    """A few tokens of the arch's modality on a non-square grid: 3x4 image / 8x3 audio patches."""
+    """A few tokens of each of the arch's modalities on a non-square grid: 3x4 image / 8x3 audio
+    patches (an audio-visual arch gets both, so that every tokenizer is used)."""
     gen = torch.Generator().manual_seed(1)
+    inputs = {}
     if arch in IMAGE_ARCHS:
-        return {"image": torch.randn(batch, 3, 48, 64, generator=gen)}
-    return {"audio": torch.randn(batch, 48, 128, generator=gen)}
+        inputs["image"] = torch.randn(batch, 3, 48, 64, generator=gen)
+    if arch in AUDIO_ARCHS:
+        inputs["audio"] = torch.randn(batch, 48, 128, generator=gen)
+    return inputs
 
 
 def test_every_architecture_is_tested():
