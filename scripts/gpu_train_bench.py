@@ -47,7 +47,9 @@ def scan_inputs(batch: int, length: int, dim: int = 384, n_state: int = 16) -> d
                 delta_bias=r(dim) * 0.1)
 
 
-def train_step(run: Callable[[dict[str, torch.Tensor]], torch.Tensor], x: dict[str, torch.Tensor]) -> Callable[[], None]:
+def train_step(run: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+               x: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One forward and backward of ``run`` on fresh leaves of ``x``, gradients cleared after."""
     leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
 
     def step() -> None:
@@ -61,7 +63,8 @@ def bench_scan(batch: int, length: int) -> dict[str, float]:
     x = scan_inputs(batch, length)
     row: dict[str, float] = {}
     for backend in ("triton", "torch"):
-        run = lambda inputs, backend=backend: selective_scan(**inputs, delta_softplus=True, backend=backend)  # noqa: E731
+        run = lambda inputs, backend=backend: selective_scan(  # noqa: E731
+            **inputs, delta_softplus=True, backend=backend)
         with torch.no_grad():
             row[f"{backend}_fwd_ms"] = median_ms(lambda: run(x))
         row[f"{backend}_train_ms"] = median_ms(train_step(run, x))
