@@ -14,7 +14,7 @@ The sequence is cut into chunks of ``CHUNK`` steps and the work split in three l
 
 Grid: batch * dim * ceil(L / CHUNK) programs, e.g. 384 * 4 = 1536 for one Vim-Ti image (L=197),
 against 6 for a kernel that gives each program 64 channels and walks L. When L <= CHUNK, steps
-1-2 are skipped (H_0 is h0), the tile shrinks to the next power of two >= L (16 at least), and
+1-2 are skipped (H_0 is h0), the tile shrinks to the next power of two >= L, and
 the scan is one launch. This is why no separate sequential kernel is kept: a single chunk is
 already the short-L case, with a log-depth scan instead of L dependent steps. (Under the CPU
 interpreter, though, ``tl.associative_scan`` runs element by element in Python, so these kernels
@@ -316,9 +316,9 @@ def scan_triton(u, delta, A, B, C, reverse: bool = False, h0=None) -> tuple[torc
     ``CHUNK`` is read at each call, so that the interpreter tests can set a small power of two and
     cross several chunk boundaries at tiny L.
     """
-    # A sequence shorter than a chunk gets a tile just long enough (no scan steps over padding),
-    # but of 16 rows at least: degenerate 1-row tiles would buy nothing on a GPU.
-    chunk = min(CHUNK, max(16, triton.next_power_of_2(u.shape[-1])))
+    # A sequence shorter than a chunk gets a tile just long enough: no scan steps over padding
+    # (streaming calls of a few tokens, and the interpreter, which scans element by element).
+    chunk = min(CHUNK, triton.next_power_of_2(u.shape[-1]))
     return SelectiveScanTriton.apply(u, delta, A, B, C, h0, reverse, chunk)
 
 
