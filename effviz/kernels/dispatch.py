@@ -8,8 +8,9 @@ Each op folder (``selective_scan/``, ``bi_wkv/`` ...) registers up to four imple
   Used by default on CPU when it builds, because Python-level loops cannot reach memory
   bandwidth on a 2-core machine. Inference only, except where an op says otherwise
   (selective_scan has a C backward, so CPU training of Mamba models runs at C speed too).
-- ``triton``: GPU kernels, inference only. They also run on CPU tensors under
-  ``TRITON_INTERPRET=1`` (tests only: it is slow).
+- ``triton``: GPU kernels, inference only except where an op says otherwise (selective_scan and
+  bi_wkv have Triton backwards). They also run on CPU tensors under ``TRITON_INTERPRET=1``
+  (tests only: it is slow).
 
 ``backend=None`` picks: ``$EFFVIZ_BACKEND`` if set, else ``torch`` for float64 inputs (the cpu
 and triton kernels compute in fp32, and fp64 is asked for exactly when that is not enough), else

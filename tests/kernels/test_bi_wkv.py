@@ -171,7 +171,7 @@ def test_default_backend_supports_autograd_in_fp32():
         torch.testing.assert_close(x.grad, r.grad, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in BACKENDS])
+@pytest.mark.parametrize("backend", [b for b in ("cpu",) if b in BACKENDS])  # triton has a backward
 def test_inference_only_backends_refuse_gradients(backend):
     w, u, k, v = make_inputs(1, 3, 4)
     k.requires_grad_()

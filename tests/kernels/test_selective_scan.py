@@ -153,14 +153,6 @@ def test_default_backend_uses_autograd_capable_path_when_training():
     assert x["u"].grad is not None and torch.isfinite(x["u"].grad).all()
 
 
-@pytest.mark.parametrize("backend", [b for b in ("triton",) if b in available_backends()])
-def test_inference_only_backend_refuses_gradients(backend):
-    x = make_inputs(1, 2, 3, 4)
-    x["u"].requires_grad_()
-    with pytest.raises(ValueError, match="inference-only"):
-        selective_scan(**x, backend=backend)
-
-
 @pytest.mark.parametrize(
     "name, bad, match",
     [

@@ -43,5 +43,5 @@ def bi_wkv(
     check_tensor("v", v, (batch, T, C), device=k.device)
     check_tensor("w", w, (C,), device=k.device)
     check_tensor("u", u, (C,), device=k.device)
-    fn = pick("bi_wkv", IMPLS, backend, w, u, k, v)
+    fn = pick("bi_wkv", IMPLS, backend, w, u, k, v, differentiable=("reference", "torch", "triton"))
     return fn(w, u, k, v)

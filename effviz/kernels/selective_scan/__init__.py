@@ -57,8 +57,8 @@ def selective_scan(
     ``initial_state`` (batch, dim, N), any float dtype, is h_{-1}: the state before the first step
     visited (with ``reverse``, the state before step L-1). None means zeros. Passing the last state
     of one chunk as the initial state of the next (for ``reverse``, of the chunk before it) gives
-    the same outputs and final state as one pass over the whole sequence. Under autograd the
-    reference, torch and cpu backends also give the gradient of ``initial_state``.
+    the same outputs and final state as one pass over the whole sequence. Under autograd every
+    backend also gives the gradient of ``initial_state``.
     """
     check_tensor("u", u, (None, None, None))
     batch, dim, length = u.shape
@@ -79,7 +79,7 @@ def selective_scan(
         raise ValueError(f"selective_scan needs L >= 1 and N >= 1, got L={length}, N={n_state}")
 
     fn = pick("selective_scan", IMPLS, backend, u, delta, A, B, C, D, z, delta_bias, initial_state,
-              differentiable=("reference", "torch", "cpu"))
+              differentiable=("reference", "torch", "cpu", "triton"))
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
     if fn is scan_cpu and not needs_grad:
