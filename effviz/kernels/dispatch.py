@@ -34,9 +34,16 @@ BACKENDS = ("reference", "torch", "cpu", "triton")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@functools.cache
+# A constant for the compiler, like ``native.available``: fixed per process, and the import behind
+# it is nothing dynamo can trace.
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """Triton imports and has something to run on: a CUDA GPU, or the CPU interpreter."""
+    return _triton_usable()
+
+
+@functools.cache
+def _triton_usable() -> bool:
     if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         return False  # checked first: importing triton costs a second and is useless here
     try:
@@ -117,7 +124,8 @@ def pick(
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"{op}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {device}")
     key = (op, backend, device.type)
-    if key not in _logged:
+    # Not while compiling: a log call would break the graph (eager calls log the choice).
+    if key not in _logged and not torch.compiler.is_compiling():
         _logged.add(key)
         log.info("%s: using the %s backend on %s", op, backend, device.type)
     return impls[backend]
