@@ -8,6 +8,9 @@ Each op folder (``selective_scan/``, ``bi_wkv/`` ...) registers up to four imple
   Used by default on CPU when it builds, because Python-level loops cannot reach memory
   bandwidth on a 2-core machine. Inference only, except where an op says otherwise
   (selective_scan has a C backward, so CPU training of Mamba models runs at C speed too).
+  Each C call is a torch custom op in the ``effviz`` namespace (``torch.ops.effviz.*``),
+  registered in the op's ``cpu_backend.py`` with a fake (shape-only) implementation, so
+  ``torch.compile`` and ``torch.export`` keep it in the graph; eager calls go through the same op.
 - ``triton``: GPU kernels, inference only. They also run on CPU tensors under
   ``TRITON_INTERPRET=1`` (tests only: it is slow).
 

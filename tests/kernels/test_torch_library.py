@@ -186,3 +186,16 @@ def test_export_keeps_the_c_ops_in_the_graph(monkeypatch):
     assert {"effviz.selective_scan_cpu.default", "effviz.causal_conv1d_cpu.default",
             "effviz.rms_norm_cpu.default"} <= targets
     torch.testing.assert_close(exported.module()(image=image), want, rtol=1e-4, atol=1e-5)
+
+
+def test_retention_checks_gamma_in_eager_and_compiled_code():
+    """Eager code reads gamma and raises a ValueError; a compiled graph cannot read it while
+    tracing, so it asserts in the graph instead, and still refuses a decay outside (0, 1)."""
+    q = torch.randn(1, 2, 3, 4)
+    bad = torch.tensor([1.5, 0.5])
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        retention(q, q, q, bad)
+    compiled = torch.compile(lambda q, gamma: retention(q, q, q, gamma), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, torch.tensor([0.9, 0.5])), retention(q, q, q, torch.tensor([0.9, 0.5])))
+    with pytest.raises(RuntimeError, match="strictly between 0 and 1"):
+        compiled(q, bad)
