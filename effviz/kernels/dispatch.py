@@ -8,6 +8,9 @@ Each op folder (``selective_scan/``, ``bi_wkv/`` ...) registers up to four imple
   Used by default on CPU when it builds, because Python-level loops cannot reach memory
   bandwidth on a 2-core machine. Inference only, except where an op says otherwise
   (selective_scan has a C backward, so CPU training of Mamba models runs at C speed too).
+  Each C call is a torch custom op in the ``effviz`` namespace (``torch.ops.effviz.*``),
+  registered in the op's ``cpu_backend.py`` with a fake (shape-only) implementation, so
+  ``torch.compile`` and ``torch.export`` keep it in the graph; eager calls go through the same op.
 - ``triton``: GPU kernels, inference only except where an op says otherwise (selective_scan and
   bi_wkv have Triton backwards). They also run on CPU tensors under ``TRITON_INTERPRET=1``
   (tests only: it is slow).
@@ -35,9 +38,16 @@ BACKENDS = ("reference", "torch", "cpu", "triton")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@functools.cache
+# A constant for the compiler, like ``native.available``: fixed per process, and the import behind
+# it is nothing dynamo can trace.
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """Triton imports and has something to run on: a CUDA GPU, or the CPU interpreter."""
+    return _triton_usable()
+
+
+@functools.cache
+def _triton_usable() -> bool:
     if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         return False  # checked first: importing triton costs a second and is useless here
     try:
@@ -118,7 +128,8 @@ def pick(
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"{op}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {device}")
     key = (op, backend, device.type)
-    if key not in _logged:
+    # Not while compiling: a log call would break the graph (eager calls log the choice).
+    if key not in _logged and not torch.compiler.is_compiling():
         _logged.add(key)
         log.info("%s: using the %s backend on %s", op, backend, device.type)
     return impls[backend]

@@ -24,6 +24,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger("effviz.kernels")
 
 KERNEL_DIR = Path(__file__).parent
@@ -96,6 +98,9 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
 
 
+# Constant for the compiler: dynamo would otherwise trace into the build (file system calls it
+# cannot put in a graph) each time it compiles a backend choice. The answer is fixed per process.
+@torch.compiler.assume_constant_result
 def available() -> bool:
     return library() is not None
 
@@ -106,6 +111,4 @@ def ptr(t) -> ctypes.c_void_p:
 
 
 def num_threads() -> int:
-    import torch
-
     return max(1, torch.get_num_threads())

@@ -1,4 +1,8 @@
-"""ctypes wrapper of ``cpu.c``: causal depthwise conv1d on CPU in fp32, inference only."""
+"""ctypes wrapper of ``cpu.c``: causal depthwise conv1d on CPU in fp32, inference only.
+
+The C call is the torch custom op ``torch.ops.effviz.causal_conv1d_cpu`` with a fake
+implementation, so ``torch.compile`` and ``torch.export`` keep it in the graph.
+"""
 from __future__ import annotations
 
 import ctypes
@@ -21,6 +25,7 @@ def _kernel() -> Callable[..., None]:
     return fn
 
 
+@torch.library.custom_op("effviz::causal_conv1d_cpu", mutates_args=())
 def causal_conv1d_cpu(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -31,11 +36,16 @@ def causal_conv1d_cpu(
 ) -> torch.Tensor:
     """Same contract as ``reference.causal_conv1d_reference``; CPU tensors, no autograd."""
     out_dtype = x.dtype
-    x, weight = (t.detach().float().contiguous() for t in (x, weight))
-    bias, state = (None if t is None else t.detach().float().contiguous() for t in (bias, initial_state))
+    x, weight = (t.float().contiguous() for t in (x, weight))
+    bias, state = (None if t is None else t.float().contiguous() for t in (bias, initial_state))
     batch, dim, length = x.shape
     y = torch.empty_like(x)
     _kernel()(native.ptr(x), native.ptr(weight), None if bias is None else native.ptr(bias),
               None if state is None else native.ptr(state), native.ptr(y),
               batch, dim, length, weight.shape[1], int(activation == "silu"), int(reverse))
     return y.to(out_dtype)
+
+
+@causal_conv1d_cpu.register_fake
+def _(x, weight, bias, activation, reverse, initial_state=None):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)

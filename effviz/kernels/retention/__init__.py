@@ -80,7 +80,11 @@ def retention(
     check_tensor("k", k, (batch, heads, length, dk), device=q.device)
     check_tensor("v", v, (batch, heads, length, None), device=q.device)
     check_tensor("gamma", gamma, (heads,), device=q.device)
-    if not bool(((gamma > 0) & (gamma < 1)).all()):
+    in_range = ((gamma > 0) & (gamma < 1)).all()
+    if torch.compiler.is_compiling():
+        # Reading the value would break the graph: the compiled graph checks it when it runs.
+        torch._assert_async(in_range, "gamma must lie strictly between 0 and 1")
+    elif not bool(in_range):
         raise ValueError(f"gamma must lie strictly between 0 and 1, got {gamma.tolist()}")
     if initial_state is not None:
         check_tensor("initial_state", initial_state, (batch, heads, dk, v.shape[-1]), device=q.device)
