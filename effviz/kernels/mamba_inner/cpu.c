@@ -135,6 +135,7 @@ static inline void store8(float *p, __m256 v, int64_t n) {
     for (int64_t j = 0; j < n; j++) p[j] = tmp[j];
 }
 
+#if !(defined(__AVX512F__) && defined(__AVX512DQ__))
 // branch_row for N = 16, the state in two ymm registers. As in selective_scan/cpu.c, only h is a
 // chain from step to step: C.h_t's 8 partial sums per step are stored and summed 8 steps at a time
 // after the block, and the block's dt (12 fmas per 8 steps from the transposed low-rank input,
@@ -170,6 +171,65 @@ static void branch_row16(const inner_job *job, int k, int64_t b, int64_t d, cons
         for (int64_t s = 0; s < steps; s += 8) {
             // Lanes past the block's end are garbage; in the backward branch's last block they
             // fall on steps already done, so a ragged end stores only its own lanes.
+            const int64_t t = lo + s;
+            __m256 y = _mm256_fmadd_ps(Dd, load8(u + t, steps - s), sum_rows8(partial + s * 8));
+            if (add) y = _mm256_add_ps(y, _mm256_loadu_ps(acc + t));
+            store8(acc + t, y, steps - s);
+        }
+    }
+}
+#endif  // the 16-wide path below replaces this one where there is AVX-512
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// 2^t for 16 floats with t <= 0 (here t = dt A log2 e, dt >= 0 and A < 0): t = n + f, n the nearest
+// integer, 2^f by the same degree-5 polynomial as simd_math.h's exp2_8, and vscalefps multiplies
+// by 2^n, so no exponent-bit arithmetic is needed. t is clamped at -126: below, 2^t would be
+// subnormal (slow, and ~0 anyway).
+static inline __m512 exp2_16(__m512 t) {
+    t = _mm512_max_ps(t, _mm512_set1_ps(-126.0f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.3276446843519807e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6755335107445717e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5507130920886993e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022120237350464e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314694404602051e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001192092896f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// branch_row16 with the 16 states in one zmm register: one 16-wide exp per step instead of two
+// 8-wide ones (the exp is most of a step's instructions). C.h_t's 16 products are folded to 8
+// and stored, summed 8 steps at a time after the block as in branch_row16.
+static void branch_row16_avx512(const inner_job *job, int k, int64_t b, int64_t d, const float *dtT, float *acc,
+                                int add) {
+    const branch *br = &job->br[k];
+    const int64_t L = job->L, R = job->R, S = R + 32, Lp = padded(L), row = b * job->dim + d;
+    const float *u = br->u + row * L, *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
+    const __m256 bias = _mm256_set1_ps(br->dt_b[d]), Dd = _mm256_set1_ps(br->D ? br->D[d] : 0.0f);
+    float partial[(BLOCK_STEPS + 8) * 8] __attribute__((aligned(32))), dt[BLOCK_STEPS + 8] __attribute__((aligned(32)));
+    float A[16];
+    for (int n = 0; n < 16; n++) A[n] = -expf(br->A_log[d * 16 + n]) * 1.44269504088896341f;
+    const __m512 A16 = _mm512_loadu_ps(A);
+    __m512 h = _mm512_setzero_ps();
+    for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
+        const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(L, k, i0, steps);
+        for (int64_t s = 0; s < steps; s += 8) {
+            __m256 x = bias;
+            for (int64_t r = 0; r < R; r++)
+                x = _mm256_fmadd_ps(_mm256_set1_ps(w[r]), _mm256_loadu_ps(dtT + r * Lp + lo + s), x);
+            _mm256_store_ps(dt + s, softplus8(x));
+        }
+        for (int64_t i = 0; i < steps; i++) {
+            const int64_t s = k ? steps - 1 - i : i, t = lo + s;
+            const float *Bt = xdbl + t * S + R, *Ct = Bt + 16;
+            const __m512 a = exp2_16(_mm512_mul_ps(_mm512_set1_ps(dt[s]), A16));
+            h = _mm512_fmadd_ps(a, h, _mm512_mul_ps(_mm512_set1_ps(dt[s] * u[t]), _mm512_loadu_ps(Bt)));
+            const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(Ct), h);
+            _mm256_store_ps(partial + s * 8, _mm256_add_ps(_mm512_castps512_ps256(p), _mm512_extractf32x8_ps(p, 1)));
+        }
+        for (int64_t s = 0; s < steps; s += 8) {
             const int64_t t = lo + s;
             __m256 y = _mm256_fmadd_ps(Dd, load8(u + t, steps - s), sum_rows8(partial + s * 8));
             if (add) y = _mm256_add_ps(y, _mm256_loadu_ps(acc + t));
@@ -218,7 +278,12 @@ static void inner_task(void *arg, int task, int ntasks) {
         if (b != current_b) transpose_dt(job, b, dtT), current_b = b;
         for (int k = 0; k < job->nbranch; k++) {
             const float *dtk = dtT + k * job->R * Lp;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+            if (job->N == 16) {
+                branch_row16_avx512(job, k, b, d, dtk, acc, k > 0);
+                continue;
+            }
+#elif defined(__AVX2__) && defined(__FMA__)
             if (job->N == 16) {
                 branch_row16(job, k, b, d, dtk, acc, k > 0);
                 continue;

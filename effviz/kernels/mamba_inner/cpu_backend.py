@@ -29,7 +29,8 @@ def _lib() -> ctypes.CDLL:
 class Branch(NamedTuple):
     """One Mamba branch's parameters, as its modules hold them (fp32 CPU tensors).
 
-    conv_weight (dim, K), conv_bias (dim,) or None, x_proj_weight (R + 2N, dim),
+    conv_weight (dim, K), or (dim, 1, K) as nn.Conv1d holds it (taking the view would cost an op
+    per call), conv_bias (dim,) or None, x_proj_weight (R + 2N, dim),
     dt_weight (dim, R), dt_bias (dim,), A_log (dim, N), D (dim,) or None."""
 
     conv_weight: torch.Tensor
@@ -72,13 +73,13 @@ def _validate_conv(x_sig: tuple, branch_sigs: tuple) -> None:
     batch, dim, length = x_sig[0]
     _check("x", x_sig, (batch, dim, length), contiguous_from=1)
     for k, (w, b) in enumerate(branch_sigs):
-        if w is None or len(w[0]) != 2:
-            _fail(f"conv_weight[{k}]", f"must be (dim, K), got {None if w is None else w[0]}")
-        _check(f"conv_weight[{k}]", w, (dim, w[0][1]))
+        if w is None or len(w[0]) not in (2, 3) or (len(w[0]) == 3 and w[0][1] != 1):
+            _fail(f"conv_weight[{k}]", f"must be (dim, K) or (dim, 1, K), got {None if w is None else w[0]}")
+        _check(f"conv_weight[{k}]", w, (dim, *w[0][1:]))
         if b is not None:
             _check(f"conv_bias[{k}]", b, (dim,))
-    if len(branch_sigs) == 2 and branch_sigs[0][0][0] != branch_sigs[1][0][0]:
-        _fail("conv_weight", f"of the two branches differ in shape: {branch_sigs[0][0][0]} and {branch_sigs[1][0][0]}")
+    if len(branch_sigs) == 2 and branch_sigs[0][0][0][-1] != branch_sigs[1][0][0][-1]:
+        _fail("conv_weight", f"of the two branches have different kernel sizes: {branch_sigs[0][0][0]} and {branch_sigs[1][0][0]}")
 
 
 def mamba_conv_cpu(x: torch.Tensor, branches: tuple[Branch, ...]) -> torch.Tensor:
@@ -96,7 +97,7 @@ def mamba_conv_cpu(x: torch.Tensor, branches: tuple[Branch, ...]) -> torch.Tenso
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     _lib().mamba_conv_fwd(x.data_ptr(), branches[0].conv_weight.data_ptr(), ptr(branches[0].conv_bias),
                           ptr(second and second.conv_weight), ptr(second and second.conv_bias), u.data_ptr(),
-                          x.stride(0), batch, dim, length, branches[0].conv_weight.shape[1], native.num_threads())
+                          x.stride(0), batch, dim, length, branches[0].conv_weight.shape[-1], native.num_threads())
     return u
 
 

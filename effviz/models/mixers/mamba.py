@@ -87,7 +87,7 @@ class MambaBranch(nn.Module):
 
     def fused_params(self) -> Branch:
         """The parameters the fused cpu kernels read (views, no copies for fp32 weights)."""
-        return Branch(self.conv1d.weight[:, 0], self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+        return Branch(self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                       self.dt_proj.bias, self.A_log, self.D)
 
     def scan_inputs(self, x: torch.Tensor, reverse: bool) -> dict[str, torch.Tensor]:
