@@ -4,8 +4,9 @@ Each op that has a ``cpu`` backend keeps its C source beside its Python files
 (e.g. ``selective_scan/cpu.c``). On first use the source is compiled with the system C compiler
 into a cache folder (``$EFFVIZ_CACHE`` or ``~/.cache/effviz``), keyed by a hash of the source,
 flags and CPU, and loaded with ctypes. ctypes releases the GIL during the call, so a kernel can
-run while the app serves other requests. Work is split over threads inside the C code with
-pthreads; OpenMP is avoided because torch ships its own OpenMP runtime and two in one process
+run while the app serves other requests. Work is split over threads inside the C code: the
+selective scan and the fused Mamba kernels use one persistent pool of pthreads (``pool.c``),
+started on first use, so a call wakes waiting workers instead of creating threads; OpenMP is avoided because torch ships its own OpenMP runtime and two in one process
 fight over cores.
 
 If there is no compiler, or ``EFFVIZ_NO_NATIVE=1``, ``available()`` is False and the dispatcher
@@ -37,9 +38,10 @@ CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread"]
 # on flush-to-zero for the whole Python process (every torch/numpy op) when the library loads.
 LDFLAGS = ["-shared", "-pthread"]
 SOURCES = (
-    "selective_scan/cpu.c", "bi_wkv/cpu.c", "causal_conv1d/cpu.c", "rms_norm/cpu.c", "wkv/cpu.c", "retention/cpu.c",
+    "pool.c", "selective_scan/cpu.c", "mamba_inner/cpu.c", "bi_wkv/cpu.c", "causal_conv1d/cpu.c", "rms_norm/cpu.c",
+    "wkv/cpu.c", "retention/cpu.c",
 )
-HEADERS = ("simd_math.h",)  # included by the sources: part of the build's fingerprint
+HEADERS = ("simd_math.h", "pool.h")  # included by the sources: part of the build's fingerprint
 
 
 def _cache_dir() -> Path:

@@ -1,7 +1,8 @@
 // Selective scan forward for the `cpu` backend (fp32).
 //
 // One row = one (batch, channel) pair; its N-wide state lives in registers while the row walks
-// over time, so the (batch, dim, L, N) tensor never exists. Rows are split over pthreads.
+// over time, so the (batch, dim, L, N) tensor never exists. Rows are split over the tasks of the
+// persistent thread pool (pool.h).
 // B and C arrive time-major, (batch, L, N), so each step reads N contiguous floats.
 //
 // For inference the per-channel prologue and epilogue are fused in: delta + delta_bias and its
@@ -14,9 +15,9 @@
 //
 // The state may start from h0 (streaming: the last state of the previous chunk) instead of zeros.
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 
+#include "../pool.h"
 #include "../simd_math.h"
 
 typedef struct {
@@ -204,7 +205,13 @@ static void *scan_rows(void *arg) {
     return 0;
 }
 
-#define MAX_THREADS 64
+#define MAX_THREADS EFFVIZ_POOL_MAX_TASKS
+
+// Task i of the pool runs jobs[i].
+static void scan_task(void *jobs, int task, int ntasks) {
+    (void)ntasks;
+    scan_rows((scan_job *)jobs + task);
+}
 
 // u, delta, y, z: (batch, dim, L); A: (dim, N); B, C: (batch, L, N); delta_bias, D: (dim,);
 // h0, last_state: (batch, dim, N). delta_bias, D, z, h0 and last_state may be NULL.
@@ -217,20 +224,11 @@ void selective_scan_fwd(const float *u, const float *delta, const float *A, cons
     if (nthreads > rows) nthreads = (int)rows;
     if (nthreads < 1) nthreads = 1;
     scan_job jobs[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
     for (int i = 0; i < nthreads; i++) {
         jobs[i] = (scan_job){u, delta, A, B, C, delta_bias, D, z, h0, y, last_state, dim, L, N,
                              rows * i / nthreads, rows * (i + 1) / nthreads, softplus, reverse};
     }
-    // The calling thread takes the first share; a thread that fails to start runs inline.
-    int started[MAX_THREADS] = {0};
-    for (int i = 1; i < nthreads; i++)
-        started[i] = pthread_create(&threads[i], 0, scan_rows, &jobs[i]) == 0;
-    scan_rows(&jobs[0]);
-    for (int i = 1; i < nthreads; i++) {
-        if (started[i]) pthread_join(threads[i], 0);
-        else scan_rows(&jobs[i]);
-    }
+    effviz_parallel(scan_task, jobs, nthreads);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,6 +318,11 @@ static void *scan_bwd_rows(void *arg) {
     return 0;
 }
 
+static void scan_bwd_task(void *jobs, int task, int ntasks) {
+    (void)ntasks;
+    scan_bwd_rows((scan_bwd_job *)jobs + task);
+}
+
 // Gradients of selective_scan_fwd's y (and last state, when dlast is not NULL), for a scan that
 // started from h0 (NULL = zeros); dh0, when not NULL, receives the gradient of h0.
 // dB_parts, dC_parts: (nthreads, batch, L, N), zeroed by the caller and summed over threads after.
@@ -332,8 +335,7 @@ int selective_scan_bwd(const float *u, const float *delta, const float *A, const
     if (nthreads > dim) nthreads = (int)dim;
     if (nthreads < 1) nthreads = 1;
     scan_bwd_job jobs[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
-    int started[MAX_THREADS] = {0}, status = 0;
+    int status = 0;
     for (int i = 0; i < nthreads; i++) {
         float *scratch = malloc(sizeof(float) * 2 * L * N);
         if (!scratch) status = -1;
@@ -341,15 +343,7 @@ int selective_scan_bwd(const float *u, const float *delta, const float *A, const
                                  dB_parts + i * batch * L * N, dC_parts + i * batch * L * N, dh0, scratch,
                                  batch, dim, L, N, dim * i / nthreads, dim * (i + 1) / nthreads, reverse};
     }
-    if (status == 0) {
-        for (int i = 1; i < nthreads; i++)
-            started[i] = pthread_create(&threads[i], 0, scan_bwd_rows, &jobs[i]) == 0;
-        scan_bwd_rows(&jobs[0]);
-        for (int i = 1; i < nthreads; i++) {
-            if (started[i]) pthread_join(threads[i], 0);
-            else scan_bwd_rows(&jobs[i]);
-        }
-    }
+    if (status == 0) effviz_parallel(scan_bwd_task, jobs, nthreads);
     for (int i = 0; i < nthreads; i++) free(jobs[i].scratch);
     return status;
 }

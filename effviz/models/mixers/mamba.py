@@ -3,19 +3,51 @@ the original Mamba, which streams.
 
 In Vim one shared input projection feeds a forward and a backward Mamba branch, each with its own
 causal depthwise conv, projections, A and D. The backward branch runs the same kernels with
-``reverse=True`` instead of flipping the sequence twice. The causal mixer is one forward branch:
+``reverse=True`` instead of flipping the sequence twice.
+
+Two paths compute the same bimamba forward. The readable one composes ``causal_conv1d`` and
+``selective_scan`` per branch and serves training and every backend. For inference on the ``cpu``
+backend (no autograd, fp32 CPU tensors) ``BiMamba`` takes the fused one: one C call for both
+branches' convs, x_proj as one matmul per branch, one C call for dt_proj, both scans, their sum,
+the gate and the averaging (``kernels.mamba_inner``), writing over z. That is 6 ops per block
+instead of ~30, and no (batch, d_inner, L) delta, y or sum tensor at all. The causal mixer is one forward branch:
 its state, the conv's last inputs and the scan's (d_inner, d_state) state, is all it needs to go on
 from one chunk of a stream to the next.
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 from torch import nn
 
-from ...kernels import causal_conv1d, selective_scan
+from ...kernels import causal_conv1d, native, selective_scan
+from ...kernels.dispatch import BACKENDS
+from ...kernels.mamba_inner import Branch, mamba_conv_cpu, mamba_inner_cpu
 from ..layers import TokenLayout
+
+# Tests and A/B benchmarks turn the fused inference path off to compare it with the readable one.
+FUSED_INFERENCE = True
+
+
+@functools.cache
+def _fused_backend(env_backend: str | None) -> bool:
+    """Whether the cpu backend is the one ``selective_scan`` would pick for fp32 CPU inputs, given
+    $EFFVIZ_BACKEND: set to cpu, or unset/unknown (the default is cpu when the library builds)."""
+    if env_backend in BACKENDS and env_backend != "cpu":
+        return False
+    return native.available()
+
+
+def use_fused_inference(hidden: torch.Tensor, module: nn.Module) -> bool:
+    """True for inference on the cpu backend: no autograd, fp32 CPU input and weights."""
+    if not FUSED_INFERENCE or hidden.device.type != "cpu" or hidden.dtype != torch.float32:
+        return False
+    if torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in module.parameters())):
+        return False
+    return module.in_proj.weight.dtype == torch.float32 and _fused_backend(os.environ.get("EFFVIZ_BACKEND") or None)
 
 
 def channel_major_linear(weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -52,6 +84,11 @@ class MambaBranch(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         for p in (self.A_log, self.D, self.dt_proj.weight, self.dt_proj.bias):
             p._no_reinit = True  # the backbone's generic init must not overwrite these
+
+    def fused_params(self) -> Branch:
+        """The parameters the fused cpu kernels read (views, no copies for fp32 weights)."""
+        return Branch(self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                      self.dt_proj.bias, self.A_log, self.D)
 
     def scan_inputs(self, x: torch.Tensor, reverse: bool) -> dict[str, torch.Tensor]:
         """The selective scan's arguments for x (batch, d_inner, L): u (x after the causal conv
@@ -96,12 +133,30 @@ class BiMamba(nn.Module):
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
     def forward(self, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        if use_fused_inference(hidden, self):
+            return self.forward_fused(hidden)
         # x feeds both branches' convs and scans; z gates their outputs. Both (batch, d_inner, L).
         x, z = channel_major_linear(self.in_proj.weight, hidden).chunk(2, dim=1)
         y = self.fwd(x, z, reverse=False).add_(self.bwd(x, z, reverse=True))
         # Vim v2 averages the two directions: halving the (batch, L, dim) output costs half of
         # halving the (batch, d_inner, L) sum.
         return self.out_proj(y.transpose(1, 2)).mul_(0.5)
+
+    def forward_fused(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``forward`` for cpu inference, by the fused kernels: (batch, L, dim) -> (batch, L, dim).
+
+        out = out_proj(0.5 * silu(z) * (y_fwd + y_bwd)), each y a branch's scan with its D skip,
+        as in ``forward``; the 0.5, the sum and the gate happen in the scan kernel, over z."""
+        batch = hidden.shape[0]
+        x, z = channel_major_linear(self.in_proj.weight, hidden).chunk(2, dim=1)
+        branches = (self.fwd.fused_params(), self.bwd.fused_params())
+        u = mamba_conv_cpu(x, branches)  # (2, batch, d_inner, L)
+        # x_proj token-major, (batch, L, R + 2N): each step's B and C are contiguous for the scan.
+        # bmm reads u's transposed view in place (linear would copy it for batch > 1).
+        xdbl = tuple(torch.bmm(u[k].transpose(1, 2), br.x_proj_weight.t().expand(batch, -1, -1))
+                     for k, br in enumerate(branches))
+        y = mamba_inner_cpu(u, xdbl, branches, z=z, out=z, scale=0.5)
+        return torch.bmm(y.transpose(1, 2), self.out_proj.weight.t().expand(batch, -1, -1))
 
 
 class Mamba(nn.Module):

@@ -1,0 +1,342 @@
+// Fused inference of a Mamba mixer's inner part on the CPU (fp32): what mamba_ssm's
+// mamba_inner_fn fuses on the GPU, for one branch or Vim's two (bimamba v2).
+//
+// For each branch k (0 = forward in time, 1 = backward), with S = R + 2N columns of x_proj's
+// output xdbl_k (batch, L, S) holding [dt_low | B | C] for each step:
+//
+//   delta_k[d, t] = softplus(dt_b_k[d] + sum_r dt_w_k[d, r] * xdbl_k[t, r])
+//   h_t = exp(delta A_k) h_{t-1} + delta u_k[d, t] B_t     (t ascending for k = 0, descending for 1)
+//   y_k[d, t] = C_t . h_t + D_k[d] u_k[d, t],              A_k = -exp(A_log_k)
+//   out[d, t] = scale * silu(z[d, t]) * sum_k y_k[d, t]
+//
+// so the (batch, dim, L) delta never exists (dt_proj is computed in the row loop from the
+// low-rank input), B and C are read in place from x_proj's output (each step's N values are
+// contiguous there), and the branches' sum, the gate and the scale are one epilogue. Rows, one
+// (batch, channel) pair each, go to the tasks of the persistent pool; a row runs both branches
+// before its epilogue, so the branches need no synchronisation. A task's scratch is the low-rank
+// dt of its current batch element transposed to (R, L), whose rows vectorise over time, and one
+// row of partial sums: O(L) floats per task, never O(batch * dim * L).
+//
+// The causal depthwise conv + SiLU in front of both branches is one call too (mamba_conv_fwd).
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../pool.h"
+#include "../simd_math.h"
+
+// From causal_conv1d/cpu.c: one contiguous block of rows of the conv.
+void causal_conv1d_fwd(const float *x, const float *w, const float *bias, const float *state, float *y,
+                       int64_t batch, int64_t dim, int64_t L, int64_t K, int silu, int reverse);
+
+// Steps per block: the block's dt and partial sums stay in L1.
+#define BLOCK_STEPS 64
+
+typedef struct {
+    const float *u, *xdbl, *dt_w, *dt_b, *A_log, *D;  // u, xdbl as in the file comment
+} branch;
+
+typedef struct {
+    branch br[2];
+    int nbranch;
+    const float *z;  // may be NULL: no gate
+    float *out;      // may equal z (the gate is read before out is written, element by element)
+    int64_t z_bstride, out_bstride, batch, dim, L, R, N;
+    float scale;
+    int failed;  // set by a task whose scratch could not be allocated
+} inner_job;
+
+// Padded row length of the scratch: 8-wide loads past a block's ragged end stay inside.
+static int64_t padded(int64_t L) { return (L + 15) / 8 * 8; }
+
+// dtT[r * Lp + t] = xdbl[b, t, r] for every branch: the low-rank dt of batch element b, time-major to channel-major.
+static void transpose_dt(const inner_job *job, int64_t b, float *dtT) {
+    const int64_t L = job->L, R = job->R, S = R + 2 * job->N, Lp = padded(L);
+    for (int k = 0; k < job->nbranch; k++) {
+        const float *src = job->br[k].xdbl + b * L * S;
+        float *dst = dtT + k * R * Lp;
+        for (int64_t t = 0; t < L; t++)
+            for (int64_t r = 0; r < R; r++) dst[r * Lp + t] = src[t * S + r];
+    }
+}
+
+// Blocks are contiguous time ranges [lo, lo + steps), taken from the end for the backward branch.
+static inline int64_t block_lo(int64_t L, int reverse, int64_t i0, int64_t steps) {
+    return reverse ? L - i0 - steps : i0;
+}
+
+static inline float softplus1(float x) { return x > 20.0f ? x : logf(1.0f + expf(x)); }
+
+// acc[t] (+)= y_k[d, t] for one row and branch k, any N: the plain loops.
+static void branch_row(const inner_job *job, int k, int64_t b, int64_t d, const float *dtT, float *acc, int add) {
+    const branch *br = &job->br[k];
+    const int64_t L = job->L, R = job->R, N = job->N, S = R + 2 * N, Lp = padded(L), row = b * job->dim + d;
+    const float *u = br->u + row * L, *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
+    const float bias = br->dt_b[d], Dd = br->D ? br->D[d] : 0.0f;
+    float h[N], A[N], dt[BLOCK_STEPS];
+    for (int64_t n = 0; n < N; n++) h[n] = 0.0f, A[n] = -expf(br->A_log[d * N + n]);
+    for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
+        const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(L, k, i0, steps);
+        for (int64_t s = 0; s < steps; s++) dt[s] = bias;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t s = 0; s < steps; s++) dt[s] += w[r] * dtT[r * Lp + lo + s];
+        for (int64_t s = 0; s < steps; s++) dt[s] = softplus1(dt[s]);
+        for (int64_t i = 0; i < steps; i++) {
+            const int64_t s = k ? steps - 1 - i : i, t = lo + s;
+            const float *Bt = xdbl + t * S + R, *Ct = Bt + N, du = dt[s] * u[t];
+            float y = 0.0f;
+            for (int64_t n = 0; n < N; n++) {
+                h[n] = expf(dt[s] * A[n]) * h[n] + du * Bt[n];
+                y += Ct[n] * h[n];
+            }
+            acc[t] = (add ? acc[t] : 0.0f) + y + Dd * u[t];
+        }
+    }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// softplus for 8 floats; the same series as selective_scan/cpu.c's (see there).
+static inline __m256 softplus8(__m256 x) {
+    const __m256 w = exp8(_mm256_or_ps(x, _mm256_set1_ps(-0.0f)));
+    const __m256 s = _mm256_div_ps(w, _mm256_add_ps(w, _mm256_set1_ps(2.0f))), s2 = _mm256_mul_ps(s, s);
+    __m256 q = _mm256_set1_ps(2.0f / 13);
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 11));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 9));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 7));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 5));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 3));
+    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f));
+    return _mm256_fmadd_ps(q, s, _mm256_max_ps(x, _mm256_setzero_ps()));
+}
+
+// Lane j = the sum of row j, for 8 consecutive rows of 8 floats.
+static inline __m256 sum_rows8(const float *rows) {
+    __m256 r[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm256_load_ps(rows + j * 8);
+    const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(r[0], r[1]), _mm256_hadd_ps(r[2], r[3]));
+    const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(r[4], r[5]), _mm256_hadd_ps(r[6], r[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+// 8 floats from p, or its first n < 8 and zeros.
+static inline __m256 load8(const float *p, int64_t n) {
+    if (n >= 8) return _mm256_loadu_ps(p);
+    float tmp[8] = {0};
+    for (int64_t j = 0; j < n; j++) tmp[j] = p[j];
+    return _mm256_loadu_ps(tmp);
+}
+
+// v to p, or its first n < 8 lanes.
+static inline void store8(float *p, __m256 v, int64_t n) {
+    if (n >= 8) return _mm256_storeu_ps(p, v);
+    float tmp[8];
+    _mm256_storeu_ps(tmp, v);
+    for (int64_t j = 0; j < n; j++) p[j] = tmp[j];
+}
+
+#if !(defined(__AVX512F__) && defined(__AVX512DQ__))
+// branch_row for N = 16, the state in two ymm registers. As in selective_scan/cpu.c, only h is a
+// chain from step to step: C.h_t's 8 partial sums per step are stored and summed 8 steps at a time
+// after the block, and the block's dt (12 fmas per 8 steps from the transposed low-rank input,
+// then softplus) is computed before it, so the chain's loop makes no calls.
+static void branch_row16(const inner_job *job, int k, int64_t b, int64_t d, const float *dtT, float *acc, int add) {
+    const branch *br = &job->br[k];
+    const int64_t L = job->L, R = job->R, S = R + 32, Lp = padded(L), row = b * job->dim + d;
+    const float *u = br->u + row * L, *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
+    const __m256 bias = _mm256_set1_ps(br->dt_b[d]), Dd = _mm256_set1_ps(br->D ? br->D[d] : 0.0f);
+    float partial[(BLOCK_STEPS + 8) * 8] __attribute__((aligned(32))), dt[BLOCK_STEPS + 8] __attribute__((aligned(32)));
+    // exp(dt A) = 2^(dt A log2 e) with A = -exp(A_log): fold -log2 e into A once per row.
+    float A[16];
+    for (int n = 0; n < 16; n++) A[n] = -expf(br->A_log[d * 16 + n]) * 1.44269504088896341f;
+    const __m256 A0 = _mm256_loadu_ps(A), A1 = _mm256_loadu_ps(A + 8);
+    __m256 h0 = _mm256_setzero_ps(), h1 = _mm256_setzero_ps();
+    for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
+        const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(L, k, i0, steps);
+        for (int64_t s = 0; s < steps; s += 8) {  // the scratch's padding covers the ragged end
+            __m256 x = bias;
+            for (int64_t r = 0; r < R; r++)
+                x = _mm256_fmadd_ps(_mm256_set1_ps(w[r]), _mm256_loadu_ps(dtT + r * Lp + lo + s), x);
+            _mm256_store_ps(dt + s, softplus8(x));
+        }
+        for (int64_t i = 0; i < steps; i++) {
+            const int64_t s = k ? steps - 1 - i : i, t = lo + s;
+            const __m256 dts = _mm256_set1_ps(dt[s]), du = _mm256_set1_ps(dt[s] * u[t]);
+            const float *Bt = xdbl + t * S + R, *Ct = Bt + 16;
+            h0 = _mm256_fmadd_ps(exp2_8(_mm256_mul_ps(dts, A0)), h0, _mm256_mul_ps(du, _mm256_loadu_ps(Bt)));
+            h1 = _mm256_fmadd_ps(exp2_8(_mm256_mul_ps(dts, A1)), h1, _mm256_mul_ps(du, _mm256_loadu_ps(Bt + 8)));
+            _mm256_store_ps(partial + s * 8,
+                            _mm256_fmadd_ps(_mm256_loadu_ps(Ct + 8), h1, _mm256_mul_ps(_mm256_loadu_ps(Ct), h0)));
+        }
+        for (int64_t s = 0; s < steps; s += 8) {
+            // Lanes past the block's end are garbage; in the backward branch's last block they
+            // fall on steps already done, so a ragged end stores only its own lanes.
+            const int64_t t = lo + s;
+            __m256 y = _mm256_fmadd_ps(Dd, load8(u + t, steps - s), sum_rows8(partial + s * 8));
+            if (add) y = _mm256_add_ps(y, _mm256_loadu_ps(acc + t));
+            store8(acc + t, y, steps - s);
+        }
+    }
+}
+#endif  // the 16-wide path below replaces this one where there is AVX-512
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// 2^t for 16 floats with t <= 0 (here t = dt A log2 e, dt >= 0 and A < 0): t = n + f, n the nearest
+// integer, 2^f by the same degree-5 polynomial as simd_math.h's exp2_8, and vscalefps multiplies
+// by 2^n, so no exponent-bit arithmetic is needed. t is clamped at -126: below, 2^t would be
+// subnormal (slow, and ~0 anyway).
+static inline __m512 exp2_16(__m512 t) {
+    t = _mm512_max_ps(t, _mm512_set1_ps(-126.0f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.3276446843519807e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6755335107445717e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5507130920886993e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022120237350464e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314694404602051e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001192092896f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// branch_row16 with the 16 states in one zmm register: one 16-wide exp per step instead of two
+// 8-wide ones (the exp is most of a step's instructions). C.h_t's 16 products are folded to 8
+// and stored, summed 8 steps at a time after the block as in branch_row16.
+static void branch_row16_avx512(const inner_job *job, int k, int64_t b, int64_t d, const float *dtT, float *acc,
+                                int add) {
+    const branch *br = &job->br[k];
+    const int64_t L = job->L, R = job->R, S = R + 32, Lp = padded(L), row = b * job->dim + d;
+    const float *u = br->u + row * L, *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
+    const __m256 bias = _mm256_set1_ps(br->dt_b[d]), Dd = _mm256_set1_ps(br->D ? br->D[d] : 0.0f);
+    float partial[(BLOCK_STEPS + 8) * 8] __attribute__((aligned(32))), dt[BLOCK_STEPS + 8] __attribute__((aligned(32)));
+    float A[16];
+    for (int n = 0; n < 16; n++) A[n] = -expf(br->A_log[d * 16 + n]) * 1.44269504088896341f;
+    const __m512 A16 = _mm512_loadu_ps(A);
+    __m512 h = _mm512_setzero_ps();
+    for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
+        const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(L, k, i0, steps);
+        for (int64_t s = 0; s < steps; s += 8) {
+            __m256 x = bias;
+            for (int64_t r = 0; r < R; r++)
+                x = _mm256_fmadd_ps(_mm256_set1_ps(w[r]), _mm256_loadu_ps(dtT + r * Lp + lo + s), x);
+            _mm256_store_ps(dt + s, softplus8(x));
+        }
+        for (int64_t i = 0; i < steps; i++) {
+            const int64_t s = k ? steps - 1 - i : i, t = lo + s;
+            const float *Bt = xdbl + t * S + R, *Ct = Bt + 16;
+            const __m512 a = exp2_16(_mm512_mul_ps(_mm512_set1_ps(dt[s]), A16));
+            h = _mm512_fmadd_ps(a, h, _mm512_mul_ps(_mm512_set1_ps(dt[s] * u[t]), _mm512_loadu_ps(Bt)));
+            const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(Ct), h);
+            _mm256_store_ps(partial + s * 8, _mm256_add_ps(_mm512_castps512_ps256(p), _mm512_extractf32x8_ps(p, 1)));
+        }
+        for (int64_t s = 0; s < steps; s += 8) {
+            const int64_t t = lo + s;
+            __m256 y = _mm256_fmadd_ps(Dd, load8(u + t, steps - s), sum_rows8(partial + s * 8));
+            if (add) y = _mm256_add_ps(y, _mm256_loadu_ps(acc + t));
+            store8(acc + t, y, steps - s);
+        }
+    }
+}
+#endif
+
+// out[b, d, :] = scale * silu(z[b, d, :]) * acc.
+static void gate_row(const inner_job *job, int64_t b, int64_t d, const float *acc) {
+    const int64_t L = job->L;
+    const float *z = job->z ? job->z + b * job->z_bstride + d * L : 0;
+    float *out = job->out + b * job->out_bstride + d * L;
+    int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 scale = _mm256_set1_ps(job->scale);
+    for (; t + 8 <= L; t += 8) {
+        __m256 y = _mm256_mul_ps(scale, _mm256_loadu_ps(acc + t));
+        if (z) y = _mm256_mul_ps(y, silu8(_mm256_loadu_ps(z + t)));
+        _mm256_storeu_ps(out + t, y);
+    }
+#endif
+    for (; t < L; t++) {
+        float y = job->scale * acc[t];
+        if (z) y *= z[t] / (1.0f + expf(fminf(-z[t], SILU_EXP_CAP)));
+        out[t] = y;
+    }
+}
+
+static void inner_task(void *arg, int task, int ntasks) {
+    inner_job *job = arg;
+    const int64_t rows = job->batch * job->dim, begin = rows * task / ntasks, end = rows * (task + 1) / ntasks;
+    const int64_t Lp = padded(job->L);
+    if (begin == end) return;
+    // Zeroed: the padding lanes are read by the 8-wide loads and must be finite.
+    float *scratch = calloc((size_t)((job->nbranch * job->R + 1) * Lp), sizeof(float));
+    if (!scratch) {
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    float *acc = scratch, *dtT = scratch + Lp;
+    int64_t current_b = -1;
+    for (int64_t row = begin; row < end; row++) {
+        const int64_t b = row / job->dim, d = row % job->dim;
+        if (b != current_b) transpose_dt(job, b, dtT), current_b = b;
+        for (int k = 0; k < job->nbranch; k++) {
+            const float *dtk = dtT + k * job->R * Lp;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+            if (job->N == 16) {
+                branch_row16_avx512(job, k, b, d, dtk, acc, k > 0);
+                continue;
+            }
+#elif defined(__AVX2__) && defined(__FMA__)
+            if (job->N == 16) {
+                branch_row16(job, k, b, d, dtk, acc, k > 0);
+                continue;
+            }
+#endif
+            branch_row(job, k, b, d, dtk, acc, k > 0);
+        }
+        gate_row(job, b, d, acc);
+    }
+    free(scratch);
+}
+
+// One or two branches (u_b == NULL: the forward one only). u_k: (batch, dim, L) contiguous;
+// xdbl_k: (batch, L, R + 2N) contiguous; dt_w_k: (dim, R); dt_b_k, D_k: (dim,) (D_k may be NULL);
+// A_log_k: (dim, N); z, out: (batch, dim, L) with contiguous (dim, L) planes `z_bstride`,
+// `out_bstride` floats apart (z may be NULL; out may be z). Returns 0, or -1 when scratch
+// memory ran out (out is then incomplete).
+int mamba_inner_fwd(const float *u_f, const float *xdbl_f, const float *dt_w_f, const float *dt_b_f,
+                    const float *A_log_f, const float *D_f, const float *u_b, const float *xdbl_b,
+                    const float *dt_w_b, const float *dt_b_b, const float *A_log_b, const float *D_b,
+                    const float *z, float *out, int64_t z_bstride, int64_t out_bstride, int64_t batch,
+                    int64_t dim, int64_t L, int64_t R, int64_t N, float scale, int nthreads) {
+    inner_job job = {{{u_f, xdbl_f, dt_w_f, dt_b_f, A_log_f, D_f}, {u_b, xdbl_b, dt_w_b, dt_b_b, A_log_b, D_b}},
+                     u_b ? 2 : 1, z, out, z_bstride, out_bstride, batch, dim, L, R, N, scale, 0};
+    const int64_t rows = batch * dim;
+    effviz_parallel(inner_task, &job, nthreads < rows ? nthreads : (int)rows);
+    return job.failed ? -1 : 0;
+}
+
+typedef struct {
+    const float *x, *w[2], *bias[2];
+    float *u;
+    int64_t x_bstride, batch, dim, L, K;
+    int nbranch;
+} conv_job;
+
+// The task's channel range of every (branch, batch element): contiguous rows for causal_conv1d_fwd.
+static void conv_task(void *arg, int task, int ntasks) {
+    const conv_job *job = arg;
+    const int64_t d0 = job->dim * task / ntasks, d1 = job->dim * (task + 1) / ntasks, L = job->L;
+    if (d0 == d1) return;
+    for (int k = 0; k < job->nbranch; k++)
+        for (int64_t b = 0; b < job->batch; b++)
+            causal_conv1d_fwd(job->x + b * job->x_bstride + d0 * L, job->w[k] + d0 * job->K,
+                              job->bias[k] ? job->bias[k] + d0 : 0, 0,
+                              job->u + ((k * job->batch + b) * job->dim + d0) * L, 1, d1 - d0, L, job->K, 1, k);
+}
+
+// u[k] = silu(causal depthwise conv of x with w_k, bias_k), forward in time for k = 0 and
+// backward for k = 1 (w_b == NULL: branch 0 only). x: (batch, dim, L) with contiguous (dim, L)
+// planes x_bstride floats apart; w_k: (dim, K); bias_k: (dim,) or NULL; u: (nbranch, batch, dim, L).
+void mamba_conv_fwd(const float *x, const float *w_f, const float *bias_f, const float *w_b, const float *bias_b,
+                    float *u, int64_t x_bstride, int64_t batch, int64_t dim, int64_t L, int64_t K, int nthreads) {
+    conv_job job = {x, {w_f, w_b}, {bias_f, bias_b}, u, x_bstride, batch, dim, L, K, w_b ? 2 : 1};
+    effviz_parallel(conv_task, &job, nthreads < dim ? nthreads : (int)dim);
+}
