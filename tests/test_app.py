@@ -54,7 +54,7 @@ def test_page_serves_every_tab_offline(app, client):
         assert f"'label': '{tab}'" in rendered, tab
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ("/classify_image", "/classify_audio", "/classify_av", "/transcribe_stream", "/transcribe_live",
-                 "/sweep", "/stream_bench", "/modality_table", "/kernels", "/inspect"):
+                 "/sweep", "/stream_bench", "/modality_table", "/kernels", "/roofline", "/inspect"):
         assert name in endpoints, name
     assert proc.poll() is None
 
@@ -272,6 +272,14 @@ def test_kernels_benchmark_returns_plot_and_report(client):
     traces = json.loads(plot["plot"])["data"]
     assert {"reference", "torch"} <= {t["name"] for t in traces}
     assert all(y > 0 for t in traces for y in t["y"])
+
+
+def test_roofline_returns_bars_and_report(client):
+    plot, report = client.predict(["deit-tiny"], 32, 0.2, api_name="/roofline")
+    assert "### deit-tiny" in report and "floor" in report and "overhead" in report
+    bars = {t["name"]: t for t in json.loads(plot["plot"])["data"]}
+    assert {"matmuls & convs", "everything else", "measured forward"} <= set(bars)
+    assert bars["matmuls & convs"]["y"][0] > 0
 
 
 def test_fetching_an_official_release_offline_says_why(client):

@@ -4,7 +4,10 @@ and ``python -m effviz.bench figure SWEEP.json --html OUT.html`` (the Scaling la
 saved sweep) and ``python -m effviz.bench stream --minutes 30 --out docs/stream-bench.json`` (per-chunk
 latency and held state of the streaming transcribers as the seconds streamed grow) and
 ``python -m effviz.bench modality --out docs/modality-table.json`` (the survey's modality table:
-transformer against linear-time mixers on text, vision, audio and audio-visual input).
+transformer against linear-time mixers on text, vision, audio and audio-visual input) and
+``python -m effviz.bench roofline --model vim-tiny --size 224 --threads 1`` (a forward's measured
+time beside its floor: its matmuls and kernels priced alone) and ``python -m effviz.bench peers``
+(our kernels and DeiT-Ti against other libraries' on the same inputs, interleaved in one run).
 
 Tables go to stdout as Markdown (ready to paste into the README); progress goes to stderr.
 """
@@ -179,6 +182,39 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: %(default)s)")
     mo.add_argument("--out", type=Path, metavar="PATH", help="also write every point, the fits and the table to this JSON file")
     mo.add_argument("--html", type=Path, metavar="PATH", help="also draw each modality's curves in an offline HTML page")
+
+    from .roofline import DEFAULT_MODELS
+
+    r = commands.add_parser(
+        "roofline",
+        help="a model's measured forward beside its floor: its matmuls and kernels each timed alone",
+        description="Record the matmul/conv and kernel calls of one forward, time the forward and each distinct "
+        "call alone, interleaved, and report the floor (matmul FLOPs at the GFLOP/s this machine reaches on the "
+        "model's own GEMMs, plus each kernel's per-element cost times the elements the model pushes through it), "
+        "the overhead (measured - floor) / measured, and the breakdown by component. Random weights.",
+    )
+    r.add_argument("--model", type=_comma_list, default=list(DEFAULT_MODELS),
+                   help="comma-separated model ids (default: %(default)s)")
+    r.add_argument("--size", type=_positive_int, default=224, help="image side in px (default: %(default)s)")
+    r.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's default)")
+    r.add_argument("--budget", type=_non_negative_float, default=3.0,
+                   help="seconds of timed runs per model, forward and calls together (default: %(default)s)")
+    r.add_argument("--json", type=Path, metavar="PATH", help="also write every number to this JSON file")
+
+    p = commands.add_parser(
+        "peers",
+        help="our selective scan, retention and DeiT-Ti against mamba_ssm, mambapy, fla and timm, interleaved",
+        description="Time our kernels and DeiT-Ti beside other libraries' implementations of the same function on "
+        "the same inputs (timed in turn, in one run), check that they agree, and print the latency ratios. A peer "
+        "whose library is not installed is skipped with a note.",
+    )
+    p.add_argument("--size", type=_positive_int, default=224, help="DeiT-Ti image side in px (default: %(default)s)")
+    p.add_argument("--length", type=_positive_int, default=None,
+                   help="sequence length of the kernel comparisons (default: the tokens of --size)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--budget", type=_non_negative_float, default=3.0,
+                   help="seconds of timed runs per comparison (default: %(default)s)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write every number to this JSON file")
     return parser
 
 
@@ -233,6 +269,41 @@ def _modality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
         write_modality_html(record, args.html)
     return 130 if interrupted else 0
+
+
+def _roofline_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from .roofline import environment, format_report, iter_roofline
+    from .sweep import plan_input
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        for model_id in args.model:  # refuse an unknown model or a size it cannot take before timing any
+            plan_input(model_id, "resolution", args.size)
+    except ValueError as err:
+        parser.error(str(err))
+    env = environment()
+    results = list(iter_roofline(args.model, args.size, args.budget))
+    sys.stdout.write(format_report(results, env))
+    if args.json is not None:
+        record = {"environment": env, "size": args.size, "results": [r.to_dict() for r in results]}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def _peers_main(args: argparse.Namespace) -> int:
+    import torch
+
+    from .peers import format_report, run_peers
+
+    torch.set_num_threads(args.threads)
+    record = run_peers(size=args.size, length=args.length, budget_s=args.budget)
+    sys.stdout.write(format_report(record))
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
 
 
 def _stream_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -334,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         return _stream_main(args, parser)
     if args.command == "modality":
         return _modality_main(args, parser)
+    if args.command == "roofline":
+        return _roofline_main(args, parser)
+    if args.command == "peers":
+        return _peers_main(args)
     if args.command == "figure":
         from .figure import write_html
 

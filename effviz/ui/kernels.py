@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 import effviz
 from effviz import kernels
 from effviz.bench import kernels as kernel_bench
+from effviz.bench import roofline
 from effviz.wording import counted
 
 from . import BENCH_CONCURRENCY, devices, gpu, reports_bad_input
@@ -26,6 +27,8 @@ MAX_LENGTH = 65_536
 MAX_LENGTHS = 8
 MAX_BUDGET_S = 10.0
 DEFAULT_BUDGET_S = 1.0
+ROOFLINE_SIZES = (32, 1024)  # image sides in px the roofline accepts, inclusive
+DEFAULT_ROOFLINE_SIZE = 224
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -123,6 +126,52 @@ def kernels_figure(result: dict[str, Any]) -> go.Figure:
     return fig
 
 
+@gpu
+@reports_bad_input
+def run_roofline(models: list[str], size: float, budget_s: float) -> Iterator[tuple[go.Figure, str]]:
+    """The roofline of each model on the CPU, yielding the bar chart and the Markdown report after
+    each model is measured."""
+    from effviz.bench.sweep import plan_input
+
+    if not models:
+        raise ValueError(f"choose at least one model, e.g. {', '.join(roofline.DEFAULT_MODELS)}")
+    if size is None or not ROOFLINE_SIZES[0] <= float(size) <= ROOFLINE_SIZES[1]:
+        raise ValueError(f"image side must be {ROOFLINE_SIZES[0]} to {ROOFLINE_SIZES[1]} px, got {size}")
+    if budget_s is None or not 0 < float(budget_s) <= MAX_BUDGET_S:
+        raise ValueError(f"time budget must be more than 0 and at most {MAX_BUDGET_S:g} s, got {budget_s}")
+    for model_id in models:  # an unknown model or a size it cannot take, before anything is timed
+        plan_input(model_id, "resolution", int(size))
+    env = roofline.environment()
+    results = []
+    for result in roofline.iter_roofline(list(models), int(size), float(budget_s)):
+        results.append(result)
+        status = f"**{len(results)} of {counted(len(models), 'model')} measured.**"
+        yield roofline_figure(results), f"{status}\n\n" + roofline.format_report(results, env)
+
+
+def roofline_figure(results: list[roofline.RooflineResult]) -> go.Figure:
+    """One stacked bar per model: its floor by component, then everything else up to the measured time."""
+    fig = go.Figure()
+    names = list(dict.fromkeys(part.name for r in results for part in r.components))
+    models = [r.model for r in results]
+    for name in names:
+        values = []
+        for r in results:
+            part = next((p for p in r.components if p.name == name), None)
+            if part is None:
+                values.append(0.0)
+            elif part.floor_ms is None:  # everything else: what the measured time leaves over the floor
+                values.append(max(r.measured_ms - r.floor_ms, 0.0))
+            else:
+                values.append(part.floor_ms)
+        fig.add_trace(go.Bar(name=name, x=models, y=values))
+    fig.add_trace(go.Scatter(name="measured forward", x=models, y=[r.measured_ms for r in results], mode="markers",
+                             marker=dict(symbol="line-ew-open", size=40, color="black")))
+    fig.update_layout(barmode="stack", yaxis_title="ms", height=420, legend=dict(orientation="h", y=-0.15),
+                      title="floor (each component timed alone) and everything else, up to the measured forward")
+    return fig
+
+
 def _machine_markdown() -> str:
     return (
         f"Backends available here: **{', '.join(kernels.available_backends())}**. "
@@ -161,3 +210,26 @@ def build() -> None:
         run_kernels, [ops, lengths, budget, device, dtype], [plot, report], api_name="kernels",
         concurrency_limit=1, concurrency_id=BENCH_CONCURRENCY,
     )
+    _build_roofline()
+
+
+def _build_roofline() -> None:
+    gr.Markdown(
+        "### Roofline of a forward\n"
+        "How far a model's measured forward (CPU, random weights) sits above its floor. One forward is "
+        "recorded; then the forward and each distinct matmul/conv and kernel call it made are timed alone, "
+        "in turn. The floor prices the matmul FLOPs at the GFLOP/s this machine reaches on the model's own "
+        "GEMMs and each kernel at its per-element cost alone (e.g. selective-scan ns per token x channel x "
+        "state) times the elements the model pushes through it; everything else (norms, glue, copies, "
+        "Python) is the rest, and the overhead is its share of the measured time."
+    )
+    with gr.Row():
+        models = gr.CheckboxGroup(list(roofline.DEFAULT_MODELS), value=list(roofline.DEFAULT_MODELS), label="models")
+        size = gr.Number(DEFAULT_ROOFLINE_SIZE, label="image side (px)", precision=0,
+                         minimum=ROOFLINE_SIZES[0], maximum=ROOFLINE_SIZES[1])
+        budget = gr.Slider(0.2, MAX_BUDGET_S, value=DEFAULT_BUDGET_S, step=0.1, label="time budget per model (s)")
+    run = gr.Button("Run roofline")
+    plot = gr.Plot(label="floor by component and measured forward")
+    report = gr.Markdown()
+    run.click(run_roofline, [models, size, budget], [plot, report], api_name="roofline",
+              concurrency_limit=1, concurrency_id=BENCH_CONCURRENCY)
