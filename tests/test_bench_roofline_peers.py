@@ -25,7 +25,7 @@ def one_thread():
 
 
 @pytest.mark.parametrize("model_id, kernel_names", [
-    ("vim-tiny", {"selective_scan", "causal_conv1d", "rms_norm"}),
+    ("vim-tiny", {"mamba_conv_cpu", "mamba_inner_cpu", "rms_norm"}),  # inference takes the fused path
     ("vrwkv-tiny", {"bi_wkv"}),
     ("vir-tiny", {"retention"}),
     ("deit-tiny", set()),
@@ -49,9 +49,10 @@ def test_roofline_counts_the_elements_and_flops_the_model_pushes():
     cfg = architecture_config("vim-tiny")
     tokens, d_inner = (SIZE // 16) ** 2 + 1, cfg.expand * cfg.embed_dim
     parts = {part.name: part for part in result.components}
-    # A forward and a backward scan per block, each token x channel x state.
-    assert parts["selective_scan"].work == 2 * cfg.depth * tokens * d_inner * cfg.d_state
-    assert parts["selective_scan"].calls == 2 * cfg.depth
+    # One fused call per block scans both directions, each token x channel x state.
+    assert parts["mamba_inner_cpu"].work == 2 * cfg.depth * tokens * d_inner * cfg.d_state
+    assert parts["mamba_inner_cpu"].calls == cfg.depth
+    assert parts["mamba_conv_cpu"].work == 2 * cfg.depth * tokens * d_inner * cfg.d_conv
     # The projections alone: in_proj (D -> 2 d_inner) and out_proj (d_inner -> D) per block.
     projections = cfg.depth * 2 * tokens * (cfg.embed_dim * 2 * d_inner + d_inner * cfg.embed_dim)
     assert parts[roofline.MATMULS].work > projections

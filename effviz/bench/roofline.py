@@ -30,6 +30,7 @@ from torch.utils.flop_counter import conv_flop_count, flop_registry, sdpa_flop_c
 
 import effviz
 from effviz import kernels
+from effviz.kernels import mamba_inner
 from effviz.bench.sweep import model_config, plan_input
 from effviz.bench.timing import TimingPolicy, describe_calibration, calibrate, measure_interleaved
 from effviz.models import EffvizModel
@@ -49,7 +50,13 @@ KERNEL_UNITS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
     "bi_wkv": ("token x channel", lambda a: a["k"].numel()),
     "wkv": ("token x channel", lambda a: a["k"].numel()),
     "retention": ("token x head x dk x dv", lambda a: a["q"].numel() * a["v"].shape[-1]),
+    # Vim's fused inference (effviz.kernels.mamba_inner): both branches' convs, then both scans.
+    "mamba_conv_cpu": ("token x channel x tap x branch",
+                       lambda a: a["x"].numel() * a["branches"][0].conv_weight.shape[-1] * len(a["branches"])),
+    "mamba_inner_cpu": ("token x channel x state x branch", lambda a: a["u"].numel() * a["branches"][0].A_log.shape[1]),
 }
+KERNEL_FUNCTIONS: dict[str, Callable] = {
+    name: getattr(mamba_inner if name.startswith("mamba_") else kernels, name) for name in KERNEL_UNITS}
 
 
 def _linear_flops(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
@@ -117,7 +124,7 @@ class _Recorder(TorchDispatchMode):
         super().__init__()
         self.groups: dict[tuple, CallGroup] = {}
         self._kernel_depth = 0
-        self._kernel_codes = {getattr(kernels, name).__code__: name for name in KERNEL_UNITS}
+        self._kernel_codes = {fn.__code__: name for name, fn in KERNEL_FUNCTIONS.items()}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -151,9 +158,11 @@ class _Recorder(TorchDispatchMode):
     def _record_kernel(self, name: str, call_args: dict[str, Any]) -> None:
         key = (name, _signature(call_args))
         if key not in self.groups:
-            fn = getattr(kernels, name)
+            fn = KERNEL_FUNCTIONS[name]
+            # Replays never write in place: the fused Vim kernel's output goes over z in the model.
+            replay = {**call_args, "out": None} if "out" in call_args else call_args
             self.groups[key] = CallGroup(name, name, _shape_text(call_args.values()),
-                                         lambda: fn(**call_args), work=KERNEL_UNITS[name][1](call_args))
+                                         lambda: fn(**replay), work=KERNEL_UNITS[name][1](call_args))
         self.groups[key].count += 1
 
     def __enter__(self):

@@ -189,7 +189,7 @@ def test_validation_errors_name_the_input():
     with pytest.raises(ValueError, match="1 or 2"):
         mamba_inner_cpu(u, xdbl, branches * 2, z=z)
     with pytest.raises(ValueError, match=r"dt_weight\[0\] must have shape \(16, 2\)"):
-        mamba_inner_cpu(u, xdbl, (branches[0]._replace(dt_weight=torch.randn(16, 3)), branches[1]), z=z)
+        mamba_inner_cpu(u, xdbl, (branches[0]._replace(dt_weight=torch.randn(17, 2)), branches[1]), z=z)
     with pytest.raises(ValueError, match=r"conv_weight\[1\] must be \(dim, K\) or \(dim, 1, K\)"):
         mamba_conv_cpu(x, (branches[0], branches[1]._replace(conv_weight=torch.randn(16, 2, 4))))
     with pytest.raises(ValueError, match="different kernel sizes"):

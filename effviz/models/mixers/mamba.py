@@ -42,8 +42,10 @@ def _fused_backend(env_backend: str | None) -> bool:
 
 
 def use_fused_inference(hidden: torch.Tensor, module: nn.Module) -> bool:
-    """True for inference on the cpu backend: no autograd, fp32 CPU input and weights."""
-    if not FUSED_INFERENCE or hidden.device.type != "cpu" or hidden.dtype != torch.float32:
+    """True for eager inference on the cpu backend: no autograd, fp32 CPU input and weights. A
+    graph being compiled takes the readable path, whose kernels are registered torch ops."""
+    if not FUSED_INFERENCE or torch.compiler.is_compiling() or hidden.device.type != "cpu" \
+            or hidden.dtype != torch.float32:
         return False
     if torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in module.parameters())):
         return False
