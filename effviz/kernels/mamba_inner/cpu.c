@@ -96,45 +96,6 @@ static void branch_row(const inner_job *job, int k, int64_t b, int64_t d, const 
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-// softplus for 8 floats; the same series as selective_scan/cpu.c's (see there).
-static inline __m256 softplus8(__m256 x) {
-    const __m256 w = exp8(_mm256_or_ps(x, _mm256_set1_ps(-0.0f)));
-    const __m256 s = _mm256_div_ps(w, _mm256_add_ps(w, _mm256_set1_ps(2.0f))), s2 = _mm256_mul_ps(s, s);
-    __m256 q = _mm256_set1_ps(2.0f / 13);
-    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 11));
-    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 9));
-    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 7));
-    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 5));
-    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f / 3));
-    q = _mm256_fmadd_ps(q, s2, _mm256_set1_ps(2.0f));
-    return _mm256_fmadd_ps(q, s, _mm256_max_ps(x, _mm256_setzero_ps()));
-}
-
-// Lane j = the sum of row j, for 8 consecutive rows of 8 floats.
-static inline __m256 sum_rows8(const float *rows) {
-    __m256 r[8];
-    for (int j = 0; j < 8; j++) r[j] = _mm256_load_ps(rows + j * 8);
-    const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(r[0], r[1]), _mm256_hadd_ps(r[2], r[3]));
-    const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(r[4], r[5]), _mm256_hadd_ps(r[6], r[7]));
-    return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
-}
-
-// 8 floats from p, or its first n < 8 and zeros.
-static inline __m256 load8(const float *p, int64_t n) {
-    if (n >= 8) return _mm256_loadu_ps(p);
-    float tmp[8] = {0};
-    for (int64_t j = 0; j < n; j++) tmp[j] = p[j];
-    return _mm256_loadu_ps(tmp);
-}
-
-// v to p, or its first n < 8 lanes.
-static inline void store8(float *p, __m256 v, int64_t n) {
-    if (n >= 8) return _mm256_storeu_ps(p, v);
-    float tmp[8];
-    _mm256_storeu_ps(tmp, v);
-    for (int64_t j = 0; j < n; j++) p[j] = tmp[j];
-}
-
 #if !(defined(__AVX512F__) && defined(__AVX512DQ__))
 // branch_row for N = 16, the state in two ymm registers. As in selective_scan/cpu.c, only h is a
 // chain from step to step: C.h_t's 8 partial sums per step are stored and summed 8 steps at a time
