@@ -14,6 +14,24 @@ from .layers import AddNorm, PatchTokenizer, TokenLayout
 from .mixers import build_channel_mixer, build_mixer
 from .mixers.moe import MoeMlp
 
+# Frames within this many normalised fbank units of a clip's loudest frame count as its speech.
+# fbank() divides log energies by 2 * 5.0 (the FSDD statistics), so 0.7 is about 30 dB.
+SPEECH_FRAME_RANGE = 0.7
+
+
+def speech_mean_normalise(frames: torch.Tensor) -> torch.Tensor:
+    """Per-utterance cepstral mean normalisation of fbank ``frames`` (batch, frames, mel bins).
+
+    Each mel bin's mean over the clip's speech frames (those whose mean energy is within
+    ``SPEECH_FRAME_RANGE`` of the loudest frame) is subtracted from every frame. A microphone's
+    frequency response and a room's colouring multiply the spectrum by a fixed filter, i.e. add a
+    constant to each log-mel bin, so this removes them along with the speaker's average timbre;
+    silence and padding are left out of the mean so that they do not set it.
+    """
+    energy = frames.mean(-1, keepdim=True)
+    speech = (energy > energy.amax(1, keepdim=True) - SPEECH_FRAME_RANGE).to(frames.dtype)
+    return frames - (frames * speech).sum(1, keepdim=True) / speech.sum(1, keepdim=True)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
@@ -96,6 +114,8 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
             if name not in self.tokenizers:
                 raise ValueError(f"this model takes {', '.join(self.tokenizers)}, not {name}")
             if name == "audio":
+                if self.config.audio_cmn:
+                    x = speech_mean_normalise(x)
                 x = x.transpose(1, 2).unsqueeze(1)  # (batch, frames, mel) -> (batch, 1, mel, frames)
             tokens, grid = self.tokenizers[name](x)
             if self.modality_embed is not None:

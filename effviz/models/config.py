@@ -96,6 +96,8 @@ class ModelConfig:
     # Bandwidth of the training audio (FSDD is recorded at 8 kHz: nothing above 4 kHz), 0 = full band.
     # Wider inputs are band-limited to it, so a 44.1 kHz microphone take reads as training data did.
     audio_band_hz: float = 0.0
+    # Subtract each mel bin's mean over the clip's speech frames (backbone.speech_mean_normalise).
+    audio_cmn: bool = False
     modality_embed: bool = False  # learned per-modality embedding (multimodal early fusion)
     # A causal language model (effviz.models.language) reads text the same way: causal mixers, no
     # class token, no position embedding, a next-token head on every token.

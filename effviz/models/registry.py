@@ -253,12 +253,15 @@ def _fsdd(cfg: ModelConfig) -> ModelConfig:
     full-spectrum strip (128 mel bins x 8 frames, one every 4 frames). With 16x16 patches a token's
     mel band is known only from its position embedding, and attention and RWKV sat at chance for
     4-9 epochs while they learned it (AST ended at 72%, RWKV at 70%); a strip carries frequency in
-    its channels, and every mixer leaves chance in the first epoch or two."""
+    its channels, and every mixer leaves chance in the first epoch or two. Per-utterance mean
+    normalisation (``audio_cmn``) takes the microphone, room and speaker colouring out of the
+    features: leave-one-speaker-out, it raised AST's worst fold from 47% to 71% and RWKV's from
+    56% to 71% with the recipe otherwise unchanged."""
     cfg = _small(cfg, depth=4)
     cfg.modalities, cfg.num_classes, cfg.labels = ("audio",), 11, [*DIGITS, "no digit"]
     cfg.audio_patch_mel, cfg.audio_patch_size, cfg.audio_patch_stride = cfg.mel_bins, 8, 4
     cfg.audio_grid_size, cfg.min_audio_seconds, cfg.audio_band_hz = (1, 25), 1.0, 4000.0
-    cfg.fbank_mean, cfg.fbank_std = FSDD_FBANK_MEAN, FSDD_FBANK_STD
+    cfg.fbank_mean, cfg.fbank_std, cfg.audio_cmn = FSDD_FBANK_MEAN, FSDD_FBANK_STD, True
     return cfg
 
 
