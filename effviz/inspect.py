@@ -25,10 +25,14 @@ mixer's own parameters and projections, and compute the mixer's output through i
 Over a whole model (``inspect_model``), for one input and one class:
 
 - rollout (Abnar & Zuidema 2020): R = Π_layers (½ I + ½ M̄_l), M̄_l the mean over heads/channels
-  of |M| (the combined matrix for Mamba), each row divided by its sum; every row of R sums to 1.
+  of |M|, each row divided by its sum; every row of R sums to 1. For Mamba M̄ runs from the
+  mixer's input tokens, not from u: ½(|M_fwd| K_fwd + |M_bwd| K_bwd), K a branch's conv sharing
+  each u_j among the tokens it read in proportion to |tap| (``through_conv``); without it, Vim's
+  relevance lands up to three tokens beside the patch that caused it.
 - gradient rollout (Chefer et al. 2021; Ali et al. 2024 for Mamba): the same product with M̄_l
-  the mean over heads/channels of the positive part of ∂logit/∂M ⊙ M (summed over Mamba's two
-  branches), rows divided by their sums; a row with no positive entry keeps the token to itself.
+  the mean over heads/channels of the positive part of ∂logit/∂M ⊙ M (for Mamba, per branch,
+  carried through the branch's conv, and summed), rows divided by their sums; a row with no
+  positive entry keeps the token to itself.
 - relevance map: the row of R the model's head reads (its class token; the mean of the class and
   distillation tokens for AST; the mean of all rows for mean pooling), restricted to the patch
   tokens, divided by its sum (so it sums to 1), laid out on the patch grid: (rows, columns) of
@@ -46,7 +50,7 @@ import argparse
 import copy
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +77,14 @@ class Mixing:
 
     ``matrices``: name -> (heads or channels, L, L); "mixing" for attention, retention and RWKV,
     "forward" and "backward" for Mamba. ``output``: the mixer's (1, L, dim) output computed
-    through those matrices.
+    through those matrices. ``conv_taps``: Mamba only, branch -> (d_inner, d_conv) weights of the
+    depthwise conv that makes the scan's inputs u from the mixer's inputs.
     """
 
     kind: str
     matrices: dict[str, torch.Tensor]
     output: torch.Tensor
+    conv_taps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def combined(self) -> torch.Tensor:
         """(heads or channels, L, L): the one matrix per head, or Mamba's ½(M_fwd + M_bwd)."""
@@ -86,9 +92,42 @@ class Mixing:
             return 0.5 * (self.matrices["forward"] + self.matrices["backward"])
         return self.matrices["mixing"]
 
+    def reach(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(L, L) mean over heads/channels of non-negative ``parts`` (one per name of ``matrices``),
+        summed, each Mamba branch first carried back through its conv (``through_conv``)."""
+        if self.kind == "mamba":
+            return sum(through_conv(parts[name], self.conv_taps[name], reverse=name == "backward").mean(dim=0)
+                       for name in parts)
+        return parts["mixing"].mean(dim=0)
+
     def mean(self) -> torch.Tensor:
-        """(L, L): the mean over heads/channels of |combined| (all entries ≥ 0)."""
-        return self.combined().abs().mean(dim=0)
+        """(L, L): the mean over heads/channels of |M| (all entries ≥ 0) from the mixer's input
+        tokens to its output tokens; for Mamba ½(|M_fwd| K_fwd + |M_bwd| K_bwd), K a branch's
+        conv as ``through_conv`` shares it out."""
+        scale = 0.5 if self.kind == "mamba" else 1.0
+        return self.reach({name: scale * m.abs() for name, m in self.matrices.items()})
+
+
+def through_conv(matrix: torch.Tensor, taps: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """(d, L, L) non-negative mixing of a Mamba branch's scan inputs u, carried back to the conv's
+    inputs x: u_j reads x_(j−lag) (x_(j+lag) for the backward branch) for lag = 0..d_conv−1, so
+    column j is shared among those tokens in proportion to |tap| (the taps that fall inside the
+    sequence, renormalised). Each row keeps its sum; the SiLU between conv and scan is left out.
+    Without this step a token's relevance lands up to d_conv−1 tokens away from it."""
+    channels, length, _ = matrix.shape
+    kernel = taps.shape[1]
+    pos = torch.arange(length, device=matrix.device)
+    # share[d, j, lag]: the part of u_j that comes from the token ``lag`` steps back (or ahead).
+    share = torch.stack([taps[:, kernel - 1 - lag].abs()[:, None] * ((pos + lag < length) if reverse else (pos >= lag))
+                         for lag in range(kernel)], dim=-1).to(matrix.dtype)
+    share = share / taps.abs().sum(-1)[:, None, None].clamp(min=torch.finfo(matrix.dtype).tiny)
+    out = torch.zeros_like(matrix)
+    for lag in range(min(kernel, length)):
+        if reverse:  # x_j' feeds u_(j'−lag)
+            out[:, :, lag:] += matrix[:, :, :length - lag] * share[:, None, :length - lag, lag]
+        else:  # x_j' feeds u_(j'+lag)
+            out[:, :, :length - lag] += matrix[:, :, lag:] * share[:, None, lag:, lag]
+    return out
 
 
 # ---- one mixer ----------------------------------------------------------------------------------
@@ -173,7 +212,8 @@ def mamba_mixing(mixer: BiMamba, x: torch.Tensor) -> Mixing:
     backward, u_backward = mamba_branch_matrix(mixer.bwd, inner, reverse=True)
     mixed = torch.einsum("dij,dj->di", forward, u_forward) + torch.einsum("dij,dj->di", backward, u_backward)
     y = F.silu(z[0]) * mixed
-    return Mixing("mamba", {"forward": forward, "backward": backward}, mixer.out_proj(y.T[None]) * 0.5)
+    taps = {"forward": mixer.fwd.conv1d.weight[:, 0].detach(), "backward": mixer.bwd.conv1d.weight[:, 0].detach()}
+    return Mixing("mamba", {"forward": forward, "backward": backward}, mixer.out_proj(y.T[None]) * 0.5, taps)
 
 
 def mixing(mixer: torch.nn.Module, x: torch.Tensor, layout: TokenLayout) -> Mixing:
@@ -346,9 +386,8 @@ def inspect_model(model: EffvizModel, image: torch.Tensor | None = None, audio: 
 
     with torch.no_grad():
         means = [layer.mean() for layer in layers]
-        weighted = [
-            sum(m.grad * m for m in layer.matrices.values()).clamp(min=0).mean(dim=0) for layer in layers
-        ]
+        weighted = [layer.reach({name: (m.grad * m).clamp(min=0) for name, m in layer.matrices.items()})
+                    for layer in layers]
         length = tokens.shape[1]
         readout = _readout(cfg, layout, length).to(tokens)
         patch_tokens = _patch_tokens(cfg, layout, length).to(tokens.device)

@@ -143,7 +143,8 @@ def matrix_figure(state: dict[str, Any], layer: int, head: int) -> go.Figure:
         combined = mixing.combined()
         unit = "channel" if mixing.kind in ("rwkv", "mamba") else "head"
         if head == 0:
-            z, which = mixing.mean(), f"mean of {combined.shape[0]} {unit}s"
+            conv = ", conv included" if mixing.kind == "mamba" else ""
+            z, which = mixing.mean(), f"mean of {combined.shape[0]} {unit}s{conv}"
         else:
             z, which = combined[min(head, combined.shape[0]) - 1], f"{unit} {min(head, combined.shape[0])}"
         titles.append(f"{model_id}<br>{which}")
