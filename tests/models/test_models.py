@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from effviz.models import ARCHITECTURES, EffvizModel, create_model
+from effviz.models.backbone import speech_mean_normalise
 from effviz.models.registry import BUNDLED_RECIPES
 from effviz.models.layers import PatchTokenizer, TokenLayout
 from effviz.models.mixers import retention as retention_module
@@ -321,3 +322,22 @@ def test_middle_class_token_sits_at_the_modality_boundary():
     assert audio_layout.cls_index == 0
     cls = (model.cls_token + model.cls_pos)[0, 0]
     torch.testing.assert_close(both[0, n_image], cls)
+
+
+def test_speech_mean_normalisation_removes_a_fixed_filter_and_ignores_silence():
+    """A microphone's response adds a constant to each log-mel bin: the model reads the same
+    tokens with and without it, and padding the clip with silence does not move the means."""
+    torch.manual_seed(0)
+    cfg = BUNDLED_RECIPES["ast-fsdd"]()
+    assert cfg.audio_cmn
+    model = EffvizModel(cfg).eval()
+    speech = torch.randn(1, 104, cfg.mel_bins) * 0.2 + 0.5
+    coloured = speech + torch.linspace(-0.5, 0.3, cfg.mel_bins)
+    silence = torch.full((1, 40, cfg.mel_bins), -1.5)
+    with torch.no_grad():
+        plain, _ = model.tokens(audio=speech)
+        torch.testing.assert_close(model.tokens(audio=coloured)[0], plain, rtol=0, atol=1e-5)
+        padded = speech_mean_normalise(torch.cat([speech, silence], dim=1))
+        torch.testing.assert_close(padded[:, :104], speech_mean_normalise(speech), rtol=0, atol=1e-6)
+        model.config.audio_cmn = False
+        assert (model.tokens(audio=coloured)[0] - plain).abs().max() > 0.1
