@@ -46,7 +46,9 @@ def both_paths(module, *args, monkeypatch):
 
 @pytest.mark.parametrize("batch, length", [(1, 1), (1, 197), (3, 7), (2, 65), (2, 131)])
 @pytest.mark.parametrize("d_state", [16, 5])  # 16: the vectorised scan; 5: the plain loops
-def test_bimamba_fused_equals_readable(batch, length, d_state, monkeypatch):
+@pytest.mark.parametrize("chunk", [mamba.FUSED_CHUNK, 16])  # 16: u made by chunks, recomputed in the scan
+def test_bimamba_fused_equals_readable(batch, length, d_state, chunk, monkeypatch):
+    monkeypatch.setattr(mamba, "FUSED_CHUNK", chunk)
     m = bimamba(32, d_state)
     hidden = torch.randn(batch, length, 32, generator=torch.Generator().manual_seed(1))
     fused, readable = both_paths(m, hidden, None, monkeypatch=monkeypatch)
@@ -100,6 +102,23 @@ def test_kernels_follow_their_formula(directions):
     branches = (branch_params(dim, 3, 16, 4), branch_params(dim, 3, 16, 5))[: 1 if directions == "forward" else 2]
     want = sum(scan_by_reference(x, br, reverse=k == 1) for k, br in enumerate(branches)) * F.silu(z) * 0.5
     assert_close_rel(run_kernels(x, z, branches, 0.5), want)
+
+
+def test_scan_recomputing_u_from_x_equals_reading_it():
+    """The scan given the conv's input x recomputes each block's u with the conv kernel's own
+    arithmetic: the same outputs, bit for bit, as reading u; the conv over a range of steps is
+    that range of the whole conv."""
+    xz = torch.randn(3, 2 * 16, 150, generator=torch.Generator().manual_seed(8))
+    x, z = xz.chunk(2, dim=1)
+    branches = (branch_params(16, 2, 16, 9), branch_params(16, 2, 16, 10))
+    u = mamba_conv_cpu(x, branches)
+    for start, stop in ((0, 150), (0, 1), (37, 101), (149, 150), (60, 60)):
+        assert torch.equal(mamba_conv_cpu(x, branches, start, stop), u[..., start:stop])
+    xdbl = tuple((u[k].transpose(1, 2) @ br.x_proj_weight.t()).contiguous() for k, br in enumerate(branches))
+    for nbranch in (1, 2):
+        read = mamba_inner_cpu(u[:nbranch], xdbl[:nbranch], branches[:nbranch], z=z, scale=0.5)
+        recomputed = mamba_inner_cpu(None, xdbl[:nbranch], branches[:nbranch], z=z, scale=0.5, x=x)
+        assert torch.equal(read, recomputed)
 
 
 def test_output_may_overwrite_the_gate():
@@ -192,5 +211,9 @@ def test_validation_errors_name_the_input():
         mamba_inner_cpu(u, xdbl, (branches[0]._replace(dt_weight=torch.randn(17, 2)), branches[1]), z=z)
     with pytest.raises(ValueError, match=r"conv_weight\[1\] must be \(dim, K\) or \(dim, 1, K\)"):
         mamba_conv_cpu(x, (branches[0], branches[1]._replace(conv_weight=torch.randn(16, 2, 4))))
+    with pytest.raises(ValueError, match="u or x must be given, not both"):
+        mamba_inner_cpu(u, xdbl, branches, z=z, x=x)
+    with pytest.raises(ValueError, match=r"steps \[5, 21\) are not within the sequence's 20"):
+        mamba_conv_cpu(x, branches, 5, 21)
     with pytest.raises(ValueError, match="different kernel sizes"):
         mamba_conv_cpu(x, (branches[0], branches[1]._replace(conv_weight=torch.randn(16, 3))))

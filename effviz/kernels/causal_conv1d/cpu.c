@@ -11,13 +11,14 @@
 #include <stdint.h>
 #include "../simd_math.h"
 
-// y = silu(y) over a row.
+// y = silu(y) over a row. The ragged end takes the 8-wide path too, so that an element's value
+// does not depend on where its row or block starts (the fused Mamba scan recomputes u by blocks).
 static void silu_row(float *y, int64_t L) {
-    int64_t t = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-    for (; t + 8 <= L; t += 8) _mm256_storeu_ps(y + t, silu8(_mm256_loadu_ps(y + t)));
+    for (int64_t t = 0; t < L; t += 8) store8(y + t, silu8(load8(y + t, L - t)), L - t);
+#else
+    for (int64_t t = 0; t < L; t++) y[t] = y[t] / (1.0f + expf(fminf(-y[t], SILU_EXP_CAP)));
 #endif
-    for (; t < L; t++) y[t] = y[t] / (1.0f + expf(fminf(-y[t], SILU_EXP_CAP)));
 }
 
 // x, y: (batch, dim, L); w: (dim, K); bias: (dim,) or NULL; state: (batch, dim, K-1), the K-1
@@ -47,4 +48,22 @@ void causal_conv1d_fwd(const float *x, const float *w, const float *bias, const 
         }
         if (silu) silu_row(yr, L);
     }
+}
+
+// y[s] = silu(bias + sum_{j<K} w[K-1-j] * x[t0+s -+ j]) for s < T: steps [t0, t0 + T) of one row
+// x of length L, zeros outside it; w: (K,) this channel's taps. The fused Mamba inference computes
+// long sequences' conv outputs a block at a time with this, where the whole row would not be kept.
+void causal_conv1d_silu_range(const float *x, int64_t L, const float *w, float bias, int64_t K, int reverse,
+                              int64_t t0, int64_t T, float *restrict y) {
+    for (int64_t s = 0; s < T; s++) y[s] = bias;
+    for (int64_t j = 0; j < K; j++) {
+        const float wj = w[K - 1 - j];
+        const int64_t shift = reverse ? j : -j;  // y[s] reads x[t0 + s + shift]
+        int64_t lo = -(t0 + shift), hi = L - (t0 + shift);
+        lo = lo < 0 ? 0 : lo;
+        hi = hi > T ? T : hi;
+        const float *xs = x + t0 + shift;
+        for (int64_t s = lo; s < hi; s++) y[s] += wj * xs[s];
+    }
+    silu_row(y, T);
 }

@@ -17,7 +17,10 @@
 // dt of its current batch element transposed to (R, L), whose rows vectorise over time, and one
 // row of partial sums: O(L) floats per task, never O(batch * dim * L).
 //
-// The causal depthwise conv + SiLU in front of both branches is one call too (mamba_conv_fwd).
+// The causal depthwise conv + SiLU in front of both branches is one call too (mamba_conv_fwd),
+// over any range of steps, so that x_proj can read a long sequence's u a chunk at a time. The
+// scan then either reads the whole u (given) or recomputes it a block at a time from the conv's
+// input x: 4 taps and a SiLU per step, where keeping u would cost 2 x batch x dim x L floats.
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,22 +30,24 @@
 #include "../simd_math.h"
 
 // From causal_conv1d/cpu.c: one contiguous block of rows of the conv.
-void causal_conv1d_fwd(const float *x, const float *w, const float *bias, const float *state, float *y,
-                       int64_t batch, int64_t dim, int64_t L, int64_t K, int silu, int reverse);
+void causal_conv1d_silu_range(const float *x, int64_t L, const float *w, float bias, int64_t K, int reverse,
+                              int64_t t0, int64_t T, float *y);
 
 // Steps per block: the block's dt and partial sums stay in L1.
 #define BLOCK_STEPS 64
 
 typedef struct {
-    const float *u, *xdbl, *dt_w, *dt_b, *A_log, *D;  // u, xdbl as in the file comment
+    const float *u, *xdbl, *dt_w, *dt_b, *A_log, *D;  // u, xdbl as in the file comment; u may be NULL:
+    const float *conv_w, *conv_b;                     // then u is recomputed from x by these
 } branch;
 
 typedef struct {
     branch br[2];
     int nbranch;
+    const float *x;  // the conv's input, read where u is NULL
     const float *z;  // may be NULL: no gate
     float *out;      // may equal z (the gate is read before out is written, element by element)
-    int64_t z_bstride, out_bstride, batch, dim, L, R, N;
+    int64_t x_bstride, z_bstride, out_bstride, batch, dim, L, R, N, K;
     float scale;
     int failed;  // set by a task whose scratch could not be allocated
 } inner_job;
@@ -68,13 +73,24 @@ static inline int64_t block_lo(int64_t L, int reverse, int64_t i0, int64_t steps
 
 static inline float softplus1(float x) { return x > 20.0f ? x : logf(1.0f + expf(x)); }
 
+// u of steps [lo, lo + steps) of row (b, d) for branch k: in place in the given u, or recomputed
+// into buf (at least BLOCK_STEPS + 8 floats).
+static inline const float *block_u(const inner_job *job, int k, int64_t b, int64_t d, int64_t lo, int64_t steps,
+                                   float *buf) {
+    const branch *br = &job->br[k];
+    if (br->u) return br->u + (b * job->dim + d) * job->L + lo;
+    causal_conv1d_silu_range(job->x + b * job->x_bstride + d * job->L, job->L, br->conv_w + d * job->K,
+                             br->conv_b ? br->conv_b[d] : 0.0f, job->K, k, lo, steps, buf);
+    return buf;
+}
+
 // acc[t] (+)= y_k[d, t] for one row and branch k, any N: the plain loops.
 static void branch_row(const inner_job *job, int k, int64_t b, int64_t d, const float *dtT, float *acc, int add) {
     const branch *br = &job->br[k];
-    const int64_t L = job->L, R = job->R, N = job->N, S = R + 2 * N, Lp = padded(L), row = b * job->dim + d;
-    const float *u = br->u + row * L, *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
+    const int64_t L = job->L, R = job->R, N = job->N, S = R + 2 * N, Lp = padded(L);
+    const float *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
     const float bias = br->dt_b[d], Dd = br->D ? br->D[d] : 0.0f;
-    float h[N], A[N], dt[BLOCK_STEPS];
+    float h[N], A[N], dt[BLOCK_STEPS], ubuf[BLOCK_STEPS + 8];
     for (int64_t n = 0; n < N; n++) h[n] = 0.0f, A[n] = -expf(br->A_log[d * N + n]);
     for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
         const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(L, k, i0, steps);
@@ -82,15 +98,16 @@ static void branch_row(const inner_job *job, int k, int64_t b, int64_t d, const 
         for (int64_t r = 0; r < R; r++)
             for (int64_t s = 0; s < steps; s++) dt[s] += w[r] * dtT[r * Lp + lo + s];
         for (int64_t s = 0; s < steps; s++) dt[s] = softplus1(dt[s]);
+        const float *u = block_u(job, k, b, d, lo, steps, ubuf);
         for (int64_t i = 0; i < steps; i++) {
             const int64_t s = k ? steps - 1 - i : i, t = lo + s;
-            const float *Bt = xdbl + t * S + R, *Ct = Bt + N, du = dt[s] * u[t];
+            const float *Bt = xdbl + t * S + R, *Ct = Bt + N, du = dt[s] * u[s];
             float y = 0.0f;
             for (int64_t n = 0; n < N; n++) {
                 h[n] = expf(dt[s] * A[n]) * h[n] + du * Bt[n];
                 y += Ct[n] * h[n];
             }
-            acc[t] = (add ? acc[t] : 0.0f) + y + Dd * u[t];
+            acc[t] = (add ? acc[t] : 0.0f) + y + Dd * u[s];
         }
     }
 }
@@ -103,10 +120,11 @@ static void branch_row(const inner_job *job, int k, int64_t b, int64_t d, const 
 // then softplus) is computed before it, so the chain's loop makes no calls.
 static void branch_row16(const inner_job *job, int k, int64_t b, int64_t d, const float *dtT, float *acc, int add) {
     const branch *br = &job->br[k];
-    const int64_t L = job->L, R = job->R, S = R + 32, Lp = padded(L), row = b * job->dim + d;
-    const float *u = br->u + row * L, *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
+    const int64_t L = job->L, R = job->R, S = R + 32, Lp = padded(L);
+    const float *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
     const __m256 bias = _mm256_set1_ps(br->dt_b[d]), Dd = _mm256_set1_ps(br->D ? br->D[d] : 0.0f);
     float partial[(BLOCK_STEPS + 8) * 8] __attribute__((aligned(32))), dt[BLOCK_STEPS + 8] __attribute__((aligned(32)));
+    float ubuf[BLOCK_STEPS + 8] __attribute__((aligned(32)));
     // exp(dt A) = 2^(dt A log2 e) with A = -exp(A_log): fold -log2 e into A once per row.
     float A[16];
     for (int n = 0; n < 16; n++) A[n] = -expf(br->A_log[d * 16 + n]) * 1.44269504088896341f;
@@ -120,9 +138,10 @@ static void branch_row16(const inner_job *job, int k, int64_t b, int64_t d, cons
                 x = _mm256_fmadd_ps(_mm256_set1_ps(w[r]), _mm256_loadu_ps(dtT + r * Lp + lo + s), x);
             _mm256_store_ps(dt + s, softplus8(x));
         }
+        const float *u = block_u(job, k, b, d, lo, steps, ubuf);
         for (int64_t i = 0; i < steps; i++) {
             const int64_t s = k ? steps - 1 - i : i, t = lo + s;
-            const __m256 dts = _mm256_set1_ps(dt[s]), du = _mm256_set1_ps(dt[s] * u[t]);
+            const __m256 dts = _mm256_set1_ps(dt[s]), du = _mm256_set1_ps(dt[s] * u[s]);
             const float *Bt = xdbl + t * S + R, *Ct = Bt + 16;
             h0 = _mm256_fmadd_ps(exp2_8(_mm256_mul_ps(dts, A0)), h0, _mm256_mul_ps(du, _mm256_loadu_ps(Bt)));
             h1 = _mm256_fmadd_ps(exp2_8(_mm256_mul_ps(dts, A1)), h1, _mm256_mul_ps(du, _mm256_loadu_ps(Bt + 8)));
@@ -133,7 +152,7 @@ static void branch_row16(const inner_job *job, int k, int64_t b, int64_t d, cons
             // Lanes past the block's end are garbage; in the backward branch's last block they
             // fall on steps already done, so a ragged end stores only its own lanes.
             const int64_t t = lo + s;
-            __m256 y = _mm256_fmadd_ps(Dd, load8(u + t, steps - s), sum_rows8(partial + s * 8));
+            __m256 y = _mm256_fmadd_ps(Dd, load8(u + s, steps - s), sum_rows8(partial + s * 8));
             if (add) y = _mm256_add_ps(y, _mm256_loadu_ps(acc + t));
             store8(acc + t, y, steps - s);
         }
@@ -166,10 +185,11 @@ static inline __m512 exp2_16(__m512 t) {
 static void branch_row16_avx512(const inner_job *job, int k, int64_t b, int64_t d, const float *dtT, float *acc,
                                 int add) {
     const branch *br = &job->br[k];
-    const int64_t L = job->L, R = job->R, S = R + 32, Lp = padded(L), row = b * job->dim + d;
-    const float *u = br->u + row * L, *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
+    const int64_t L = job->L, R = job->R, S = R + 32, Lp = padded(L);
+    const float *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
     const __m256 bias = _mm256_set1_ps(br->dt_b[d]), Dd = _mm256_set1_ps(br->D ? br->D[d] : 0.0f);
     float partial[(BLOCK_STEPS + 8) * 8] __attribute__((aligned(32))), dt[BLOCK_STEPS + 8] __attribute__((aligned(32)));
+    float ubuf[BLOCK_STEPS + 8] __attribute__((aligned(32)));
     float A[16];
     for (int n = 0; n < 16; n++) A[n] = -expf(br->A_log[d * 16 + n]) * 1.44269504088896341f;
     const __m512 A16 = _mm512_loadu_ps(A);
@@ -182,17 +202,18 @@ static void branch_row16_avx512(const inner_job *job, int k, int64_t b, int64_t 
                 x = _mm256_fmadd_ps(_mm256_set1_ps(w[r]), _mm256_loadu_ps(dtT + r * Lp + lo + s), x);
             _mm256_store_ps(dt + s, softplus8(x));
         }
+        const float *u = block_u(job, k, b, d, lo, steps, ubuf);
         for (int64_t i = 0; i < steps; i++) {
             const int64_t s = k ? steps - 1 - i : i, t = lo + s;
             const float *Bt = xdbl + t * S + R, *Ct = Bt + 16;
             const __m512 a = exp2_16(_mm512_mul_ps(_mm512_set1_ps(dt[s]), A16));
-            h = _mm512_fmadd_ps(a, h, _mm512_mul_ps(_mm512_set1_ps(dt[s] * u[t]), _mm512_loadu_ps(Bt)));
+            h = _mm512_fmadd_ps(a, h, _mm512_mul_ps(_mm512_set1_ps(dt[s] * u[s]), _mm512_loadu_ps(Bt)));
             const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(Ct), h);
             _mm256_store_ps(partial + s * 8, _mm256_add_ps(_mm512_castps512_ps256(p), _mm512_extractf32x8_ps(p, 1)));
         }
         for (int64_t s = 0; s < steps; s += 8) {
             const int64_t t = lo + s;
-            __m256 y = _mm256_fmadd_ps(Dd, load8(u + t, steps - s), sum_rows8(partial + s * 8));
+            __m256 y = _mm256_fmadd_ps(Dd, load8(u + s, steps - s), sum_rows8(partial + s * 8));
             if (add) y = _mm256_add_ps(y, _mm256_loadu_ps(acc + t));
             store8(acc + t, y, steps - s);
         }
@@ -257,18 +278,22 @@ static void inner_task(void *arg, int task, int ntasks) {
     free(scratch);
 }
 
-// One or two branches (u_b == NULL: the forward one only). u_k: (batch, dim, L) contiguous;
-// xdbl_k: (batch, L, R + 2N) contiguous; dt_w_k: (dim, R); dt_b_k, D_k: (dim,) (D_k may be NULL);
-// A_log_k: (dim, N); z, out: (batch, dim, L) with contiguous (dim, L) planes `z_bstride`,
-// `out_bstride` floats apart (z may be NULL; out may be z). Returns 0, or -1 when scratch
-// memory ran out (out is then incomplete).
+// One or two branches (dt_w_b == NULL: the forward one only). Branch k's u_k: (batch, dim, L)
+// contiguous, or NULL to recompute it from x (batch, dim, L, contiguous (dim, L) planes x_bstride
+// floats apart) with conv_w_k (dim, K) and conv_b_k (dim,) or NULL; xdbl_k: (batch, L, R + 2N)
+// contiguous; dt_w_k: (dim, R); dt_b_k, D_k: (dim,) (D_k may be NULL); A_log_k: (dim, N); z, out:
+// (batch, dim, L) with contiguous (dim, L) planes `z_bstride`, `out_bstride` floats apart (z may be
+// NULL; out may be z). Returns 0, or -1 when scratch memory ran out (out is then incomplete).
 int mamba_inner_fwd(const float *u_f, const float *xdbl_f, const float *dt_w_f, const float *dt_b_f,
-                    const float *A_log_f, const float *D_f, const float *u_b, const float *xdbl_b,
-                    const float *dt_w_b, const float *dt_b_b, const float *A_log_b, const float *D_b,
-                    const float *z, float *out, int64_t z_bstride, int64_t out_bstride, int64_t batch,
-                    int64_t dim, int64_t L, int64_t R, int64_t N, float scale, int nthreads) {
-    inner_job job = {{{u_f, xdbl_f, dt_w_f, dt_b_f, A_log_f, D_f}, {u_b, xdbl_b, dt_w_b, dt_b_b, A_log_b, D_b}},
-                     u_b ? 2 : 1, z, out, z_bstride, out_bstride, batch, dim, L, R, N, scale, 0};
+                    const float *A_log_f, const float *D_f, const float *conv_w_f, const float *conv_b_f,
+                    const float *u_b, const float *xdbl_b, const float *dt_w_b, const float *dt_b_b,
+                    const float *A_log_b, const float *D_b, const float *conv_w_b, const float *conv_b_b,
+                    const float *x, const float *z, float *out, int64_t x_bstride, int64_t z_bstride,
+                    int64_t out_bstride, int64_t batch, int64_t dim, int64_t L, int64_t R, int64_t N, int64_t K,
+                    float scale, int nthreads) {
+    inner_job job = {{{u_f, xdbl_f, dt_w_f, dt_b_f, A_log_f, D_f, conv_w_f, conv_b_f},
+                      {u_b, xdbl_b, dt_w_b, dt_b_b, A_log_b, D_b, conv_w_b, conv_b_b}},
+                     dt_w_b ? 2 : 1, x, z, out, x_bstride, z_bstride, out_bstride, batch, dim, L, R, N, K, scale, 0};
     const int64_t rows = batch * dim;
     effviz_parallel(inner_task, &job, nthreads < rows ? nthreads : (int)rows);
     return job.failed ? -1 : 0;
@@ -277,27 +302,29 @@ int mamba_inner_fwd(const float *u_f, const float *xdbl_f, const float *dt_w_f, 
 typedef struct {
     const float *x, *w[2], *bias[2];
     float *u;
-    int64_t x_bstride, batch, dim, L, K;
+    int64_t x_bstride, batch, dim, L, K, t0, T;
     int nbranch;
 } conv_job;
 
-// The task's channel range of every (branch, batch element): contiguous rows for causal_conv1d_fwd.
+// The task's channel range of every (branch, batch element), steps [t0, t0 + T) of each row.
 static void conv_task(void *arg, int task, int ntasks) {
     const conv_job *job = arg;
-    const int64_t d0 = job->dim * task / ntasks, d1 = job->dim * (task + 1) / ntasks, L = job->L;
-    if (d0 == d1) return;
+    const int64_t d0 = job->dim * task / ntasks, d1 = job->dim * (task + 1) / ntasks;
     for (int k = 0; k < job->nbranch; k++)
         for (int64_t b = 0; b < job->batch; b++)
-            causal_conv1d_fwd(job->x + b * job->x_bstride + d0 * L, job->w[k] + d0 * job->K,
-                              job->bias[k] ? job->bias[k] + d0 : 0, 0,
-                              job->u + ((k * job->batch + b) * job->dim + d0) * L, 1, d1 - d0, L, job->K, 1, k);
+            for (int64_t d = d0; d < d1; d++)
+                causal_conv1d_silu_range(job->x + b * job->x_bstride + d * job->L, job->L, job->w[k] + d * job->K,
+                                         job->bias[k] ? job->bias[k][d] : 0.0f, job->K, k, job->t0, job->T,
+                                         job->u + ((k * job->batch + b) * job->dim + d) * job->T);
 }
 
-// u[k] = silu(causal depthwise conv of x with w_k, bias_k), forward in time for k = 0 and
-// backward for k = 1 (w_b == NULL: branch 0 only). x: (batch, dim, L) with contiguous (dim, L)
-// planes x_bstride floats apart; w_k: (dim, K); bias_k: (dim,) or NULL; u: (nbranch, batch, dim, L).
+// u[k] = silu(causal depthwise conv of x with w_k, bias_k) at steps [t0, t0 + T), forward in time
+// for k = 0 and backward for k = 1 (w_b == NULL: branch 0 only). x: (batch, dim, L) with contiguous
+// (dim, L) planes x_bstride floats apart; w_k: (dim, K); bias_k: (dim,) or NULL; u: (nbranch,
+// batch, dim, T).
 void mamba_conv_fwd(const float *x, const float *w_f, const float *bias_f, const float *w_b, const float *bias_b,
-                    float *u, int64_t x_bstride, int64_t batch, int64_t dim, int64_t L, int64_t K, int nthreads) {
-    conv_job job = {x, {w_f, w_b}, {bias_f, bias_b}, u, x_bstride, batch, dim, L, K, w_b ? 2 : 1};
+                    float *u, int64_t x_bstride, int64_t batch, int64_t dim, int64_t L, int64_t K, int64_t t0,
+                    int64_t T, int nthreads) {
+    conv_job job = {x, {w_f, w_b}, {bias_f, bias_b}, u, x_bstride, batch, dim, L, K, t0, T, w_b ? 2 : 1};
     effviz_parallel(conv_task, &job, nthreads < dim ? nthreads : (int)dim);
 }

@@ -30,6 +30,10 @@ from ..layers import TokenLayout
 
 # Tests and A/B benchmarks turn the fused inference path off to compare it with the readable one.
 FUSED_INFERENCE = True
+# Longer sequences than this make their conv outputs a chunk of this many tokens at a time on the
+# fused path (Vim-Ti at 1248 px: 6,085 tokens, whose two conv outputs would be 19 MB beside the
+# 19 MB input projection). Up to it (Vim at 512 px) the whole conv output is kept and read once.
+FUSED_CHUNK = 1024
 
 
 @functools.cache
@@ -148,17 +152,33 @@ class BiMamba(nn.Module):
         """``forward`` for cpu inference, by the fused kernels: (batch, L, dim) -> (batch, L, dim).
 
         out = out_proj(0.5 * silu(z) * (y_fwd + y_bwd)), each y a branch's scan with its D skip,
-        as in ``forward``; the 0.5, the sum and the gate happen in the scan kernel, over z."""
-        batch = hidden.shape[0]
+        as in ``forward``; the 0.5, the sum and the gate happen in the scan kernel, over z. Up to
+        ``FUSED_CHUNK`` tokens the conv outputs u are kept for the scan; a longer sequence's are
+        made a chunk at a time for x_proj and recomputed inside the scan, so that the mixer holds
+        no (2, batch, d_inner, L) tensor beside its input projection."""
+        batch, length = hidden.shape[:2]
         x, z = channel_major_linear(self.in_proj.weight, hidden).chunk(2, dim=1)
         branches = (self.fwd.fused_params(), self.bwd.fused_params())
-        u = mamba_conv_cpu(x, branches)  # (2, batch, d_inner, L)
-        # x_proj token-major, (batch, L, R + 2N): each step's B and C are contiguous for the scan.
-        # bmm reads u's transposed view in place (linear would copy it for batch > 1).
-        xdbl = tuple(torch.bmm(u[k].transpose(1, 2), br.x_proj_weight.t().expand(batch, -1, -1))
-                     for k, br in enumerate(branches))
-        y = mamba_inner_cpu(u, xdbl, branches, z=z, out=z, scale=0.5)
+        if length <= FUSED_CHUNK:
+            u = mamba_conv_cpu(x, branches)  # (2, batch, d_inner, L)
+            xdbl = tuple(self.token_major_x_proj(u[k], br) for k, br in enumerate(branches))
+            y = mamba_inner_cpu(u, xdbl, branches, z=z, out=z, scale=0.5)
+        else:
+            xdbl = tuple(x.new_empty(batch, length, br.x_proj_weight.shape[0]) for br in branches)
+            for start in range(0, length, FUSED_CHUNK):
+                stop = min(start + FUSED_CHUNK, length)
+                u = mamba_conv_cpu(x, branches, start, stop)
+                for k, br in enumerate(branches):
+                    xdbl[k][:, start:stop] = self.token_major_x_proj(u[k], br)
+            y = mamba_inner_cpu(None, xdbl, branches, z=z, out=z, scale=0.5, x=x)
         return torch.bmm(y.transpose(1, 2), self.out_proj.weight.t().expand(batch, -1, -1))
+
+    @staticmethod
+    def token_major_x_proj(u: torch.Tensor, branch: Branch) -> torch.Tensor:
+        """x_proj of u (batch, d_inner, T) token-major, (batch, T, R + 2N): each step's B and C are
+        contiguous for the scan. bmm reads u's transposed view in place (linear would copy it for
+        batch > 1)."""
+        return torch.bmm(u.transpose(1, 2), branch.x_proj_weight.t().expand(u.shape[0], -1, -1))
 
 
 class Mamba(nn.Module):
