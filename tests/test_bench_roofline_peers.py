@@ -10,6 +10,7 @@ import torch
 from effviz.bench import roofline
 from effviz.bench.__main__ import main
 from effviz.bench.peers import compare, deit_pair, deit_ratio, format_report
+from effviz.models.mixers import mamba
 from effviz.models.registry import architecture_config
 
 pytestmark = pytest.mark.timeout(600)
@@ -44,7 +45,9 @@ def test_roofline_floor_is_the_sum_of_its_components(model_id, kernel_names):
     assert (0 <= result.overhead < 1) == (result.flag is None)
 
 
-def test_roofline_counts_the_elements_and_flops_the_model_pushes():
+@pytest.mark.parametrize("chunk", [mamba.FUSED_CHUNK, 2])  # 2: the long-sequence path, conv by chunks
+def test_roofline_counts_the_elements_and_flops_the_model_pushes(chunk, monkeypatch):
+    monkeypatch.setattr(mamba, "FUSED_CHUNK", chunk)
     result = roofline.run_roofline("vim-tiny", SIZE, budget_s=0)
     cfg = architecture_config("vim-tiny")
     tokens, d_inner = (SIZE // 16) ** 2 + 1, cfg.expand * cfg.embed_dim

@@ -51,9 +51,13 @@ KERNEL_UNITS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
     "wkv": ("token x channel", lambda a: a["k"].numel()),
     "retention": ("token x head x dk x dv", lambda a: a["q"].numel() * a["v"].shape[-1]),
     # Vim's fused inference (effviz.kernels.mamba_inner): both branches' convs, then both scans.
+    # A long sequence's conv runs by chunks of steps [start, stop), and its scan recomputes u from x.
     "mamba_conv_cpu": ("token x channel x tap x branch",
-                       lambda a: a["x"].numel() * a["branches"][0].conv_weight.shape[-1] * len(a["branches"])),
-    "mamba_inner_cpu": ("token x channel x state x branch", lambda a: a["u"].numel() * a["branches"][0].A_log.shape[1]),
+                       lambda a: a["x"].shape[0] * a["x"].shape[1] * ((a["stop"] or a["x"].shape[2]) - a["start"])
+                       * a["branches"][0].conv_weight.shape[-1] * len(a["branches"])),
+    "mamba_inner_cpu": ("token x channel x state x branch",
+                        lambda a: a["xdbl"][0].shape[0] * a["xdbl"][0].shape[1] * a["branches"][0].dt_weight.shape[0]
+                        * a["branches"][0].A_log.shape[1] * len(a["branches"])),
 }
 KERNEL_FUNCTIONS: dict[str, Callable] = {
     name: getattr(mamba_inner if name.startswith("mamba_") else kernels, name) for name in KERNEL_UNITS}
