@@ -174,6 +174,9 @@ def test_classify_audio_shows_the_spectrogram(client, tmp_path):
         assert "No bundled model for this task yet" in status and shown == []
     else:
         assert len(shown) == len(table["data"]) == len(bundled)
+        # Beneath the sound, what the first model reads: its own framing of the clip.
+        assert [trace["type"] for trace in figure["data"]] == ["heatmap", "heatmap"]
+        assert figure["layout"]["annotations"][1]["text"].startswith(f"what {bundled[0]} reads: ")
 
 
 def test_transcribe_stream_answers_a_client(client, tmp_path):

@@ -1,6 +1,6 @@
 """Audio tab: one sound, the chosen audio models' top 5 (the bundled spoken-digit models, and
-official AudioSet releases fetched from the Hub on first use), and the log-mel spectrogram
-(fbank) that the models read."""
+official AudioSet releases fetched from the Hub on first use), the sound's log-mel spectrogram
+(fbank), and beneath it the features the first model actually reads."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -9,10 +9,12 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from .. import api
 from ..wording import counted
 from ..data.audio import FRAME_SHIFT_MS, fbank, prepare_waveform, read_audio
+from ..models.backbone import speech_mean_normalise
 from ..models.releases import AudioPreprocess
 from . import (
     ERROR_TITLE,
@@ -47,17 +49,48 @@ from .examples import Examples
 SPECTROGRAM_CONFIG = AudioPreprocess(fbank_mean=0.0, fbank_std=0.5)
 
 
-def spectrogram_figure(samples: np.ndarray, sample_rate: int) -> go.Figure:
-    """Log-mel filterbank of a clip as a heatmap: time in seconds across, mel bin up."""
+def spectrogram_figure(samples: np.ndarray, sample_rate: int, model_id: str | None = None) -> go.Figure:
+    """Log-mel filterbank of a clip as a heatmap: time in seconds across, mel bin up; with
+    ``model_id`` (an audio model already loaded), beneath it the features that model reads."""
     waveform = prepare_waveform(samples, sample_rate, SPECTROGRAM_CONFIG.sample_rate, api.MAX_AUDIO_SECONDS)
     features = fbank(waveform, SPECTROGRAM_CONFIG).numpy()
     seconds = np.arange(features.shape[0]) * FRAME_SHIFT_MS / 1000
-    fig = go.Figure(go.Heatmap(z=features.T, x=seconds, colorscale="Viridis", colorbar=dict(title="log energy")))
-    fig.update_layout(
-        title=f"log-mel spectrogram ({SPECTROGRAM_CONFIG.mel_bins} bins, 25 ms windows every 10 ms)",
-        xaxis_title="time (s)", yaxis_title="mel bin", height=320, margin=dict(t=50, b=40),
-    )
+    title = f"your sound: log-mel spectrogram ({SPECTROGRAM_CONFIG.mel_bins} bins at 16 kHz, 25 ms windows every 10 ms)"
+    read = model_view(model_id, samples, sample_rate) if model_id else None
+    fig = make_subplots(rows=2 if read else 1, cols=1, vertical_spacing=0.16,
+                        subplot_titles=[title, read[1]] if read else [title])
+    fig.add_trace(go.Heatmap(z=features.T, x=seconds, colorscale="Viridis",
+                             colorbar=dict(title="log energy", len=0.45 if read else 1, y=0.8 if read else 0.5)),
+                  row=1, col=1)
+    if read:
+        z = read[0]
+        fig.add_trace(go.Heatmap(z=z, x=np.arange(z.shape[1]) * FRAME_SHIFT_MS / 1000, colorscale="Viridis",
+                                 colorbar=dict(title="model units", len=0.45, y=0.2)), row=2, col=1)
+    for row in range(1, 3 if read else 2):
+        fig.update_xaxes(title_text="time (s)", row=row, col=1)
+        fig.update_yaxes(title_text="mel bin", row=row, col=1)
+    fig.update_layout(height=560 if read else 320, margin=dict(t=50, b=40))
+    fig.update_annotations(font_size=12)
     return fig
+
+
+def model_view(model_id: str, samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, str] | None:
+    """(mel bins, frames) features ``model_id`` reads for this sound, as its tokenizer receives
+    them (framed, band-limited and normalised as its Preprocess says, then mean-normalised when
+    its recipe does), and a line saying so; None when the model cannot take it."""
+    try:
+        frames = api.model_inputs(model_id, audio=samples, sample_rate=sample_rate)["audio"]
+    except (ValueError, FileNotFoundError):
+        return None
+    cfg = api.load_model(model_id).config
+    if cfg.audio_cmn:
+        frames = speech_mean_normalise(frames)
+    steps = [f"{frames.shape[1] * FRAME_SHIFT_MS / 1000:.2f} s at {cfg.sample_rate / 1000:g} kHz"]
+    if cfg.audio_band_hz:
+        steps.append(f"band-limited to {cfg.audio_band_hz / 1000:g} kHz")
+    if cfg.audio_cmn:
+        steps.append("each bin's mean over the speech removed")
+    return frames[0].T.numpy(), f"what {model_id} reads: {', '.join(steps)}"
 
 
 @gpu
@@ -70,12 +103,12 @@ def classify_audio(
     if source is None:
         raise gr.Error("No audio yet: upload a sound file or record one first.", title=ERROR_TITLE)
     samples, sample_rate = read_audio(source, max_seconds=api.MAX_AUDIO_SECONDS)
-    figure = spectrogram_figure(samples, sample_rate)
     check_model_count(models)
     if not models:
-        return NO_MODEL_MESSAGE, figure, result_table([]), []
+        return NO_MODEL_MESSAGE, spectrogram_figure(samples, sample_rate), result_table([]), []
     results = [timed_predict(model_id, audio=samples, sample_rate=sample_rate) for model_id in models]
     raise_if_all_failed(results)
+    figure = spectrogram_figure(samples, sample_rate, next(r.model_id for r in results if r.error is None))
     if measure_memory:
         measure_peaks(results, audio=(samples, sample_rate))
     status = status_line(f"{samples.shape[0] / sample_rate:.2f} s at {sample_rate} Hz, {counted(len(models), 'model')}.", results)
