@@ -16,7 +16,7 @@ import pytest
 
 from effviz.bench import sweep
 from effviz.bench.__main__ import main
-from effviz.bench.fit import crossover, fit_exponent, loglog_slope, upper_half
+from effviz.bench.fit import Crossover, crossover, fit_exponent, loglog_slope, upper_half
 from effviz.bench.sweep import PointResult, SweepSpec, plan_input, run_sweep, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,6 +263,9 @@ def test_crossover_interpolates_in_log_space():
     failed = crossover(xs, [5.0, 5.0, 5.0, 5.0], [9.0 / 2, 4.0, math.inf, math.inf])
     assert (failed.kind, failed.x, failed.exact) == ("crossover", 2000, False)
     assert failed.describe(" px") == "by 2000 px"
+    on_tokens = Crossover("crossover", x=621.5, tokens=621.5)
+    assert on_tokens.describe(" tokens") == "~622 tokens"  # not "621.5 tokens (~622 tokens)"
+    assert Crossover("crossover", x=795.3, tokens=2474.4).describe(" px") == "795.3 px (~2474 tokens)"
 
 
 def test_summary_fits_each_model_and_pairs_efficient_models_with_baselines():

@@ -120,7 +120,10 @@ class Crossover:
             return f"within noise below {self.x:.4g}{unit}, cheaper from there"
         if self.kind != "crossover":
             return self.kind
-        where = f"{self.x:.4g}{unit}" + (f" (~{self.tokens:.0f} tokens)" if self.tokens else "")
+        if unit.strip() == "tokens":  # the axis is the token count: a whole number, said once
+            where = f"~{self.x:.0f}{unit}"
+        else:
+            where = f"{self.x:.4g}{unit}" + (f" (~{self.tokens:.0f} tokens)" if self.tokens else "")
         return where if self.exact else f"by {where}"
 
     def to_dict(self) -> dict[str, Any]:
