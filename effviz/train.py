@@ -8,7 +8,8 @@ schedule, augmentation and input size), so the models differ only in their token
   cross-validation fold, ``--test-speaker``), the ten digits and 411 other words in synthetic
   voices, and non-word sounds; an eleventh class, "no digit", for the words and sounds. Speed,
   gain, room, microphone/telephone and noise corruption of the waveform, VTLP and SpecAugment of
-  the features (``effviz.data.speech_augment``).
+  the features (``effviz.data.speech_augment``); the models take each clip's mel bins less their
+  mean over its speech (``ModelConfig.audio_cmn``), in training and at inference alike.
 - audio-visual (MNIST npz + FSDD zip): digits paired by label and re-paired every epoch,
   modality dropout (image only / audio only / both) so either modality may be missing, and heavy
   noise on one modality now and then so that fusion learns to trust the cleaner one.
