@@ -103,30 +103,27 @@ class Mixing:
     def mean(self) -> torch.Tensor:
         """(L, L): the mean over heads/channels of |M| (all entries ≥ 0) from the mixer's input
         tokens to its output tokens; for Mamba ½(|M_fwd| K_fwd + |M_bwd| K_bwd), K a branch's
-        conv as ``through_conv`` shares it out."""
+        |taps| over their sum, as ``through_conv`` applies them."""
         scale = 0.5 if self.kind == "mamba" else 1.0
         return self.reach({name: scale * m.abs() for name, m in self.matrices.items()})
 
 
 def through_conv(matrix: torch.Tensor, taps: torch.Tensor, reverse: bool) -> torch.Tensor:
     """(d, L, L) non-negative mixing of a Mamba branch's scan inputs u, carried back to the conv's
-    inputs x: u_j reads x_(j−lag) (x_(j+lag) for the backward branch) for lag = 0..d_conv−1, so
-    column j is shared among those tokens in proportion to |tap| (the taps that fall inside the
-    sequence, renormalised). Each row keeps its sum; the SiLU between conv and scan is left out.
-    Without this step a token's relevance lands up to d_conv−1 tokens away from it."""
-    channels, length, _ = matrix.shape
-    kernel = taps.shape[1]
-    pos = torch.arange(length, device=matrix.device)
-    # share[d, j, lag]: the part of u_j that comes from the token ``lag`` steps back (or ahead).
-    share = torch.stack([taps[:, kernel - 1 - lag].abs()[:, None] * ((pos + lag < length) if reverse else (pos >= lag))
-                         for lag in range(kernel)], dim=-1).to(matrix.dtype)
-    share = share / taps.abs().sum(-1)[:, None, None].clamp(min=torch.finfo(matrix.dtype).tiny)
+    inputs x: u_j reads x_(j−lag) (x_(j+lag) for the backward branch) through tap K−1−lag, for
+    lag = 0..K−1, so column j is shared among those tokens in proportion to |tap|. A tap that
+    reaches past the sequence reads the conv's zero padding: its share goes to no token, and the
+    rows lose that part of the end columns' mass. The SiLU between conv and scan is left out.
+    Without this step a token's relevance lands up to K−1 tokens away from it."""
+    length, kernel = matrix.shape[-1], taps.shape[1]
+    share = taps.abs() / taps.abs().sum(-1, keepdim=True).clamp(min=torch.finfo(taps.dtype).tiny)  # (d, K)
     out = torch.zeros_like(matrix)
     for lag in range(min(kernel, length)):
+        weight = share[:, kernel - 1 - lag, None, None].to(matrix.dtype)
         if reverse:  # x_j' feeds u_(j'−lag)
-            out[:, :, lag:] += matrix[:, :, :length - lag] * share[:, None, :length - lag, lag]
+            out[:, :, lag:] += matrix[:, :, :length - lag] * weight
         else:  # x_j' feeds u_(j'+lag)
-            out[:, :, :length - lag] += matrix[:, :, lag:] * share[:, None, lag:, lag]
+            out[:, :, :length - lag] += matrix[:, :, lag:] * weight
     return out
 
 

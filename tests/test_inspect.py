@@ -124,7 +124,8 @@ def test_rollout_of_identity_layers_is_the_identity_and_empty_rows_keep_their_to
 @pytest.mark.parametrize("reverse", [False, True])
 def test_through_conv_moves_a_column_to_the_tokens_the_conv_read(reverse):
     """A conv with one non-zero tap at lag 2 makes u_j from x_(j-2) (x_(j+2) backwards): the
-    mixing of u_j is the mixing of that token; two equal taps share it half and half."""
+    mixing of u_j is the mixing of that token; two equal taps share it half and half, and the
+    half a tap would read from beyond the sequence (the conv's zero padding) goes to no token."""
     matrix = torch.rand(3, 9, 9, dtype=torch.float64)
     taps = torch.zeros(3, 4, dtype=torch.float64)
     taps[:, 1] = -2.0  # tap index k-1-lag: lag 2; the sign does not matter

@@ -53,7 +53,8 @@ KERNEL_UNITS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
     # Vim's fused inference (effviz.kernels.mamba_inner): both branches' convs, then both scans.
     # A long sequence's conv runs by chunks of steps [start, stop), and its scan recomputes u from x.
     "mamba_conv_cpu": ("token x channel x tap x branch",
-                       lambda a: a["x"].shape[0] * a["x"].shape[1] * ((a["stop"] or a["x"].shape[2]) - a["start"])
+                       lambda a: a["x"].shape[0] * a["x"].shape[1]
+                       * ((a["x"].shape[2] if a["stop"] is None else a["stop"]) - a["start"])
                        * a["branches"][0].conv_weight.shape[-1] * len(a["branches"])),
     "mamba_inner_cpu": ("token x channel x state x branch",
                         lambda a: a["xdbl"][0].shape[0] * a["xdbl"][0].shape[1] * a["branches"][0].dt_weight.shape[0]

@@ -14,13 +14,13 @@ from .layers import AddNorm, PatchTokenizer, TokenLayout
 from .mixers import build_channel_mixer, build_mixer
 from .mixers.moe import MoeMlp
 
-# Frames within this many normalised fbank units of a clip's loudest frame count as its speech.
-# fbank() divides log energies by 2 * 5.0 (the FSDD statistics), so 0.7 is about 30 dB.
-SPEECH_FRAME_RANGE = 0.7
+# Frames within this much natural-log energy (about 30 dB) of a clip's loudest frame count as its speech.
+SPEECH_FRAME_RANGE = 7.0
 
 
-def speech_mean_normalise(frames: torch.Tensor) -> torch.Tensor:
-    """Per-utterance cepstral mean normalisation of fbank ``frames`` (batch, frames, mel bins).
+def speech_mean_normalise(frames: torch.Tensor, fbank_std: float) -> torch.Tensor:
+    """Per-utterance cepstral mean normalisation of fbank ``frames`` (batch, frames, mel bins),
+    normalised as ``effviz.data.audio.fbank`` does with ``fbank_std`` (divided by 2 * fbank_std).
 
     Each mel bin's mean over the clip's speech frames (those whose mean energy is within
     ``SPEECH_FRAME_RANGE`` of the loudest frame) is subtracted from every frame. A microphone's
@@ -29,7 +29,7 @@ def speech_mean_normalise(frames: torch.Tensor) -> torch.Tensor:
     silence and padding are left out of the mean so that they do not set it.
     """
     energy = frames.mean(-1, keepdim=True)
-    speech = (energy > energy.amax(1, keepdim=True) - SPEECH_FRAME_RANGE).to(frames.dtype)
+    speech = (energy > energy.amax(1, keepdim=True) - SPEECH_FRAME_RANGE / (2 * fbank_std)).to(frames.dtype)
     return frames - (frames * speech).sum(1, keepdim=True) / speech.sum(1, keepdim=True)
 
 
@@ -115,7 +115,7 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
                 raise ValueError(f"this model takes {', '.join(self.tokenizers)}, not {name}")
             if name == "audio":
                 if self.config.audio_cmn:
-                    x = speech_mean_normalise(x)
+                    x = speech_mean_normalise(x, self.config.fbank_std)
                 x = x.transpose(1, 2).unsqueeze(1)  # (batch, frames, mel) -> (batch, 1, mel, frames)
             tokens, grid = self.tokenizers[name](x)
             if self.modality_embed is not None:

@@ -66,8 +66,8 @@ def spectrogram_figure(samples: np.ndarray, sample_rate: int, model_id: str | No
         z = read[0]
         fig.add_trace(go.Heatmap(z=z, x=np.arange(z.shape[1]) * FRAME_SHIFT_MS / 1000, colorscale="Viridis",
                                  colorbar=dict(title="model units", len=0.45, y=0.2)), row=2, col=1)
-    for row in range(1, 3 if read else 2):
-        fig.update_xaxes(title_text="time (s)", row=row, col=1)
+    for row, axis in ((1, "time (s)"), (2, "time in the model's window (s)"))[: 2 if read else 1]:
+        fig.update_xaxes(title_text=axis, row=row, col=1)
         fig.update_yaxes(title_text="mel bin", row=row, col=1)
     fig.update_layout(height=560 if read else 320, margin=dict(t=50, b=40))
     fig.update_annotations(font_size=12)
@@ -82,12 +82,12 @@ def model_view(model_id: str, samples: np.ndarray, sample_rate: int) -> tuple[np
         frames = api.model_inputs(model_id, audio=samples, sample_rate=sample_rate)["audio"]
     except (ValueError, FileNotFoundError):
         return None
-    cfg = api.load_model(model_id).config
+    cfg, pre = api.load_model(model_id).config, api.model_preprocess(model_id).audio
     if cfg.audio_cmn:
-        frames = speech_mean_normalise(frames)
-    steps = [f"{frames.shape[1] * FRAME_SHIFT_MS / 1000:.2f} s at {cfg.sample_rate / 1000:g} kHz"]
-    if cfg.audio_band_hz:
-        steps.append(f"band-limited to {cfg.audio_band_hz / 1000:g} kHz")
+        frames = speech_mean_normalise(frames, cfg.fbank_std)
+    steps = [f"{frames.shape[1] * FRAME_SHIFT_MS / 1000:.2f} s at {pre.sample_rate / 1000:g} kHz"]
+    if pre.band_hz:
+        steps.append(f"band-limited to {pre.band_hz / 1000:g} kHz")
     if cfg.audio_cmn:
         steps.append("each bin's mean over the speech removed")
     return frames[0].T.numpy(), f"what {model_id} reads: {', '.join(steps)}"

@@ -104,15 +104,17 @@ def test_kernels_follow_their_formula(directions):
     assert_close_rel(run_kernels(x, z, branches, 0.5), want)
 
 
-def test_scan_recomputing_u_from_x_equals_reading_it():
+@pytest.mark.parametrize("length", [150, 3, 1])  # 3, 1: shorter than the conv's 4 taps
+@pytest.mark.parametrize("d_state", [16, 5])  # 16: the vectorised scan; 5: the plain loops
+def test_scan_recomputing_u_from_x_equals_reading_it(length, d_state):
     """The scan given the conv's input x recomputes each block's u with the conv kernel's own
     arithmetic: the same outputs, bit for bit, as reading u; the conv over a range of steps is
     that range of the whole conv."""
-    xz = torch.randn(3, 2 * 16, 150, generator=torch.Generator().manual_seed(8))
+    xz = torch.randn(3, 2 * 16, length, generator=torch.Generator().manual_seed(8))
     x, z = xz.chunk(2, dim=1)
-    branches = (branch_params(16, 2, 16, 9), branch_params(16, 2, 16, 10))
+    branches = (branch_params(16, 2, d_state, 9), branch_params(16, 2, d_state, 10))
     u = mamba_conv_cpu(x, branches)
-    for start, stop in ((0, 150), (0, 1), (37, 101), (149, 150), (60, 60)):
+    for start, stop in ((0, length), (0, 1), (length // 4, length // 2 + 1), (length - 1, length), (1, 1)):
         assert torch.equal(mamba_conv_cpu(x, branches, start, stop), u[..., start:stop])
     xdbl = tuple((u[k].transpose(1, 2) @ br.x_proj_weight.t()).contiguous() for k, br in enumerate(branches))
     for nbranch in (1, 2):
@@ -211,7 +213,7 @@ def test_validation_errors_name_the_input():
         mamba_inner_cpu(u, xdbl, (branches[0]._replace(dt_weight=torch.randn(17, 2)), branches[1]), z=z)
     with pytest.raises(ValueError, match=r"conv_weight\[1\] must be \(dim, K\) or \(dim, 1, K\)"):
         mamba_conv_cpu(x, (branches[0], branches[1]._replace(conv_weight=torch.randn(16, 2, 4))))
-    with pytest.raises(ValueError, match="u or x must be given, not both"):
+    with pytest.raises(ValueError, match="exactly one of them must be given"):
         mamba_inner_cpu(u, xdbl, branches, z=z, x=x)
     with pytest.raises(ValueError, match=r"steps \[5, 21\) are not within the sequence's 20"):
         mamba_conv_cpu(x, branches, 5, 21)

@@ -337,7 +337,7 @@ def test_speech_mean_normalisation_removes_a_fixed_filter_and_ignores_silence():
     with torch.no_grad():
         plain, _ = model.tokens(audio=speech)
         torch.testing.assert_close(model.tokens(audio=coloured)[0], plain, rtol=0, atol=1e-5)
-        padded = speech_mean_normalise(torch.cat([speech, silence], dim=1))
-        torch.testing.assert_close(padded[:, :104], speech_mean_normalise(speech), rtol=0, atol=1e-6)
+        padded = speech_mean_normalise(torch.cat([speech, silence], dim=1), cfg.fbank_std)
+        torch.testing.assert_close(padded[:, :104], speech_mean_normalise(speech, cfg.fbank_std), rtol=0, atol=1e-6)
         model.config.audio_cmn = False
         assert (model.tokens(audio=coloured)[0] - plain).abs().max() > 0.1

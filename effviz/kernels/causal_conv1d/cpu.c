@@ -62,8 +62,7 @@ void causal_conv1d_silu_range(const float *x, int64_t L, const float *w, float b
         int64_t lo = -(t0 + shift), hi = L - (t0 + shift);
         lo = lo < 0 ? 0 : lo;
         hi = hi > T ? T : hi;
-        const float *xs = x + t0 + shift;
-        for (int64_t s = lo; s < hi; s++) y[s] += wj * xs[s];
+        for (int64_t s = lo; s < hi; s++) y[s] += wj * x[t0 + shift + s];
     }
     silu_row(y, T);
 }

@@ -29,7 +29,7 @@
 #include "../pool.h"
 #include "../simd_math.h"
 
-// From causal_conv1d/cpu.c: one contiguous block of rows of the conv.
+// From causal_conv1d/cpu.c: the conv + SiLU of one row, over a range of steps.
 void causal_conv1d_silu_range(const float *x, int64_t L, const float *w, float bias, int64_t K, int reverse,
                               int64_t t0, int64_t T, float *y);
 
@@ -74,7 +74,7 @@ static inline int64_t block_lo(int64_t L, int reverse, int64_t i0, int64_t steps
 static inline float softplus1(float x) { return x > 20.0f ? x : logf(1.0f + expf(x)); }
 
 // u of steps [lo, lo + steps) of row (b, d) for branch k: in place in the given u, or recomputed
-// into buf (at least BLOCK_STEPS + 8 floats).
+// into buf (at least BLOCK_STEPS floats).
 static inline const float *block_u(const inner_job *job, int k, int64_t b, int64_t d, int64_t lo, int64_t steps,
                                    float *buf) {
     const branch *br = &job->br[k];

@@ -113,7 +113,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 def _validate_inner(u_sig: tuple | None, x_sig: tuple | None, xdbl_sigs: tuple, branch_sigs: tuple,
                     z_sig: tuple | None, out_sig: tuple) -> None:
     if (u_sig is None) == (x_sig is None):
-        _fail("u", "or x must be given, not both")
+        _fail("u", "and x: exactly one of them must be given")
     if u_sig is not None:
         if len(u_sig[0]) != 4:
             _fail("u", f"must be (branches, batch, dim, L), got {u_sig[0]}")

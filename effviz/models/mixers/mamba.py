@@ -8,8 +8,9 @@ causal depthwise conv, projections, A and D. The backward branch runs the same k
 Two paths compute the same bimamba forward. The readable one composes ``causal_conv1d`` and
 ``selective_scan`` per branch and serves training and every backend. For inference on the ``cpu``
 backend (no autograd, fp32 CPU tensors) ``BiMamba`` takes the fused one: one C call for both
-branches' convs, x_proj as one matmul per branch, one C call for dt_proj, both scans, their sum,
-the gate and the averaging (``kernels.mamba_inner``), writing over z. That is 6 ops per block
+branches' convs (one per chunk of ``FUSED_CHUNK`` tokens in a longer sequence), x_proj as one
+matmul per branch, one C call for dt_proj, both scans, their sum, the gate and the averaging
+(``kernels.mamba_inner``), writing over z. That is 6 ops per block
 instead of ~30, and no (batch, d_inner, L) delta, y or sum tensor at all. The causal mixer is one forward branch:
 its state, the conv's last inputs and the scan's (d_inner, d_state) state, is all it needs to go on
 from one chunk of a stream to the next.
@@ -32,7 +33,7 @@ from ..layers import TokenLayout
 FUSED_INFERENCE = True
 # Longer sequences than this make their conv outputs a chunk of this many tokens at a time on the
 # fused path (Vim-Ti at 1248 px: 6,085 tokens, whose two conv outputs would be 19 MB beside the
-# 19 MB input projection). Up to it (Vim at 512 px) the whole conv output is kept and read once.
+# 19 MB input projection). Up to it (Vim-Ti to 496 px) the whole conv output is kept and read once.
 FUSED_CHUNK = 1024
 
 
@@ -170,6 +171,7 @@ class BiMamba(nn.Module):
                 u = mamba_conv_cpu(x, branches, start, stop)
                 for k, br in enumerate(branches):
                     xdbl[k][:, start:stop] = self.token_major_x_proj(u[k], br)
+            del u  # the scan recomputes it: the last chunk need not be held beside it
             y = mamba_inner_cpu(None, xdbl, branches, z=z, out=z, scale=0.5, x=x)
         return torch.bmm(y.transpose(1, 2), self.out_proj.weight.t().expand(batch, -1, -1))
 
