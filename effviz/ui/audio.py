@@ -120,10 +120,11 @@ def build(examples: Examples) -> None:
     defaults = default_models("audio")
     gr.Markdown(
         "Upload or record a sound: the chosen audio models classify it. The bundled models "
-        "recognise spoken digits (zero to nine), trained on 1 s clips recorded at 8 kHz: the spoken "
-        "part of your take is found and centred in 1 s, at the band they were trained on, then "
-        "turned into a log-mel spectrogram cut into full-height strips of 8 frames, one token every "
-        "40 ms. The official AudioSet models (AST, AuM) score 527 sound labels "
+        "recognise spoken digits (zero to nine) or answer \"no digit\", trained on 1 s clips recorded "
+        "at 8 kHz: the spoken part of your take is found and centred in 1 s, at the band they were "
+        "trained on, then turned into a log-mel spectrogram, each mel bin less its mean over the "
+        "speech, cut into full-height strips of 8 frames, one token every 40 ms (the lower plot shows "
+        "what the first model reads). The official AudioSet models (AST, AuM) score 527 sound labels "
         "independently (each probability on its own, they need not sum to 1). "
         + official_models_note()
     )
