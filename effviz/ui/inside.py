@@ -143,7 +143,7 @@ def matrix_figure(state: dict[str, Any], layer: int, head: int) -> go.Figure:
         combined = mixing.combined()
         unit = "channel" if mixing.kind in ("rwkv", "mamba") else "head"
         if head == 0:
-            conv = ", conv included" if mixing.kind == "mamba" else ""
+            conv = "<br>(conv included)" if mixing.kind == "mamba" else ""
             z, which = mixing.mean(), f"mean of {combined.shape[0]} {unit}s{conv}"
         else:
             z, which = combined[min(head, combined.shape[0]) - 1], f"{unit} {min(head, combined.shape[0])}"
@@ -155,7 +155,7 @@ def matrix_figure(state: dict[str, Any], layer: int, head: int) -> go.Figure:
     for annotation, title in zip(fig.layout.annotations, titles):
         annotation.text = title
     fig.update_layout(title=f"layer {layer + 1}: token-mixing matrix, output token (row) ← input token (column)"
-                      + ("" if head else ", |M|"), height=400, margin=dict(t=90, b=40))
+                      + ("" if head else ", |M|"), height=400, margin=dict(t=110, b=40))
     return fig
 
 
