@@ -105,6 +105,11 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
 
+    def audio_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, mel) fbank frames as the audio tokenizer receives them: mean-normalised
+        over the clip's speech when the recipe says so (``audio_cmn``)."""
+        return speech_mean_normalise(frames, self.config.fbank_std) if self.config.audio_cmn else frames
+
     def tokens(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None):
         """Embed the given modalities into one sequence; returns (tokens, layout)."""
         groups, grids = [], []
@@ -114,9 +119,8 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
             if name not in self.tokenizers:
                 raise ValueError(f"this model takes {', '.join(self.tokenizers)}, not {name}")
             if name == "audio":
-                if self.config.audio_cmn:
-                    x = speech_mean_normalise(x, self.config.fbank_std)
-                x = x.transpose(1, 2).unsqueeze(1)  # (batch, frames, mel) -> (batch, 1, mel, frames)
+                # (batch, frames, mel) -> (batch, 1, mel, frames)
+                x = self.audio_features(x).transpose(1, 2).unsqueeze(1)
             tokens, grid = self.tokenizers[name](x)
             if self.modality_embed is not None:
                 tokens = tokens + self.modality_embed[name]

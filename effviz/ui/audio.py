@@ -14,7 +14,6 @@ from plotly.subplots import make_subplots
 from .. import api
 from ..wording import counted
 from ..data.audio import FRAME_SHIFT_MS, fbank, prepare_waveform, read_audio
-from ..models.backbone import speech_mean_normalise
 from ..models.releases import AudioPreprocess
 from . import (
     ERROR_TITLE,
@@ -82,9 +81,9 @@ def model_view(model_id: str, samples: np.ndarray, sample_rate: int) -> tuple[np
         frames = api.model_inputs(model_id, audio=samples, sample_rate=sample_rate)["audio"]
     except (ValueError, FileNotFoundError):
         return None
-    cfg, pre = api.load_model(model_id).config, api.model_preprocess(model_id).audio
-    if cfg.audio_cmn:
-        frames = speech_mean_normalise(frames, cfg.fbank_std)
+    model, pre = api.load_model(model_id), api.model_preprocess(model_id).audio
+    cfg = model.config
+    frames = model.audio_features(frames)
     steps = [f"{frames.shape[1] * FRAME_SHIFT_MS / 1000:.2f} s at {pre.sample_rate / 1000:g} kHz"]
     if pre.band_hz:
         steps.append(f"band-limited to {pre.band_hz / 1000:g} kHz")

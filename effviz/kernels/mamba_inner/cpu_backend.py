@@ -159,12 +159,12 @@ def mamba_inner_cpu(u: torch.Tensor | None, xdbl: tuple[torch.Tensor, ...], bran
     if len(branches) != given or len(xdbl) != len(branches) or len(branches) not in (1, 2):
         raise ValueError(f"mamba_inner (cpu backend): u has {given} branches, xdbl {len(xdbl)} "
                          f"and branches {len(branches)}; all must be 1 or 2")
-    batch, dim, length = u.shape[1:] if u is not None else (x.shape if x is not None else (0, 0, 0))
     _validate_inner(None if u is None else _signature(u)[0], None if x is None else _signature(x)[0],
                     _signature(*xdbl),
                     tuple(_signature(br.dt_weight, br.dt_bias, br.A_log, br.D, br.conv_weight, br.conv_bias)
                           for br in branches),
                     _signature(z)[0], None if out is None else _signature(out)[0])
+    batch, dim, length = u.shape[1:] if u is not None else x.shape
     if out is None:
         out = xdbl[0].new_empty(batch, dim, length)
     args = []
