@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -367,39 +368,72 @@ def test_crossover_needs_separated_intervals_and_two_points_for_always_or_never(
 # ---- the timing child --------------------------------------------------------------------------
 
 
-def test_latency_child_times_models_in_turn_and_refuses_a_warm_up_over_its_limit(tmp_path):
-    request = {"models": ["deit-cifar", "vim-cifar"], "axis": "resolution", "x": 32, "device": "cpu", "dtype": "fp32",
+def test_latency_child_times_points_in_turn_and_refuses_a_warm_up_over_its_limit(tmp_path):
+    points = [["deit-cifar", 32], ["vim-cifar", 32], ["deit-cifar", 48]]
+    request = {"points": points, "axis": "resolution", "device": "cpu", "dtype": "fp32",
                "batch": 1, "policy": {"budget_s": 0, "min_runs": 2, "max_runs": 2}, "warmup_limit_s": 60,
                "progress": str(tmp_path / "progress.jsonl")}
-    result = sweep._latency_child(request)["models"]
-    for model_id in request["models"]:
-        timing = result[model_id]["timing"]
+    result = sweep._latency_child(request)["points"]
+    assert len(result) == 3
+    for timed in result:
+        timing = timed["timing"]
         # 2 undisturbed runs each, or up to 5 redos more when this busy test machine disturbs them
         assert 2 <= len(timing["all_runs"]) <= 7 and timing["min_ms"] == min(timing["runs_ms"])
     progress = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
-    assert progress == [{"starting": "deit-cifar"}, {"warmed": "deit-cifar"}, {"starting": "vim-cifar"},
-                        {"warmed": "vim-cifar"}]
-    slow = sweep._latency_child({**request, "warmup_limit_s": 0.0, "progress": str(tmp_path / "again.jsonl")})
-    assert all("timed runs would not fit the time limit" in slow["models"][m]["timeout"] for m in request["models"])
+    assert progress == [{"starting": 0}, {"warmed": 0}, {"starting": 1}, {"warmed": 1}, {"starting": 2}, {"warmed": 2}]
+    slow = sweep._latency_child({**request, "warmup_limit_s": 0.0, "progress": str(tmp_path / "again.jsonl")})["points"]
+    assert all("timed runs would not fit the time limit" in slow[i]["timeout"] for i in (0, 1))
+    # a model too slow at one size is not built at its larger sizes
+    assert slow[2] == {"skipped": f"after timeout at 32: {slow[0]['timeout']}"}
 
 
-def test_a_model_that_hangs_its_timing_child_is_blamed_and_the_others_are_timed_again(monkeypatch):
-    spec = tiny_spec(["deit-cifar", "vim-cifar"], "resolution", [32])
+TIMING = {"min_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0, "runs_ms": [1.0], "disturbed": 0, "unstable": False,
+          "basis": "wall", "all_runs": [[1.0, 1.0, False]]}
+
+
+def test_a_point_that_hangs_its_timing_child_is_blamed_and_the_others_are_timed_again(monkeypatch):
+    spec = tiny_spec(["deit-cifar", "vim-cifar"], "resolution", [32, 48])
     requests = []
-    timing = {"min_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0, "runs_ms": [1.0], "disturbed": 0, "unstable": False,
-              "all_runs": [[1.0, 1.0, False]]}
 
     def fake_child(spec_, request, timeout_s, stop):
-        requests.append((list(request["models"]), timeout_s))
-        if len(requests) == 1:  # vim-cifar never finishes its warm-up
-            progress = [{"starting": "deit-cifar"}, {"warmed": "deit-cifar"}, {"starting": "vim-cifar"}]
+        requests.append((request["points"], request["policy"]["budget_s"], timeout_s))
+        if len(requests) == 1:  # vim-cifar at 32 px never finishes its warm-up
+            progress = [{"starting": 0}, {"warmed": 0}, {"starting": 1}]
             return sweep._ChildEnding("timeout", None, progress, -9, "")
-        return sweep._ChildEnding("exited", {"models": {"deit-cifar": {"timing": timing}}}, [], 0, "")
+        return sweep._ChildEnding("exited", {"points": [{"timing": TIMING}] * len(request["points"])}, [], 0, "")
 
     monkeypatch.setattr(sweep, "_run_child", fake_child)
-    outcomes = sweep._time_point(spec, ["deit-cifar", "vim-cifar"], 32, None)
-    assert requests == [(["deit-cifar", "vim-cifar"], 2 * spec.timeout_s), (["deit-cifar"], spec.timeout_s)]
-    assert outcomes["vim-cifar"].status == "timeout" and outcomes["deit-cifar"].timing == timing
+    points = [("deit-cifar", 32), ("vim-cifar", 32), ("deit-cifar", 48), ("vim-cifar", 48)]
+    outcomes = sweep._time_point(spec, points, None)
+    # The budget is per size; the limit per point. The culprit's larger size is skipped, not retried.
+    assert requests == [([list(p) for p in points], 2 * spec.budget_s, 4 * spec.timeout_s),
+                        ([["deit-cifar", 32], ["deit-cifar", 48]], 2 * spec.budget_s, 2 * spec.timeout_s)]
+    assert outcomes[("vim-cifar", 32)].status == "timeout"
+    assert outcomes[("vim-cifar", 48)].status == "skipped" and "after timeout at 32" in outcomes[("vim-cifar", 48)].reason
+    assert outcomes[("deit-cifar", 32)].timing == TIMING and outcomes[("deit-cifar", 48)].timing == TIMING
+
+
+def test_interleave_all_times_every_size_in_one_child_and_reports_in_order(monkeypatch):
+    requests = []
+
+    def fake_child(spec_, request, timeout_s, stop):
+        requests.append(request)
+        if request["mode"] == "memory":
+            return sweep._ChildEnding("exited", {"value": 10.0}, [], 0, "")
+        timings = [{"timing": {**TIMING, "min_ms": float(x) * (2 if m == "vim-cifar" else 1)}}
+                   for m, x in request["points"]]
+        return sweep._ChildEnding("exited", {"points": timings}, [], 0, "")
+
+    monkeypatch.setattr(sweep, "_run_child", fake_child)
+    spec = replace(tiny_spec(["deit-cifar", "vim-cifar"], "resolution", [48, 32, 64]), interleave="all")
+    points = list(sweep.run_sweep(spec))
+    latency = [r for r in requests if r["mode"] == "latency"]
+    assert len(latency) == 1 and latency[0]["policy"]["budget_s"] == 3 * spec.budget_s
+    assert [(p.model, p.x) for p in points] == [(m, x) for x in (32, 48, 64) for m in ("deit-cifar", "vim-cifar")]
+    assert [p.latency_ms for p in points] == [32, 64, 48, 96, 64, 128]
+    assert all(p.status == "ok" and p.peak_mem_mib == 10.0 for p in points)
+    with pytest.raises(ValueError, match="unknown interleave 'sizes'"):
+        replace(spec, interleave="sizes")
 
 
 def test_figure_draws_error_bars_keeps_guides_inside_the_data_and_stacks_crossover_labels():

@@ -92,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dtype", choices=list(DTYPES), default="float32", help="input dtype (math is fp32)")
     k.add_argument("--json", type=Path, metavar="PATH", help="also write all numbers to this JSON file")
 
-    from .sweep import AXES, DTYPES as SWEEP_DTYPES
+    from .sweep import AXES, DTYPES as SWEEP_DTYPES, INTERLEAVE
 
     s = commands.add_parser(
         "sweep",
         help="latency and peak memory of whole models as resolution, audio length or tokens grow",
-        description="At each size, time the models' forwards in turn (A B A B ...) in one child "
+        description="At each size, time the models' forwards in turn (A B A B ...; with --interleave all, "
+        "every model at every size in turn) in one child "
         "process with normal malloc, filling a time budget and running again any run that waited "
         "for the CPU; then measure each model's peak memory in a child of its own. Fit scaling "
         "exponents with bootstrap intervals and find where the efficient models overtake the "
@@ -118,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=_positive_float, default=120.0,
                    help="seconds each model may take per point (startup and model build included)")
     s.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's default)")
+    s.add_argument("--interleave", choices=list(INTERLEAVE), default="models",
+                   help="models: the models of one size take turns, size after size; all: every model at every "
+                   "size takes turns in one child, so that a machine whose speed drifts slows every size alike "
+                   "(steadier exponents; every point is held in memory at once) (default: %(default)s)")
     s.add_argument("--fit-range", type=_number_range, metavar="LOW,HIGH",
                    help="also fit exponents over the points with LOW <= x <= HIGH (axis units)")
     s.add_argument("--json", type=Path, metavar="PATH", help="also write every point and the summary to this JSON file")
@@ -360,7 +365,7 @@ def _sweep_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             models=tuple(args.models), axis=args.axis, values=tuple(args.values),
             device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=args.dtype,
             batch=args.batch, budget_s=args.budget, min_runs=args.min_runs, max_runs=args.max_runs,
-            timeout_s=args.timeout, threads=args.threads,
+            timeout_s=args.timeout, threads=args.threads, interleave=args.interleave,
         )
     except ValueError as err:
         parser.error(str(err))

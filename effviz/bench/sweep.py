@@ -66,6 +66,12 @@ AXES = {"resolution": "px", "seconds": "s", "tokens": "tokens", "length": "token
 AXIS_MODALITIES = {"resolution": ("image",), "seconds": ("audio",), "tokens": ("image", "audio"), "length": ("text",)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 STATUSES = ("ok", "oom", "timeout", "skipped", "error")
+# Which points take turns in the timed runs. "models": the models of one size (A B A B ...), one
+# size after the other, each size reported as soon as it is done (the app's live plot). "all":
+# every model at every size in one round (A1 B1 A2 B2 ... A1 B1 ...), so that a machine whose
+# speed drifts over minutes slows every size alike and the exponents, which compare sizes, hold
+# still; the points come at the end, and every model at every size is held in memory at once.
+INTERLEAVE = ("models", "all")
 FRAMES_PER_SECOND = 100  # Kaldi fbank, 10 ms frame shift
 KERNEL_OPS = ("selective_scan", "bi_wkv", "retention", "rms_norm", "causal_conv1d")
 MIB = 2**20
@@ -192,8 +198,9 @@ class SweepSpec:
     (starting Python and torch and building the model included), and each memory child. One
     warm-up forward over ``timeout_s / (1 + min_runs + max_redos)`` counts as a timeout: its
     timed runs and redos could not fit. ``threads`` defaults to this process's torch thread
-    count; with one, a run that waited for the CPU is told apart exactly. Invalid specs raise
-    ValueError on construction, before anything runs.
+    count; with one, a run that waited for the CPU is told apart exactly. ``interleave`` (an
+    ``INTERLEAVE`` key) says which points take turns. Invalid specs raise ValueError on
+    construction, before anything runs.
     """
 
     models: tuple[str, ...]
@@ -207,6 +214,7 @@ class SweepSpec:
     max_runs: int = 30
     timeout_s: float = 120.0
     threads: int | None = None
+    interleave: str = "models"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(dict.fromkeys(self.models)))
@@ -225,6 +233,8 @@ class SweepSpec:
             raise ValueError(f"timeout must be positive, got {self.timeout_s}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.interleave not in INTERLEAVE:
+            raise ValueError(f"unknown interleave {self.interleave!r}; choose one of {', '.join(INTERLEAVE)}")
         device = bench_device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda asked for, but torch sees no CUDA GPU here")
@@ -436,6 +446,8 @@ def _is_out_of_memory(error_type: str, message: str) -> bool:
 
 
 def _outcome_from_result(result: dict[str, Any], mode: str) -> _ChildOutcome:
+    if "skipped" in result:
+        return _ChildOutcome("skipped", reason=result["skipped"])
     if "timeout" in result:
         return _ChildOutcome("timeout", reason=f"{mode} run: {result['timeout']}")
     if "error" not in result:
@@ -456,25 +468,29 @@ def _outcome_from_death(returncode: int, stderr: str, mode: str) -> _ChildOutcom
 
 
 def _time_point(
-    spec: SweepSpec, models: Sequence[str], x: float, stop: threading.Event | None
-) -> dict[str, _ChildOutcome] | None:
-    """Latency of ``models`` at ``x``, timed interleaved in one child; None when stopped.
+    spec: SweepSpec, points: Sequence[tuple[str, float]], stop: threading.Event | None
+) -> dict[tuple[str, float], _ChildOutcome] | None:
+    """Latency of every (model, x) of ``points``, timed interleaved in one child, the budget
+    ``spec.budget_s`` per size; None when stopped.
 
-    A child that runs past its limit (each model's ``timeout_s``) or dies is blamed on the model
-    it was building or warming up (its progress file says which), and the others are timed again
-    in a fresh child without it; a child that fails during the interleaved runs fails them all.
+    A child that runs past its limit (each point's ``timeout_s``) or dies is blamed on the point
+    it was building or warming up (its progress file says which): that point fails, the model's
+    larger points among them are skipped, and the others are timed again in a fresh child. A
+    child that fails during the interleaved runs fails them all.
     """
-    outcomes: dict[str, _ChildOutcome] = {}
-    pending = list(models)
+    outcomes: dict[tuple[str, float], _ChildOutcome] = {}
+    pending = list(points)
     while pending:
-        request = {"mode": "latency", "models": pending, "x": x, "policy": asdict(spec.policy()),
+        sizes = len({x for _, x in pending})
+        request = {"mode": "latency", "points": [list(p) for p in pending],
+                   "policy": asdict(replace(spec.policy(), budget_s=spec.budget_s * sizes)),
                    "warmup_limit_s": spec.warmup_limit_s()}
         ended = _run_child(spec, request, spec.timeout_s * len(pending), stop)
         if ended.ending == "stopped":
             return None
         if ended.ending == "exited" and ended.result is not None:
-            for model_id in pending:
-                outcomes[model_id] = _outcome_from_result(ended.result["models"][model_id], "latency")
+            for point, result in zip(pending, ended.result["points"]):
+                outcomes[point] = _outcome_from_result(result, "latency")
             return outcomes
         if ended.ending == "timeout":
             failed = _ChildOutcome("timeout", reason=f"latency run exceeded the {spec.timeout_s:g} s limit "
@@ -483,12 +499,16 @@ def _time_point(
             failed = _outcome_from_death(ended.returncode, ended.stderr, "latency")
         warmed = {line["warmed"] for line in ended.progress if "warmed" in line}
         started = [line["starting"] for line in ended.progress if "starting" in line]
-        culprit = started[-1] if started and started[-1] not in warmed else None
-        if culprit is None:  # during the timed runs, or before any model: no one to single out
-            outcomes.update({m: failed for m in pending})
+        if not started or started[-1] in warmed:  # during the timed runs, or before any point: no one to single out
+            outcomes.update({p: failed for p in pending})
             return outcomes
+        culprit = pending[started[-1]]
         outcomes[culprit] = failed
-        pending.remove(culprit)
+        model_id, x = culprit
+        for later in [p for p in pending if p[0] == model_id and p[1] > x]:
+            outcomes[later] = _ChildOutcome("skipped", reason=f"after {failed.status} at {x:g} {spec.unit}: "
+                                            f"{failed.reason}")
+        pending = [p for p in pending if p not in outcomes]
     return outcomes
 
 
@@ -518,37 +538,42 @@ def _error(err: BaseException) -> dict[str, str]:
 
 
 def _latency_child(request: dict[str, Any]) -> dict[str, Any]:
-    """Build and warm up each model (one failing does not stop the others), then time the ones
-    that are ready interleaved."""
+    """Build and warm up each (model, x) point (one failing does not stop the others), then time
+    the ones that are ready interleaved. Results in the order of ``request["points"]``."""
     device = request["device"]
     policy = TimingPolicy(**request["policy"])
     sync = (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else None
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[int, dict[str, Any]] = {}
     forwards: dict[str, Callable[[], Any]] = {}
+    too_slow: dict[str, str] = {}  # model -> why its larger points are not built
     with open(request["progress"], "a") as progress:
-        for model_id in request["models"]:
-            progress.write(json.dumps({"starting": model_id}) + "\n")
+        for i, (model_id, x) in enumerate(request["points"]):
+            if model_id in too_slow:
+                results[i] = {"skipped": too_slow[model_id]}
+                continue
+            progress.write(json.dumps({"starting": i}) + "\n")
             progress.flush()
             try:
-                forward = _point_forward(model_id, request["axis"], request["x"], device, request["dtype"], request["batch"])
+                forward = _point_forward(model_id, request["axis"], x, device, request["dtype"], request["batch"])
                 # Warm-up: native kernels load, Triton compiles, thread pools start.
                 warmup_s = time_once(forward, policy, sync).wall_ms / 1e3
             except Exception as err:  # reported to the parent, which files it as oom or error
-                results[model_id] = _error(err)
+                results[i] = _error(err)
                 continue
-            finally:  # failed or not, this model is done: only a hang or a death leaves it "starting"
-                progress.write(json.dumps({"warmed": model_id}) + "\n")
+            finally:  # failed or not, this point is done: only a hang or a death leaves it "starting"
+                progress.write(json.dumps({"warmed": i}) + "\n")
                 progress.flush()
             if warmup_s > request["warmup_limit_s"]:
-                results[model_id] = {"timeout": (
+                results[i] = {"timeout": (
                     f"one forward took {warmup_s:.1f} s: its timed runs would not fit the time limit "
                     f"(a warm-up may take {request['warmup_limit_s']:.1f} s)")}
+                too_slow[model_id] = f"after timeout at {x:g}: {results[i]['timeout']}"
             else:
-                forwards[model_id] = forward
+                forwards[str(i)] = forward
     if forwards:
         timings = measure_interleaved(forwards, policy, sync)
-        results.update({m: {"timing": t.to_dict()} for m, t in timings.items()})
-    return {"models": results}
+        results.update({int(i): {"timing": t.to_dict()} for i, t in timings.items()})
+    return {"points": [results[i] for i in range(len(request["points"]))]}
 
 
 def _child_main(result_path: str) -> None:
@@ -565,8 +590,8 @@ def _child_main(result_path: str) -> None:
             result = {"value": peak_of_call_mib(forward, request["device"])}
     except Exception as err:  # reported to the parent, which files it as oom or error
         result = _error(err)
-        if request["mode"] == "latency":  # failed during the interleaved runs: all models alike
-            result = {"models": {m: result for m in request["models"]}}
+        if request["mode"] == "latency":  # failed during the interleaved runs: all points alike
+            result = {"points": [result for _ in request["points"]]}
     Path(result_path).write_text(json.dumps(result))
 
 
@@ -615,7 +640,8 @@ def _acquire_turn(stop: threading.Event | None) -> bool:
 
 def run_sweep(spec: SweepSpec, stop: threading.Event | None = None) -> Iterator[PointResult]:
     """Measure every model at every value, smallest values first, yielding each point when done
-    (the models of one value are timed together, then measured for memory one by one).
+    (the models of one value are timed together, or every point together with ``interleave="all"``;
+    then each point is measured for memory on its own).
 
     Waits (from the first ``next``) while another sweep runs in this process. Setting ``stop``
     kills the running child and ends the sweep without yielding the points of that value that
@@ -626,6 +652,13 @@ def run_sweep(spec: SweepSpec, stop: threading.Event | None = None) -> Iterator[
     try:
         native.available()  # builds the C kernels here if needed, not inside a child's time limit
         blocked: dict[str, str] = {}  # model -> why its larger points are skipped
+        if spec.interleave == "all":
+            results = {(m, x): _planned(spec, m, x, blocked) for x in spec.values for m in spec.models}
+            for result in _measure(spec, results, stop):
+                if result is None:
+                    return
+                yield result
+            return
         for x in spec.values:
             if stop is not None and stop.is_set():
                 return
@@ -643,26 +676,36 @@ def _run_value(
     spec: SweepSpec, x: float, blocked: dict[str, str], stop: threading.Event | None
 ) -> Iterator[PointResult | None]:
     """Every model at ``x``, in the spec's order; None when stopped."""
-    results: dict[str, PointResult] = {}
-    for model_id in spec.models:
-        point = plan_input(model_id, spec.axis, x)
-        result = PointResult(model_id, spec.axis, x, point.tokens, None, None, "ok", "", point.describe())
-        if model_id in blocked:
-            result = replace(result, status="skipped", reason=blocked[model_id])
-        elif (refusal := _memory_refusal(spec, model_id, x)) is not None:
-            result = replace(result, status="oom", reason=refusal)
-        results[model_id] = result
-    to_time = [m for m, r in results.items() if r.status == "ok"]
+    results = {(m, x): _planned(spec, m, x, blocked) for m in spec.models}
+    yield from _measure(spec, results, stop)
+
+
+def _planned(spec: SweepSpec, model_id: str, x: float, blocked: dict[str, str]) -> PointResult:
+    """A point before it is measured: "ok" to measure, or skipped (blocked) or refused (memory)."""
+    point = plan_input(model_id, spec.axis, x)
+    result = PointResult(model_id, spec.axis, x, point.tokens, None, None, "ok", "", point.describe())
+    if model_id in blocked:
+        return replace(result, status="skipped", reason=blocked[model_id])
+    if (refusal := _memory_refusal(spec, model_id, x)) is not None:
+        return replace(result, status="oom", reason=refusal)
+    return result
+
+
+def _measure(spec: SweepSpec, results: dict[tuple[str, float], PointResult], stop: threading.Event | None
+             ) -> Iterator[PointResult | None]:
+    """Time the "ok" points of ``results`` interleaved, then measure each one's memory; yield
+    every point in order, None when stopped."""
+    to_time = [key for key, r in results.items() if r.status == "ok"]
     try:
-        latencies = _time_point(spec, to_time, x, stop) if to_time else {}
+        latencies = _time_point(spec, to_time, stop) if to_time else {}
     except Exception as err:  # on this side (no process could start ...): record it, go on
-        latencies = {m: _ChildOutcome("error", reason=f"could not run: {type(err).__name__}: {err}") for m in to_time}
+        latencies = {k: _ChildOutcome("error", reason=f"could not run: {type(err).__name__}: {err}") for k in to_time}
     if latencies is None:
         yield None
         return
-    for model_id, result in results.items():
-        if model_id in latencies:
-            result = _with_latency(result, latencies[model_id])
+    for key, result in results.items():
+        if key in latencies:
+            result = _with_latency(result, latencies[key])
             if result.status == "ok":
                 result = _with_memory(spec, result, stop)
         if result is None:
@@ -741,6 +784,7 @@ def sweep_environment(spec: SweepSpec) -> dict[str, Any]:
         "min_runs": spec.min_runs,
         "max_runs": spec.max_runs,
         "timeout_s": spec.timeout_s,
+        "interleave": spec.interleave,
         "memory_available_mib": available_memory_mib(spec.device),
         "calibration": calibrate(),
     }
@@ -864,8 +908,11 @@ def describe_protocol(env: dict[str, Any]) -> str:
     threads = env["threads"]
     return (
         f"latency: the minimum of each model's undisturbed runs (p20-p80 beside it), "
-        f"{env['min_runs']}-{env['max_runs']} runs per model, the models of a point timed in turn "
-        f"(A B A B ...) for about {env['budget_s']:g} s, {counted(threads, 'torch thread')}; "
+        f"{env['min_runs']}-{env['max_runs']} runs per model, "
+        + ("every model at every size timed in turn (A1 B1 A2 B2 ... A1 B1 ...), "
+           f"for about {env['budget_s']:g} s per size, " if env.get("interleave") == "all" else
+           f"the models of a point timed in turn (A B A B ...) for about {env['budget_s']:g} s, ")
+        + f"{counted(threads, 'torch thread')}; "
         f"a run whose wall time exceeds its CPU time by over {100 * TimingPolicy().margin:.0f}% waited for the CPU "
         "and is run again; a point still short of undisturbed runs after 5 redos says \"unstable\" and takes "
         + ("the CPU times of all its runs (with one thread, each run without its waiting)" if threads == 1
