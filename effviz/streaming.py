@@ -6,8 +6,9 @@ chunk to the next, digits out as they are said.
 
 Each stage holds back only what the next one cannot use yet (a partial frame's samples, a partial
 token's frames), so a recording streamed in chunks of any size gives the same digits, at the
-same times, as :func:`transcribe` on all of it at once. The fbank has no clip-wide step (no mean
-removal, fixed normalisation), which is what lets it stream.
+same times, as :func:`transcribe` on all of it at once. The fbank has no clip-wide step (fixed
+normalisation); the models that remove the speech's mean do it with a running mean carried in
+their state (``Transcriber.normalise``), so that streams too.
 
 The transcribers are saved under ``weights/transcribers/<id>/`` (config.json, model.safetensors,
 card.json with the weights' sha256), apart from the classifiers, which ``effviz.api`` lists.

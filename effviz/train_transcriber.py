@@ -39,6 +39,7 @@ import torchaudio
 from .data import synthetic_speech
 from .data.connected_digits import connected_utterance, digit_error_rate, spoken_part
 from .data.speech_augment import room_impulse_responses, spec_augment
+from .models.backbone import SPEECH_FRAME_RANGE
 from .models.config import ModelConfig
 from .models.registry import TRANSCRIBER_RECIPES
 from .models.transcriber import Transcriber
@@ -122,6 +123,20 @@ class ConnectedDigitsTask:
                 os.replace(partial, self.bank_path)
                 self._bank = features, digits, ends
         return self._bank
+
+    def speech_prior(self) -> tuple[torch.Tensor, float]:
+        """The running mean normalisation's prior: the per-bin mean of the training utterances'
+        speech frames (within ``SPEECH_FRAME_RANGE`` of each one's loudest) and the median of their
+        loudest frame's energy."""
+        span = SPEECH_FRAME_RANGE / (2 * self.cfg.fbank_std)
+        total, count, peaks = torch.zeros(self.cfg.mel_bins, dtype=torch.float64), 0, []
+        for features in self.bank()[0]:
+            energy = features.float().mean(-1)
+            speech = energy > energy.max() - span
+            total += features[speech].double().sum(0)
+            count += int(speech.sum())
+            peaks.append(float(energy.max()))
+        return (total / count).float(), float(torch.tensor(peaks).median())
 
     def batches(self, batch_size: int, gen: torch.Generator):
         """Shuffled batches: (features (batch, frames, mel) zero-padded at the end, their frame
@@ -210,6 +225,10 @@ def train_transcriber(model_id: str, fsdd: str, test_speaker: str = TEST_SPEAKER
     torch.manual_seed(seed)
     model = Transcriber(TRANSCRIBER_RECIPES[model_id]())
     task = ConnectedDigitsTask(model, fsdd, test_speaker, seed, bank_utterances)
+    if model.config.audio_cmn:
+        prior_mean, prior_peak = task.speech_prior()
+        model.speech_prior_mean.copy_(prior_mean)
+        model.speech_prior_peak.fill_(prior_peak)
     steps_per_epoch = len(task.bank()[0]) // recipe.batch_size
     total, warmup = epochs * steps_per_epoch, max(1, int(recipe.warmup_epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -253,6 +272,7 @@ def train_transcriber(model_id: str, fsdd: str, test_speaker: str = TEST_SPEAKER
         "metrics": {f"der_{name}": round(rate, 4) for name, rate in rates.items()},
         "data": task.data_note, "recipe": asdict(recipe) | {"epochs": epochs}, "history": history,
         "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+        "speech_mean": model.config.audio_cmn,
     }
     save_transcriber(model, card, out_dir or TRANSCRIBERS_DIR / model_id)
     return card
@@ -281,9 +301,9 @@ def render_card(card: dict) -> str:
 
 A {card['kind']} with the {card['mixer']} mixer, {card['params']:,} parameters, trained by
 `python -m effviz.train_transcriber {card['model']}` ({card['train_seconds']:.0f} s, {card['threads']} thread(s)).
-It reads 8 kHz audio as 40-bin fbank frames; every 40 ms a token reads the last 320 ms of
-them, and streams with the state of the chunks before (see `effviz.streaming`). Its head has CTC's
-outputs (blank and the digits) and is decoded as CTC is; it was trained by cross-entropy on the
+It reads 8 kHz audio as 40-bin fbank frames{" less the running mean of the stream's speech so far" if card.get("speech_mean") else ""};
+every 40 ms a token reads the last 320 ms of them, and streams with the state of the chunks
+before (see `effviz.streaming`). Its head has CTC's outputs (blank and the digits) and is decoded as CTC is; it was trained by cross-entropy on the
 alignment the utterances are built with{" plus CTC" if card["recipe"].get("ctc_weight") else ""}, {card["recipe"]["epochs"]} epochs of batches of {card["recipe"]["batch_size"]}.
 
 Data: {card['data']}.

@@ -103,7 +103,7 @@ def test_chunks_slower_than_their_audio_stop_the_model(tiny, monkeypatch):
     assert len(points) == 1 and points[0].limit == "latency" and points[0].latency_ms == 200.0
     spec = short_spec(TRANSFORMER)
     report = stream.format_report(stream.make_record(spec, stream.stream_environment(spec), points, [end], 1.0))
-    assert report.rstrip().endswith("| transformer-digits-stream | 0.8 s | 200.00 | 200.00-200.00 | 0 of 5 | 14,208 | "
+    assert report.rstrip().endswith("| transformer-digits-stream | 0.8 s | 200.00 | 200.00-200.00 | 0 of 5 | 14,376 | "
                                     "real-time limit |")
     assert end.seconds == pytest.approx(0.8)  # stopped at its first point: 5 chunks, one window
     assert end.compute_cpu_s / end.seconds == pytest.approx(0.2 / 0.16)

@@ -33,6 +33,48 @@ def speech_mean_normalise(frames: torch.Tensor, fbank_std: float) -> torch.Tenso
     return frames - (frames * speech).sum(1, keepdim=True) / speech.sum(1, keepdim=True)
 
 
+# The causal form's loudest-frame tracker forgets SPEECH_FRAME_RANGE over this many frames (10 s),
+# so a quieter microphone is followed within seconds, while the pauses between digits do not
+# let the noise floor count as speech.
+PEAK_FALL_FRAMES = 1000
+# Weight of the prior speech mean, in frames of speech: the first words are normalised mostly by
+# it, a few seconds of speech by their own mean.
+PRIOR_SPEECH_FRAMES = 50
+
+
+def running_speech_mean_normalise(frames: torch.Tensor, fbank_std: float, prior_mean: torch.Tensor,
+                                  prior_peak: float, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+    """The causal, streaming form of :func:`speech_mean_normalise`: frame t has subtracted the mean
+    of the speech frames up to and including t, blended with ``prior_mean`` (mel bins,) at the
+    weight of ``PRIOR_SPEECH_FRAMES``.
+
+    A frame counts as speech when its mean energy is within ``SPEECH_FRAME_RANGE`` of a running
+    loudest frame that falls by that range every ``PEAK_FALL_FRAMES`` frames and starts at
+    ``prior_peak`` (the training utterances' typical loudest frame), so the silence before the
+    first word is not taken for speech. ``state`` (None at the start of a stream) is what the
+    previous chunk returned: (sum of its speech frames (batch, mel), their count (batch, 1), the
+    running loudest energy (batch, 1)), a fixed size however long the stream; chunks of any size
+    give the frames one pass gives.
+    """
+    batch, count, mel = frames.shape
+    span = SPEECH_FRAME_RANGE / (2 * fbank_std)
+    fall = span / PEAK_FALL_FRAMES
+    if state is None:
+        state = (frames.new_zeros(batch, mel), frames.new_zeros(batch, 1), frames.new_full((batch, 1), prior_peak))
+    if count == 0:
+        return frames, state
+    total, seen, peak = state
+    energy = frames.mean(-1)  # (batch, frames)
+    steps = torch.arange(1, count + 1, dtype=frames.dtype, device=frames.device) * fall
+    # peak_t = max(peak_0 - fall*t, max_{s<=t} (energy_s - fall*(t - s)))
+    peaks = torch.maximum(peak - steps, (energy + steps).cummax(1).values - steps)
+    speech = (energy > peaks - span).to(frames.dtype).unsqueeze(-1)
+    totals = total.unsqueeze(1) + (frames * speech).cumsum(1)
+    seens = seen.unsqueeze(1) + speech.cumsum(1)
+    means = (prior_mean * PRIOR_SPEECH_FRAMES + totals) / (PRIOR_SPEECH_FRAMES + seens)
+    return frames - means, (totals[:, -1], seens[:, -1], peaks[:, -1:])
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()

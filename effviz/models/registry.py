@@ -294,13 +294,14 @@ def _stream(cfg: ModelConfig) -> ModelConfig:
     """Streaming digit transcriber (effviz.models.transcriber): 8 kHz audio (FSDD's rate; wider
     inputs are resampled to it), 40 mel bins, a token every 4 frames (40 ms) reading the last 32
     (320 ms), D=128, 4 heads, four blocks (eight for Mamba, which has no channel mixer), a CTC
-    head over blank and the digits."""
+    head over blank and the digits. The frames are less the running mean of the stream's speech
+    (``audio_cmn``: the causal form of the classifiers' mean normalisation)."""
     cfg.embed_dim, cfg.num_heads = 128, 4
     cfg.depth = 8 if cfg.channel_mixer is None else 4
     cfg.causal, cfg.cls_token, cfg.input_norm, cfg.modalities = True, None, False, ("audio",)
     cfg.num_classes, cfg.labels = 11, [BLANK, *DIGITS]
     cfg.sample_rate, cfg.mel_bins, cfg.audio_patch_size, cfg.audio_patch_stride = 8000, 40, 32, 4
-    cfg.fbank_mean, cfg.fbank_std = STREAM_FBANK_MEAN, STREAM_FBANK_STD
+    cfg.fbank_mean, cfg.fbank_std, cfg.audio_cmn = STREAM_FBANK_MEAN, STREAM_FBANK_STD, True
     cfg.__post_init__()
     return cfg
 

@@ -22,7 +22,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .backbone import Block, _init_weights
+from .backbone import Block, _init_weights, running_speech_mean_normalise
 from .config import ModelConfig
 from .layers import AddNorm
 
@@ -50,6 +50,19 @@ class Transcriber(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
         self.norm_f = AddNorm(cfg.embed_dim, cfg.norm, cfg.norm_eps)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
         self.apply(_init_weights)
+        if cfg.audio_cmn:
+            # The running mean normalisation's prior: the training speech's per-bin mean and typical
+            # loudest frame, set from the training data (train_transcriber) and saved with the weights.
+            self.register_buffer("speech_prior_mean", torch.zeros(cfg.mel_bins))
+            self.register_buffer("speech_prior_peak", torch.zeros(()))
+
+    def normalise(self, audio: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple | None]:
+        """The fbank frames as the blocks read them: less the running mean of the stream's speech
+        when the recipe says so (``audio_cmn``; backbone.running_speech_mean_normalise)."""
+        if not self.config.audio_cmn:
+            return audio, None
+        return running_speech_mean_normalise(audio, self.config.fbank_std, self.speech_prior_mean,
+                                             float(self.speech_prior_peak), state)
 
     def tokens(self, audio: torch.Tensor, before: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, frames, mel) -> (batch, frames // stride, embed_dim), and the frames the next
@@ -67,7 +80,7 @@ class Transcriber(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
         return tokens, frames[:, frames.shape[1] - before.shape[1]:]
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        h, residual = self.tokens(audio)[0], None
+        h, residual = self.tokens(self.normalise(audio, None)[0])[0], None
         for block in self.blocks:
             h, residual = block(h, residual, None)
         return self.head(self.norm_f(h, residual)[0])
@@ -75,13 +88,14 @@ class Transcriber(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
     def step(self, audio: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
         """The next chunk of a stream: (batch, frames, mel) with frames a multiple of the stride,
         and the state the previous chunk returned (None at the start) -> its logits and the new
-        state: [the frames the windows reach back to, each block's state]."""
+        state: [the frames the windows reach back to, the mean normalisation's, each block's]."""
         if audio.shape[1] % self.frames_per_token:
             raise ValueError(f"a chunk holds whole tokens: a multiple of {self.frames_per_token} frames, "
                              f"got {audio.shape[1]}")
-        before, *blocks = state if state is not None else [None] * (1 + len(self.blocks))
+        before, speech, *blocks = state if state is not None else [None] * (2 + len(self.blocks))
+        audio, speech = self.normalise(audio, speech)
         h, before = self.tokens(audio, before)
-        residual, new_state = None, [before]
+        residual, new_state = None, [before, speech]
         for block, block_state in zip(self.blocks, blocks):
             h, residual, block_state = block.step(h, residual, block_state)
             new_state.append(block_state)

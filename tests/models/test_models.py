@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from effviz.models import ARCHITECTURES, EffvizModel, create_model
-from effviz.models.backbone import speech_mean_normalise
+from effviz.models.backbone import PRIOR_SPEECH_FRAMES, running_speech_mean_normalise, speech_mean_normalise
 from effviz.models.registry import BUNDLED_RECIPES
 from effviz.models.layers import PatchTokenizer, TokenLayout
 from effviz.models.mixers import retention as retention_module
@@ -341,3 +341,37 @@ def test_speech_mean_normalisation_removes_a_fixed_filter_and_ignores_silence():
         torch.testing.assert_close(padded[:, :104], speech_mean_normalise(speech, cfg.fbank_std), rtol=0, atol=1e-6)
         model.config.audio_cmn = False
         assert (model.tokens(audio=coloured)[0] - plain).abs().max() > 0.1
+
+
+def test_the_running_speech_mean_streams_forgets_its_prior_and_skips_leading_silence():
+    """The causal form: chunks of any size give one pass's frames; a fixed filter is removed as
+    speech accumulates (what is left of it shrinks as the prior's weight over the speech seen);
+    silence before the first word, quieter than the prior's loudest frame by more than the
+    speech range, counts for nothing."""
+    torch.manual_seed(0)
+    std, mel = 4.8, 40
+    prior, peak = torch.randn(mel) * 0.1, 0.6
+    speech = torch.randn(2, 300, mel) * 0.2 + 0.5
+    whole, state = running_speech_mean_normalise(speech, std, prior, peak)
+    for size in (1, 7, 64):
+        pieces, chunk_state = [], None
+        for start in range(0, 300, size):
+            out, chunk_state = running_speech_mean_normalise(speech[:, start:start + size], std, prior, peak,
+                                                             chunk_state)
+            pieces.append(out)
+        torch.testing.assert_close(torch.cat(pieces, 1), whole, rtol=0, atol=1e-5)
+        for a, b in zip(chunk_state, state):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-4)
+    assert [tuple(s.shape) for s in state] == [(2, mel), (2, 1), (2, 1)]
+
+    offset = torch.linspace(-0.5, 0.3, mel)
+    coloured, _ = running_speech_mean_normalise(speech + offset, std, prior, peak)
+    left = (coloured - whole)[0]  # the part of the filter not yet removed, frame by frame
+    seen = torch.arange(1, 301.0)
+    expected = offset * (PRIOR_SPEECH_FRAMES / (PRIOR_SPEECH_FRAMES + seen))[:, None]
+    torch.testing.assert_close(left, expected, rtol=0, atol=1e-4)
+
+    silence = torch.full((2, 200, mel), -1.5)
+    after_silence, _ = running_speech_mean_normalise(torch.cat([silence, speech], 1), std, prior, peak)
+    torch.testing.assert_close(after_silence[:, 200:], whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(after_silence[:, :200], silence - prior, rtol=0, atol=1e-6)
