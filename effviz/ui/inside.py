@@ -154,8 +154,11 @@ def matrix_figure(state: dict[str, Any], layer: int, head: int) -> go.Figure:
         fig.update_yaxes(autorange="reversed", row=1, col=col)
     for annotation, title in zip(fig.layout.annotations, titles):
         annotation.text = title
-    fig.update_layout(title=f"layer {layer + 1}: token-mixing matrix, output token (row) ← input token (column)"
-                      + ("" if head else ", |M|"), height=400, margin=dict(t=110, b=40))
+    # The top margin holds the figure's title (below the component's label) above three-line
+    # subplot titles (Vim's), apart.
+    fig.update_layout(title=dict(text=f"layer {layer + 1}: token-mixing matrix, output token (row) ← input token "
+                                 "(column)" + ("" if head else ", |M|"), y=1, yanchor="top", pad=dict(t=34)),
+                      height=430, margin=dict(t=140, b=40))
     return fig
 
 
