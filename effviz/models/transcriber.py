@@ -1,9 +1,10 @@
 """A causal speech model that streams: the shared backbone's blocks with causal mixers and a CTC
 head on every token, for transcribing spoken digits as they are said.
 
-    fbank frames (T, mel) -> every audio_patch_stride frames, a token from the last
-    audio_patch_size frames (a causal window) -> linear -> causal blocks -> final norm ->
-    per-token logits over "blank" and the digits (CTC)
+    fbank frames (T, mel) -> less the running mean of the speech so far (``audio_cmn``) ->
+    every audio_patch_stride frames, a token from the last audio_patch_size frames (a causal
+    window) -> linear -> causal blocks -> final norm -> per-token logits over "blank" and the
+    digits (CTC)
 
 A token reads a window as long as a spoken digit (320 ms) that ends at its own frames: with
 stacks of its own 40 ms only, every mixer had to learn to gather the last few tokens before any
