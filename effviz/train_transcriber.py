@@ -39,7 +39,7 @@ import torchaudio
 from .data import synthetic_speech
 from .data.connected_digits import connected_utterance, digit_error_rate, spoken_part
 from .data.speech_augment import room_impulse_responses, spec_augment
-from .models.backbone import SPEECH_FRAME_RANGE
+from .models.backbone import speech_frames
 from .models.config import ModelConfig
 from .models.registry import TRANSCRIBER_RECIPES
 from .models.transcriber import Transcriber
@@ -126,16 +126,15 @@ class ConnectedDigitsTask:
 
     def speech_prior(self) -> tuple[torch.Tensor, float]:
         """The running mean normalisation's prior: the per-bin mean of the training utterances'
-        speech frames (within ``SPEECH_FRAME_RANGE`` of each one's loudest) and the median of their
+        speech frames (``backbone.speech_frames`` of each) and the median of their
         loudest frame's energy."""
-        span = SPEECH_FRAME_RANGE / (2 * self.cfg.fbank_std)
         total, count, peaks = torch.zeros(self.cfg.mel_bins, dtype=torch.float64), 0, []
         for features in self.bank()[0]:
-            energy = features.float().mean(-1)
-            speech = energy > energy.max() - span
+            features = features.float()
+            speech = speech_frames(features, self.cfg.fbank_std)
             total += features[speech].double().sum(0)
             count += int(speech.sum())
-            peaks.append(float(energy.max()))
+            peaks.append(float(features.mean(-1).max()))
         return (total / count).float(), float(torch.tensor(peaks).median())
 
     def batches(self, batch_size: int, gen: torch.Generator):
@@ -303,8 +302,8 @@ A {card['kind']} with the {card['mixer']} mixer, {card['params']:,} parameters, 
 `python -m effviz.train_transcriber {card['model']}` ({card['train_seconds']:.0f} s, {card['threads']} thread(s)).
 It reads 8 kHz audio as 40-bin fbank frames{" less the running mean of the stream's speech so far" if card.get("speech_mean") else ""};
 every 40 ms a token reads the last 320 ms of them, and streams with the state of the chunks
-before (see `effviz.streaming`). Its head has CTC's outputs (blank and the digits) and is decoded as CTC is; it was trained by cross-entropy on the
-alignment the utterances are built with{" plus CTC" if card["recipe"].get("ctc_weight") else ""}, {card["recipe"]["epochs"]} epochs of batches of {card["recipe"]["batch_size"]}.
+before (see `effviz.streaming`). Its head has CTC's outputs (blank and the digits) and is
+decoded as CTC is; it was trained by cross-entropy on the alignment the utterances are built with{" plus CTC" if card["recipe"].get("ctc_weight") else ""}, {card["recipe"]["epochs"]} epochs of batches of {card["recipe"]["batch_size"]}.
 
 Data: {card['data']}.
 

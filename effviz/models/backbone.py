@@ -28,9 +28,15 @@ def speech_mean_normalise(frames: torch.Tensor, fbank_std: float) -> torch.Tenso
     constant to each log-mel bin, so this removes them along with the speaker's average timbre;
     silence and padding are left out of the mean so that they do not set it.
     """
-    energy = frames.mean(-1, keepdim=True)
-    speech = (energy > energy.amax(1, keepdim=True) - SPEECH_FRAME_RANGE / (2 * fbank_std)).to(frames.dtype)
+    speech = speech_frames(frames, fbank_std).to(frames.dtype).unsqueeze(-1)
     return frames - (frames * speech).sum(1, keepdim=True) / speech.sum(1, keepdim=True)
+
+
+def speech_frames(frames: torch.Tensor, fbank_std: float) -> torch.Tensor:
+    """(..., frames) bool: the frames of ``frames`` (..., frames, mel bins) whose mean energy is
+    within ``SPEECH_FRAME_RANGE`` of the clip's loudest frame."""
+    energy = frames.mean(-1)
+    return energy > energy.amax(-1, keepdim=True) - SPEECH_FRAME_RANGE / (2 * fbank_std)
 
 
 # The causal form's loudest-frame tracker forgets SPEECH_FRAME_RANGE over this many frames (10 s),
