@@ -56,6 +56,15 @@ def test_bimamba_fused_equals_readable(batch, length, d_state, chunk, monkeypatc
     assert_close_rel(fused, readable)
 
 
+@pytest.mark.parametrize("length", [1, 131])
+def test_bimamba_fused_equals_readable_with_a_ragged_channel_group(length, monkeypatch):
+    """d_inner = 40: two full groups of 16 channels and one of 8 on the channels-across-lanes path."""
+    m = bimamba(20)
+    hidden = torch.randn(2, length, 20, generator=torch.Generator().manual_seed(3))
+    fused, readable = both_paths(m, hidden, None, monkeypatch=monkeypatch)
+    assert_close_rel(fused, readable)
+
+
 def test_whole_vim_model_fused_equals_readable(monkeypatch):
     """A vim-tiny-shaped model (bimamba v2, middle class token, RMSNorm), smaller: features of
     a batch of two non-square images."""

@@ -11,11 +11,13 @@
 //
 // so the (batch, dim, L) delta never exists (dt_proj is computed in the row loop from the
 // low-rank input), B and C are read in place from x_proj's output (each step's N values are
-// contiguous there), and the branches' sum, the gate and the scale are one epilogue. Rows, one
-// (batch, channel) pair each, go to the tasks of the persistent pool; a row runs both branches
-// before its epilogue, so the branches need no synchronisation. A task's scratch is the low-rank
-// dt of its current batch element transposed to (R, L), whose rows vectorise over time, and one
-// row of partial sums: O(L) floats per task, never O(batch * dim * L).
+// contiguous there), and the branches' sum, the gate and the scale are one epilogue. Work goes to
+// the tasks of the persistent pool by rows, one (batch, channel) pair each, or, for N = 16 where
+// there is AVX-512, by groups of 16 channels side by side in the lanes of a register (one
+// register per state: see branch_lanes16). A row or group runs both branches before its
+// epilogue, so the branches need no synchronisation. A task's scratch is O(L) floats (the
+// partial sums of its row or group, and for rows the low-rank dt transposed to (R, L)), never
+// O(batch * dim * L).
 //
 // The causal depthwise conv + SiLU in front of both branches is one call too (mamba_conv_fwd),
 // over any range of steps, so that x_proj can read a long sequence's u a chunk at a time. The
@@ -179,43 +181,80 @@ static inline __m512 exp2_16(__m512 t) {
     return _mm512_scalef_ps(p, n);
 }
 
-// branch_row16 with the 16 states in one zmm register: one 16-wide exp per step instead of two
-// 8-wide ones (the exp is most of a step's instructions). C.h_t's 16 products are folded to 8
-// and stored, summed 8 steps at a time after the block as in branch_row16.
-static void branch_row16_avx512(const inner_job *job, int k, int64_t b, int64_t d, const float *dtT, float *acc,
-                                int add) {
+// Channels per lane group: one zmm register holds one state of 16 channels.
+#define LANES 16
+
+// One branch of up to 16 channels d0 .. d0 + nch - 1 of batch element b, N = 16, "channels across
+// lanes": lane j is channel d0 + j and state n lives in register h[n]. Per step and state, the
+// 16 channels share the broadcast B[t, n] and C[t, n], and C.h is 16 fmas into one register, so
+// a step of 16 channels costs 16 x (exp + 3 fma-class ops) with no horizontal sum; with one
+// channel per register (the states across lanes) each channel-step also paid a fold of C*h, a
+// store, and the scalar dt*u and broadcasts. dt is computed for the 16 channels at once from the
+// low-rank input in place (R broadcasts of xdbl[t, r] against the channels' rows of dt_w), so
+// no transposed copy is needed; u, channel-major in memory, is transposed one block at a time.
+// acc[t * LANES + j] (+)= y_k[d0 + j, t].
+static void branch_lanes16(const inner_job *job, int k, int64_t b, int64_t d0, int nch, float *acc, int add) {
     const branch *br = &job->br[k];
-    const int64_t L = job->L, R = job->R, S = R + 32, Lp = padded(L);
-    const float *xdbl = br->xdbl + b * L * S, *w = br->dt_w + d * R;
-    const __m256 bias = _mm256_set1_ps(br->dt_b[d]), Dd = _mm256_set1_ps(br->D ? br->D[d] : 0.0f);
-    float partial[(BLOCK_STEPS + 8) * 8] __attribute__((aligned(32))), dt[BLOCK_STEPS + 8] __attribute__((aligned(32)));
-    float ubuf[BLOCK_STEPS + 8] __attribute__((aligned(32)));
-    float A[16];
-    for (int n = 0; n < 16; n++) A[n] = -expf(br->A_log[d * 16 + n]) * 1.44269504088896341f;
-    const __m512 A16 = _mm512_loadu_ps(A);
-    __m512 h = _mm512_setzero_ps();
+    const int64_t L = job->L, R = job->R, S = R + 32;
+    const float *xdbl = br->xdbl + b * L * S;
+    // Lanes past nch stay zero: u = 0 there keeps their states at 0, and they are never stored.
+    float wT[R * LANES] __attribute__((aligned(64))), A[16 * LANES] __attribute__((aligned(64)));
+    float bias[LANES] __attribute__((aligned(64))) = {0}, D[LANES] __attribute__((aligned(64))) = {0};
+    float ub[BLOCK_STEPS * LANES] __attribute__((aligned(64))) = {0}, dt[BLOCK_STEPS * LANES] __attribute__((aligned(64)));
+    float row[BLOCK_STEPS + 8];
+    memset(wT, 0, sizeof wT), memset(A, 0, sizeof A);
+    for (int j = 0; j < nch; j++) {
+        const int64_t d = d0 + j;
+        bias[j] = br->dt_b[d], D[j] = br->D ? br->D[d] : 0.0f;
+        for (int64_t r = 0; r < R; r++) wT[r * LANES + j] = br->dt_w[d * R + r];
+        // exp(dt A) = 2^(dt A log2 e) with A = -exp(A_log): -log2 e folded into A once.
+        for (int n = 0; n < 16; n++) A[n * LANES + j] = -expf(br->A_log[d * 16 + n]) * 1.44269504088896341f;
+    }
+    const __m256 bias0 = _mm256_load_ps(bias), bias1 = _mm256_load_ps(bias + 8);
+    const __m512 Dv = _mm512_load_ps(D);
+    __m512 h[16];
+    for (int n = 0; n < 16; n++) h[n] = _mm512_setzero_ps();
     for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
         const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(L, k, i0, steps);
-        for (int64_t s = 0; s < steps; s += 8) {
-            __m256 x = bias;
-            for (int64_t r = 0; r < R; r++)
-                x = _mm256_fmadd_ps(_mm256_set1_ps(w[r]), _mm256_loadu_ps(dtT + r * Lp + lo + s), x);
-            _mm256_store_ps(dt + s, softplus8(x));
+        for (int j = 0; j < nch; j++) {
+            const float *u = block_u(job, k, b, d0 + j, lo, steps, row);
+            for (int64_t s = 0; s < steps; s++) ub[s * LANES + j] = u[s];
         }
-        const float *u = block_u(job, k, b, d, lo, steps, ubuf);
+        // The 16 rows are 16 separate streams through memory, too many for the hardware
+        // prefetcher: ask for the next block's lines while this block is scanned.
+        if (i0 + BLOCK_STEPS < L) {
+            const int64_t next = L - i0 - BLOCK_STEPS < BLOCK_STEPS ? L - i0 - BLOCK_STEPS : BLOCK_STEPS;
+            const int64_t nlo = block_lo(L, k, i0 + BLOCK_STEPS, next);
+            for (int j = 0; j < nch; j++) {
+                const float *src = br->u ? br->u + (b * job->dim + d0 + j) * L : job->x + b * job->x_bstride + (d0 + j) * L;
+                for (int64_t s = 0; s < next; s += 16) __builtin_prefetch(src + nlo + s);
+            }
+        }
+        for (int64_t s = 0; s < steps; s++) {
+            const float *low = xdbl + (lo + s) * S;
+            __m256 x0 = bias0, x1 = bias1;
+            for (int64_t r = 0; r < R; r++) {
+                const __m256 xr = _mm256_set1_ps(low[r]);
+                x0 = _mm256_fmadd_ps(_mm256_load_ps(wT + r * LANES), xr, x0);
+                x1 = _mm256_fmadd_ps(_mm256_load_ps(wT + r * LANES + 8), xr, x1);
+            }
+            _mm256_store_ps(dt + s * LANES, softplus8(x0));
+            _mm256_store_ps(dt + s * LANES + 8, softplus8(x1));
+        }
         for (int64_t i = 0; i < steps; i++) {
             const int64_t s = k ? steps - 1 - i : i, t = lo + s;
             const float *Bt = xdbl + t * S + R, *Ct = Bt + 16;
-            const __m512 a = exp2_16(_mm512_mul_ps(_mm512_set1_ps(dt[s]), A16));
-            h = _mm512_fmadd_ps(a, h, _mm512_mul_ps(_mm512_set1_ps(dt[s] * u[s]), _mm512_loadu_ps(Bt)));
-            const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(Ct), h);
-            _mm256_store_ps(partial + s * 8, _mm256_add_ps(_mm512_castps512_ps256(p), _mm512_extractf32x8_ps(p, 1)));
-        }
-        for (int64_t s = 0; s < steps; s += 8) {
-            const int64_t t = lo + s;
-            __m256 y = _mm256_fmadd_ps(Dd, load8(u + s, steps - s), sum_rows8(partial + s * 8));
-            if (add) y = _mm256_add_ps(y, _mm256_loadu_ps(acc + t));
-            store8(acc + t, y, steps - s);
+            const __m512 dts = _mm512_load_ps(dt + s * LANES), us = _mm512_load_ps(ub + s * LANES);
+            const __m512 du = _mm512_mul_ps(dts, us);
+            __m512 y = _mm512_mul_ps(Dv, us);
+#pragma GCC unroll 16
+            for (int n = 0; n < 16; n++) {
+                const __m512 a = exp2_16(_mm512_mul_ps(dts, _mm512_load_ps(A + n * LANES)));
+                h[n] = _mm512_fmadd_ps(a, h[n], _mm512_mul_ps(du, _mm512_set1_ps(Bt[n])));
+                y = _mm512_fmadd_ps(_mm512_set1_ps(Ct[n]), h[n], y);
+            }
+            float *dst = acc + t * LANES;
+            _mm512_store_ps(dst, add ? _mm512_add_ps(_mm512_load_ps(dst), y) : y);
         }
     }
 }
@@ -242,8 +281,38 @@ static void gate_row(const inner_job *job, int64_t b, int64_t d, const float *ac
     }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// The tasks' share for N = 16: groups of 16 channels (the last may be ragged), both branches,
+// then the 16 rows' epilogues. Scratch: the group's (L, 16) partial sums and one row.
+static void inner_task_lanes(inner_job *job, int task, int ntasks) {
+    const int64_t groups = (job->dim + LANES - 1) / LANES, total = job->batch * groups;
+    const int64_t begin = total * task / ntasks, end = total * (task + 1) / ntasks, Lp = padded(job->L);
+    if (begin == end) return;
+    // aligned_alloc wants a multiple of the alignment: Lp (a multiple of 8) rounded up to 16.
+    float *acc = aligned_alloc(64, (size_t)(job->L * LANES + (Lp + 15) / 16 * 16) * sizeof(float));
+    if (!acc) {
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    float *row = acc + job->L * LANES;
+    for (int64_t g = begin; g < end; g++) {
+        const int64_t b = g / groups, d0 = g % groups * LANES;
+        const int nch = job->dim - d0 < LANES ? (int)(job->dim - d0) : LANES;
+        for (int k = 0; k < job->nbranch; k++) branch_lanes16(job, k, b, d0, nch, acc, k > 0);
+        for (int j = 0; j < nch; j++) {
+            for (int64_t t = 0; t < job->L; t++) row[t] = acc[t * LANES + j];
+            gate_row(job, b, d0 + j, row);
+        }
+    }
+    free(acc);
+}
+#endif
+
 static void inner_task(void *arg, int task, int ntasks) {
     inner_job *job = arg;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (job->N == 16) return inner_task_lanes(job, task, ntasks);
+#endif
     const int64_t rows = job->batch * job->dim, begin = rows * task / ntasks, end = rows * (task + 1) / ntasks;
     const int64_t Lp = padded(job->L);
     if (begin == end) return;
@@ -260,12 +329,7 @@ static void inner_task(void *arg, int task, int ntasks) {
         if (b != current_b) transpose_dt(job, b, dtT), current_b = b;
         for (int k = 0; k < job->nbranch; k++) {
             const float *dtk = dtT + k * job->R * Lp;
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-            if (job->N == 16) {
-                branch_row16_avx512(job, k, b, d, dtk, acc, k > 0);
-                continue;
-            }
-#elif defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && !(defined(__AVX512F__) && defined(__AVX512DQ__))
             if (job->N == 16) {
                 branch_row16(job, k, b, d, dtk, acc, k > 0);
                 continue;
