@@ -184,6 +184,43 @@ static inline __m512 exp2_16(__m512 t) {
 // Channels per lane group: one zmm register holds one state of 16 channels.
 #define LANES 16
 
+// Taps of the conv the lanes path recomputes u with; longer convs take the row path.
+#define MAX_TAPS 8
+
+// u[s * LANES + j] = silu(conv of x row d0 + j)[lo + s] for s < steps: causal_conv1d_silu_range
+// for 16 channels at once, the same operations in the same order per element (bias, then one
+// fma per tap from the newest input back, then silu8), so u is bit for bit what the u-given
+// path reads. The block's inputs, K - 1 more than its steps, are transposed into xb first
+// (zeros outside the sequence: the conv's padding).
+static void conv_lanes16(const inner_job *job, int k, int64_t b, int64_t d0, int nch, int64_t lo, int64_t steps,
+                         float *xb, float *ub) {
+    const branch *br = &job->br[k];
+    const int64_t L = job->L, K = job->K, first = k ? lo : lo - (K - 1);  // xb row 0 is input step `first`
+    for (int j = 0; j < nch; j++) {
+        const float *x = job->x + b * job->x_bstride + (d0 + j) * L;
+        for (int64_t s = 0; s < steps + K - 1; s++) {
+            const int64_t t = first + s;
+            xb[s * LANES + j] = t >= 0 && t < L ? x[t] : 0.0f;
+        }
+    }
+    float w[MAX_TAPS * LANES] __attribute__((aligned(64))) = {0}, bias[LANES] __attribute__((aligned(64))) = {0};
+    for (int j = 0; j < nch; j++) {
+        bias[j] = br->conv_b ? br->conv_b[d0 + j] : 0.0f;
+        for (int64_t q = 0; q < K; q++) w[q * LANES + j] = br->conv_w[(d0 + j) * K + q];
+    }
+    for (int64_t s = 0; s < steps; s++) {
+        for (int half = 0; half < 2; half++) {
+            __m256 y = _mm256_load_ps(bias + 8 * half);
+            for (int64_t q = 0; q < K; q++) {  // tap K-1-q reads the input q steps back (forward in time, ahead backward)
+                const int64_t row = k ? s + q : s + K - 1 - q;
+                y = _mm256_fmadd_ps(_mm256_load_ps(w + (K - 1 - q) * LANES + 8 * half),
+                                    _mm256_load_ps(xb + row * LANES + 8 * half), y);
+            }
+            _mm256_store_ps(ub + s * LANES + 8 * half, silu8(y));
+        }
+    }
+}
+
 // One branch of up to 16 channels d0 .. d0 + nch - 1 of batch element b, N = 16, "channels across
 // lanes": lane j is channel d0 + j and state n lives in register h[n]. Per step and state, the
 // 16 channels share the broadcast B[t, n] and C[t, n], and C.h is 16 fmas into one register, so
@@ -191,7 +228,8 @@ static inline __m512 exp2_16(__m512 t) {
 // channel per register (the states across lanes) each channel-step also paid a fold of C*h, a
 // store, and the scalar dt*u and broadcasts. dt is computed for the 16 channels at once from the
 // low-rank input in place (R broadcasts of xdbl[t, r] against the channels' rows of dt_w), so
-// no transposed copy is needed; u, channel-major in memory, is transposed one block at a time.
+// no transposed copy is needed; u, channel-major in memory, is transposed one block at a time, or
+// recomputed from x straight into the lanes (conv_lanes16).
 // acc[t * LANES + j] (+)= y_k[d0 + j, t].
 static void branch_lanes16(const inner_job *job, int k, int64_t b, int64_t d0, int nch, float *acc, int add) {
     const branch *br = &job->br[k];
@@ -201,7 +239,7 @@ static void branch_lanes16(const inner_job *job, int k, int64_t b, int64_t d0, i
     float wT[R * LANES] __attribute__((aligned(64))), A[16 * LANES] __attribute__((aligned(64)));
     float bias[LANES] __attribute__((aligned(64))) = {0}, D[LANES] __attribute__((aligned(64))) = {0};
     float ub[BLOCK_STEPS * LANES] __attribute__((aligned(64))) = {0}, dt[BLOCK_STEPS * LANES] __attribute__((aligned(64)));
-    float row[BLOCK_STEPS + 8];
+    float xb[(BLOCK_STEPS + MAX_TAPS - 1) * LANES] __attribute__((aligned(64))) = {0};
     memset(wT, 0, sizeof wT), memset(A, 0, sizeof A);
     for (int j = 0; j < nch; j++) {
         const int64_t d = d0 + j;
@@ -216,19 +254,13 @@ static void branch_lanes16(const inner_job *job, int k, int64_t b, int64_t d0, i
     for (int n = 0; n < 16; n++) h[n] = _mm512_setzero_ps();
     for (int64_t i0 = 0; i0 < L; i0 += BLOCK_STEPS) {
         const int64_t steps = L - i0 < BLOCK_STEPS ? L - i0 : BLOCK_STEPS, lo = block_lo(L, k, i0, steps);
-        for (int j = 0; j < nch; j++) {
-            const float *u = block_u(job, k, b, d0 + j, lo, steps, row);
-            for (int64_t s = 0; s < steps; s++) ub[s * LANES + j] = u[s];
-        }
-        // The 16 rows are 16 separate streams through memory, too many for the hardware
-        // prefetcher: ask for the next block's lines while this block is scanned.
-        if (i0 + BLOCK_STEPS < L) {
-            const int64_t next = L - i0 - BLOCK_STEPS < BLOCK_STEPS ? L - i0 - BLOCK_STEPS : BLOCK_STEPS;
-            const int64_t nlo = block_lo(L, k, i0 + BLOCK_STEPS, next);
+        if (br->u) {
             for (int j = 0; j < nch; j++) {
-                const float *src = br->u ? br->u + (b * job->dim + d0 + j) * L : job->x + b * job->x_bstride + (d0 + j) * L;
-                for (int64_t s = 0; s < next; s += 16) __builtin_prefetch(src + nlo + s);
+                const float *u = br->u + (b * job->dim + d0 + j) * L + lo;
+                for (int64_t s = 0; s < steps; s++) ub[s * LANES + j] = u[s];
             }
+        } else {
+            conv_lanes16(job, k, b, d0, nch, lo, steps, xb, ub);
         }
         for (int64_t s = 0; s < steps; s++) {
             const float *low = xdbl + (lo + s) * S;
@@ -311,7 +343,7 @@ static void inner_task_lanes(inner_job *job, int task, int ntasks) {
 static void inner_task(void *arg, int task, int ntasks) {
     inner_job *job = arg;
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-    if (job->N == 16) return inner_task_lanes(job, task, ntasks);
+    if (job->N == 16 && job->K <= MAX_TAPS) return inner_task_lanes(job, task, ntasks);
 #endif
     const int64_t rows = job->batch * job->dim, begin = rows * task / ntasks, end = rows * (task + 1) / ntasks;
     const int64_t Lp = padded(job->L);
