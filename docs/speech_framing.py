@@ -17,6 +17,7 @@ import dataclasses
 import io
 import json
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -24,9 +25,11 @@ import numpy as np
 import soundfile
 import torch
 
-import effviz
-from effviz.api import model_inputs
-from effviz.data.audio import audio_to_tensor
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, effviz not installed
+
+import effviz  # noqa: E402
+from effviz.api import model_inputs  # noqa: E402
+from effviz.data.audio import audio_to_tensor  # noqa: E402
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-us+f3", "en-gb+f4",
