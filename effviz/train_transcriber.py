@@ -58,7 +58,7 @@ ALIGNED_TOKENS = 3  # the test strings' generator: no training run seeds it
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = 3
+    epochs: int = 8
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.05
