@@ -57,8 +57,9 @@ def _placeholder_modules(names: dict[str, types.ModuleType]) -> Iterator[None]:
             sys.modules.pop(name, None)
 
 
-MAMBA_SSM_INSTALL = ("MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation "
-                     "mamba-ssm torch==2.11.0 torchaudio==2.11.0")
+# --no-build-isolation builds with the environment's own tools: a fresh venv lacks wheel, which the build needs.
+MAMBA_SSM_INSTALL = ("pip install wheel && MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install "
+                     "--no-build-isolation mamba-ssm torch==2.11.0 torchaudio==2.11.0")
 
 
 def mamba_ssm_reference() -> Callable[..., torch.Tensor]:
