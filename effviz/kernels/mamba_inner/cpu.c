@@ -115,7 +115,6 @@ static void branch_row(const inner_job *job, int k, int64_t b, int64_t d, const 
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-#if !(defined(__AVX512F__) && defined(__AVX512DQ__))
 // branch_row for N = 16, the state in two ymm registers. As in selective_scan/cpu.c, only h is a
 // chain from step to step: C.h_t's 8 partial sums per step are stored and summed 8 steps at a time
 // after the block, and the block's dt (12 fmas per 8 steps from the transposed low-rank input,
@@ -160,7 +159,6 @@ static void branch_row16(const inner_job *job, int k, int64_t b, int64_t d, cons
         }
     }
 }
-#endif  // the 16-wide path below replaces this one where there is AVX-512
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
@@ -191,10 +189,9 @@ static inline __m512 exp2_16(__m512 t) {
 // for 16 channels at once, the same operations in the same order per element (bias, then one
 // fma per tap from the newest input back, then silu8), so u is bit for bit what the u-given
 // path reads. The block's inputs, K - 1 more than its steps, are transposed into xb first
-// (zeros outside the sequence: the conv's padding).
+// (zeros outside the sequence: the conv's padding). w[q * LANES + j] is tap q of channel d0 + j.
 static void conv_lanes16(const inner_job *job, int k, int64_t b, int64_t d0, int nch, int64_t lo, int64_t steps,
-                         float *xb, float *ub) {
-    const branch *br = &job->br[k];
+                         const float *w, const float *bias, float *xb, float *ub) {
     const int64_t L = job->L, K = job->K, first = k ? lo : lo - (K - 1);  // xb row 0 is input step `first`
     for (int j = 0; j < nch; j++) {
         const float *x = job->x + b * job->x_bstride + (d0 + j) * L;
@@ -202,11 +199,6 @@ static void conv_lanes16(const inner_job *job, int k, int64_t b, int64_t d0, int
             const int64_t t = first + s;
             xb[s * LANES + j] = t >= 0 && t < L ? x[t] : 0.0f;
         }
-    }
-    float w[MAX_TAPS * LANES] __attribute__((aligned(64))) = {0}, bias[LANES] __attribute__((aligned(64))) = {0};
-    for (int j = 0; j < nch; j++) {
-        bias[j] = br->conv_b ? br->conv_b[d0 + j] : 0.0f;
-        for (int64_t q = 0; q < K; q++) w[q * LANES + j] = br->conv_w[(d0 + j) * K + q];
     }
     for (int64_t s = 0; s < steps; s++) {
         for (int half = 0; half < 2; half++) {
@@ -240,10 +232,15 @@ static void branch_lanes16(const inner_job *job, int k, int64_t b, int64_t d0, i
     float bias[LANES] __attribute__((aligned(64))) = {0}, D[LANES] __attribute__((aligned(64))) = {0};
     float ub[BLOCK_STEPS * LANES] __attribute__((aligned(64))) = {0}, dt[BLOCK_STEPS * LANES] __attribute__((aligned(64)));
     float xb[(BLOCK_STEPS + MAX_TAPS - 1) * LANES] __attribute__((aligned(64))) = {0};
+    float conv_w[MAX_TAPS * LANES] __attribute__((aligned(64))) = {0}, conv_b[LANES] __attribute__((aligned(64))) = {0};
     memset(wT, 0, sizeof wT), memset(A, 0, sizeof A);
     for (int j = 0; j < nch; j++) {
         const int64_t d = d0 + j;
         bias[j] = br->dt_b[d], D[j] = br->D ? br->D[d] : 0.0f;
+        if (!br->u) {
+            conv_b[j] = br->conv_b ? br->conv_b[d] : 0.0f;
+            for (int64_t q = 0; q < job->K; q++) conv_w[q * LANES + j] = br->conv_w[d * job->K + q];
+        }
         for (int64_t r = 0; r < R; r++) wT[r * LANES + j] = br->dt_w[d * R + r];
         // exp(dt A) = 2^(dt A log2 e) with A = -exp(A_log): -log2 e folded into A once.
         for (int n = 0; n < 16; n++) A[n * LANES + j] = -expf(br->A_log[d * 16 + n]) * 1.44269504088896341f;
@@ -260,7 +257,7 @@ static void branch_lanes16(const inner_job *job, int k, int64_t b, int64_t d0, i
                 for (int64_t s = 0; s < steps; s++) ub[s * LANES + j] = u[s];
             }
         } else {
-            conv_lanes16(job, k, b, d0, nch, lo, steps, xb, ub);
+            conv_lanes16(job, k, b, d0, nch, lo, steps, conv_w, conv_b, xb, ub);
         }
         for (int64_t s = 0; s < steps; s++) {
             const float *low = xdbl + (lo + s) * S;
@@ -361,7 +358,7 @@ static void inner_task(void *arg, int task, int ntasks) {
         if (b != current_b) transpose_dt(job, b, dtT), current_b = b;
         for (int k = 0; k < job->nbranch; k++) {
             const float *dtk = dtT + k * job->R * Lp;
-#if defined(__AVX2__) && defined(__FMA__) && !(defined(__AVX512F__) && defined(__AVX512DQ__))
+#if defined(__AVX2__) && defined(__FMA__)
             if (job->N == 16) {
                 branch_row16(job, k, b, d, dtk, acc, k > 0);
                 continue;
