@@ -1,7 +1,7 @@
 """Train a streaming digit transcriber: one recipe for the four causal models (Mamba, RWKV, RetNet,
 transformer), CTC over connected-digit utterances (``effviz.data.connected_digits``).
 
-    python -m effviz.train_transcriber mamba-digits-stream --data ../shared/data [--test-speaker theo]
+    python -m effviz.train_transcriber mamba-digits-stream --data ../shared/data [--test-speaker theo] [--seed 0]
 
 Training utterances string together the digits of the FSDD speakers other than the test speaker
 and of the synthetic training voices (``synthetic_speech.TRAIN_VOICES``), corrupted (room,
@@ -324,13 +324,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="folder with the FSDD zip (see ../shared/data/README)")
     parser.add_argument("--test-speaker", default=TEST_SPEAKER)
     parser.add_argument("--epochs", type=int)
+    parser.add_argument("--seed", type=int, default=0, help="the bank's, the initialisation's and the batches' (default 0)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", type=Path, help="folder to save to (default weights/transcribers/<model>)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     card = train_transcriber(args.model, data_files(args.data)["fsdd"], args.test_speaker, args.epochs, args.out,
-                             resume=args.resume)
+                             seed=args.seed, resume=args.resume)
     print(json.dumps(card["metrics"], indent=2))
 
 

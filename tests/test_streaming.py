@@ -224,3 +224,14 @@ def test_the_transcribe_command_streams_a_file_through_every_saved_transcriber(t
     assert main(["transcribe", str(tmp_path / "numbers.wav"), "--model", "nope"]) == 1
     assert "unknown transcriber 'nope'" in capsys.readouterr().err
     streaming._loaded.clear()
+
+
+def test_the_command_line_passes_the_seed_and_the_fold(monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_transcriber, "data_files", lambda folder: {"fsdd": f"{folder}/fsdd.zip"})
+    monkeypatch.setattr(train_transcriber, "train_transcriber",
+                        lambda *args, **kwargs: calls.append((args, kwargs)) or {"metrics": {}})
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    train_transcriber.main(["rwkv-digits-stream", "--data", "d", "--test-speaker", "george", "--seed", "1"])
+    (args, kwargs), = calls
+    assert args[:3] == ("rwkv-digits-stream", "d/fsdd.zip", "george") and kwargs["seed"] == 1
