@@ -1,17 +1,18 @@
 """Does relevance find the one patch that carries the evidence? The bundled CIFAR models, a gray
 32x32 picture with one 8x8 patch at each of the 16 cells of the token grid, two kinds of patch:
 
-- "noise": random colours, the patch of ``tests/test_inspect.py``, relevance of the predicted
+- "noise": random colours, relevance of the predicted
   class. Beside it, how much the patch moves that class's log-probability from the plain gray
   picture's: near 0 means the prediction does not come from the patch at all.
-- "informative": the same patch after 10 Adam steps on its pixels towards the class the plain gray
-  picture makes least likely, so that class's evidence can only come from the patch; relevance of
-  that class.
+- "informative": the same patch after Adam steps on its pixels towards the class the plain gray
+  picture makes least likely, until that class's log-probability is ``GAIN`` (1 nat) above the
+  plain picture's (at most ``MAX_STEPS``), so that class's evidence can only come from the patch;
+  relevance of that class. ``tests/test_inspect.py`` builds its pictures with these functions.
 
 For each, the positions (of 16) where a map peaks on the patch: ``rollout_map`` and
-``gradient_map`` as ``effviz.inspect`` computes them (each layer's rows divided by their sums),
-and, for comparison only, Chefer et al.'s original unnormalised sum R = R + W·R over the same
-gradient-weighted layers W.
+``gradient_map`` as ``effviz.inspect`` computes them (each layer's rows divided by their sums,
+the map divided by the masks' own rollout), and, for comparison only, Chefer et al.'s original
+unnormalised sum R = R + W·R over the same gradient-weighted layers W, as published.
 
     python docs/relevance_check.py --json docs/relevance-check.json
 """
@@ -32,7 +33,7 @@ import effviz.inspect as inspect  # noqa: E402
 from effviz import api  # noqa: E402
 
 MODELS = ["deit-cifar", "vir-cifar", "vrwkv-cifar", "vim-cifar"]
-STEPS, LR = 10, 0.1
+GAIN, MAX_STEPS, LR = 1.0, 50, 0.1  # nats above the plain picture
 
 
 def patch_picture(cell: tuple[int, int] | None) -> Image.Image:
@@ -60,19 +61,26 @@ def inspect_with_chefer(model: torch.nn.Module, image: torch.Tensor, target: int
         result = inspect.inspect_model(model, image=image, target=target)
     finally:
         inspect.rollout = original
-    chefer = inspect._relevance_map(chefer_sum(rolled[1]), result.readout, result.patch_tokens, result.grid)
+    chefer_rollout = chefer_sum(rolled[1])
+    as_published = torch.ones_like(chefer_rollout)  # no division by the masks' rollout
+    chefer = inspect._relevance_map(chefer_rollout, result.readout, result.patch_tokens, result.grid, as_published)
     return result, chefer
 
 
-def informative(model: torch.nn.Module, image: torch.Tensor, cell: tuple[int, int], target: int) -> torch.Tensor:
+def informative(model: torch.nn.Module, image: torch.Tensor, cell: tuple[int, int], target: int,
+                gray_logp: float) -> torch.Tensor:
+    """``image`` with the pixels of ``cell`` moved by Adam until ``target``'s log-probability is
+    ``GAIN`` above the plain gray picture's ``gray_logp`` (at most ``MAX_STEPS`` steps)."""
     mask = torch.zeros_like(image)
     mask[..., cell[0] * 8:(cell[0] + 1) * 8, cell[1] * 8:(cell[1] + 1) * 8] = 1
     delta = torch.zeros_like(image, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=LR)
-    for _ in range(STEPS):
-        loss = -model(image=image + delta * mask)[0].log_softmax(-1)[target]
+    for _ in range(MAX_STEPS):
+        logp = model(image=image + delta * mask)[0].log_softmax(-1)[target]
+        if float(logp.detach()) >= gray_logp + GAIN:
+            break
         optimiser.zero_grad()
-        loss.backward()
+        (-logp).backward()
         optimiser.step()
     return (image + delta * mask).detach()
 
@@ -89,7 +97,7 @@ def check(model_id: str) -> dict:
         with torch.no_grad():
             logp = model(image=noisy)[0].log_softmax(-1)
         predicted = int(logp.argmax())
-        cases = {"noise": (noisy, predicted), "informative": (informative(model, noisy, cell, least_likely), least_likely)}
+        cases = {"noise": (noisy, predicted), "informative": (informative(model, noisy, cell, least_likely, float(gray_logp[least_likely])), least_likely)}
         for kind, (image, target) in cases.items():
             result, chefer = inspect_with_chefer(model, image, target)
             with torch.no_grad():

@@ -12,7 +12,9 @@ mixer's own parameters and projections, and compute the mixer's output through i
 - Bi-WKV (Vision-RWKV), per channel:  M[t, i] = softmax_i(−(|t−i|−1)·w + k_i), with u + k_t on
   the diagonal, w and u the layer's decay and bonus divided by the token count; the σ(r) gate and
   the output projection act after it. The Q-shift before k, v, r mixes each token with its four
-  grid neighbours; M is over the shifted-and-projected values v.
+  grid neighbours; M is over the shifted-and-projected values v. For relevance and receptive
+  fields each column is carried back to the token and the neighbours its value read
+  (``through_q_shift``); without it relevance lands one patch beside its cause.
 - Mamba S6 (Vim, AuM), per inner channel d and branch: with Δ = softplus(δ + bias),
   M[i, j] = Σ_n C[n, i] · exp(Σ_{k=j+1..i} Δ_k A[d, n]) · Δ_j B[n, j] for j ≤ i (forward branch;
   the backward branch has j ≥ i and the sum over k = i..j−1), plus D[d] on the diagonal.
@@ -34,9 +36,17 @@ Over a whole model (``inspect_model``), for one input and one class:
   carried through the branch's conv, and summed), rows divided by their sums; a row with no
   positive entry keeps the token to itself.
 - relevance map: the row of R the model's head reads (its class token; the mean of the class and
-  distillation tokens for AST; the mean of all rows for mean pooling), restricted to the patch
+  distillation tokens for AST; the mean of all rows for mean pooling), divided token by token by
+  the same row of the layers' masks rolled out alone (``mask_rollout``), restricted to the patch
   tokens, divided by its sum (so it sums to 1), laid out on the patch grid: (rows, columns) of
-  the picture, or (mel bands, time steps) of a sound.
+  the picture, or (mel bands, time steps) of a sound. The division is there for causal mixers:
+  under a causal mask the first token is read by every row and reads only itself, so a rollout
+  of row-normalised causal matrices piles its mass onto the first tokens whatever the input
+  (a causal ViR's maps would peak on its first patch wherever the evidence is). Divided by what the mask alone
+  gives, a map shows what the input adds to the structure. For full attention the masks' rollout
+  is uniform over the patches and changes nothing; for a sliding window, Vim's two triangles
+  (through their convs) and Vision-RWKV's Q-shift it is not, and the division takes out what
+  their edges do the same way.
 - receptive field: per layer, the share of M̄'s mass at each token distance |i − j| between patch
   tokens in sequence order (raster order for pictures); it sums to 1.
 
@@ -78,13 +88,19 @@ class Mixing:
     ``matrices``: name -> (heads or channels, L, L); "mixing" for attention, retention and RWKV,
     "forward" and "backward" for Mamba. ``output``: the mixer's (1, L, dim) output computed
     through those matrices. ``conv_taps``: Mamba only, branch -> (d_inner, d_conv) weights of the
-    depthwise conv that makes the scan's inputs u from the mixer's inputs.
+    depthwise conv that makes the scan's inputs u from the mixer's inputs. ``shift_shares``:
+    Vision-RWKV only, (channels, 5) share of each value channel that comes from the token itself
+    and from its left, right, upper and lower neighbours (``q_shift_shares``); ``grid`` the patch
+    grid. ``mask``: (L, L) bool, which tokens each token may read (None: all).
     """
 
     kind: str
     matrices: dict[str, torch.Tensor]
     output: torch.Tensor
     conv_taps: dict[str, torch.Tensor] = field(default_factory=dict)
+    shift_shares: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    mask: torch.Tensor | None = None
 
     def combined(self) -> torch.Tensor:
         """(heads or channels, L, L): the one matrix per head, or Mamba's ½(M_fwd + M_bwd)."""
@@ -94,11 +110,26 @@ class Mixing:
 
     def reach(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         """(L, L) mean over heads/channels of non-negative ``parts`` (one per name of ``matrices``),
-        summed, each Mamba branch first carried back through its conv (``through_conv``)."""
+        summed, each Mamba branch first carried back through its conv (``through_conv``), RWKV's
+        values through the Q-shift (``through_q_shift``)."""
         if self.kind == "mamba":
             return sum(through_conv(parts[name], self.conv_taps[name], reverse=name == "backward").mean(dim=0)
                        for name in parts)
+        if self.shift_shares is not None:
+            return through_q_shift(parts["mixing"], self.shift_shares, self.grid).mean(dim=0)
         return parts["mixing"].mean(dim=0)
+
+    def structure(self) -> torch.Tensor:
+        """(L, L): what ``mean`` would be with every entry the mixer may use at 1, whatever the
+        input: the attention or retention mask (all, a window, causal), each Mamba branch's
+        triangle, carried through the conv or Q-shift as ``mean`` is."""
+        length, dtype = self.output.shape[1], self.output.dtype
+        ones = torch.ones(length, length, dtype=dtype, device=self.output.device)
+        if self.kind == "mamba":
+            masks, scale = {"forward": ones.tril(), "backward": ones.triu()}, 0.5
+        else:
+            masks, scale = {"mixing": ones if self.mask is None else self.mask.to(ones)}, 1.0
+        return self.reach({name: scale * masks[name].expand(len(m), -1, -1) for name, m in self.matrices.items()})
 
     def mean(self) -> torch.Tensor:
         """(L, L): the mean over heads/channels of |M| (all entries ≥ 0) from the mixer's input
@@ -127,6 +158,36 @@ def through_conv(matrix: torch.Tensor, taps: torch.Tensor, reverse: bool) -> tor
     return out
 
 
+def q_shift_shares(mixer: SpatialMix) -> torch.Tensor:
+    """(channels, 5): how much of each value channel v = W_v(μ x + (1 − μ) shift(x)) comes from
+    the token itself and from its left, right, upper and lower neighbours (``q_shift``'s four
+    channel quarters), in proportion to |W_v| |μ| and |W_v| |1 − μ|; rows sum to 1."""
+    weight = mixer.value.weight.detach().abs()  # (out, in)
+    mix = mixer.spatial_mix_v.detach().reshape(-1)
+    channels = mix.shape[0]
+    bounds = [0] + [channels * i // 4 for i in range(1, 4)] + [channels]
+    parts = [weight @ mix.abs()] + [weight[:, lo:hi] @ (1 - mix[lo:hi]).abs() for lo, hi in zip(bounds, bounds[1:])]
+    shares = torch.stack(parts, dim=1)
+    return shares / shares.sum(-1, keepdim=True).clamp(min=torch.finfo(shares.dtype).tiny)
+
+
+def through_q_shift(matrix: torch.Tensor, shares: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(C, L, L) non-negative mixing of RWKV's values, carried back to the mixer's input tokens:
+    column j is shared among token j and the four grid neighbours its value read, in proportion
+    to ``shares`` (``q_shift_shares``). A neighbour past the grid's edge is Q-shift's zero fill:
+    its share goes to no token. Without this step relevance lands one patch beside its cause."""
+    channels, length = matrix.shape[0], matrix.shape[-1]
+    h, w = grid
+    share = shares.to(matrix.dtype)[:, :, None, None, None]  # (C, 5, 1, 1, 1)
+    columns = matrix.reshape(channels, length, h, w)
+    out = columns * share[:, 0]
+    out[..., :-1] += columns[..., 1:] * share[:, 1]  # quarter 0: (r, c) read its left neighbour (r, c-1)
+    out[..., 1:] += columns[..., :-1] * share[:, 2]  # quarter 1: the right one
+    out[..., :-1, :] += columns[..., 1:, :] * share[:, 3]  # quarter 2: the one above
+    out[..., 1:, :] += columns[..., :-1, :] * share[:, 4]  # quarter 3: the one below
+    return out.reshape(channels, length, length)
+
+
 # ---- one mixer ----------------------------------------------------------------------------------
 
 
@@ -138,7 +199,7 @@ def attention_mixing(mixer: Attention, x: torch.Tensor, allowed: torch.Tensor | 
     if allowed is not None:
         scores = scores.masked_fill(~allowed.to(x.device), float("-inf"))
     matrix = scores.softmax(dim=-1)[0]
-    return Mixing("attention", {"mixing": matrix}, mixer.merge((matrix @ v[0])[None]))
+    return Mixing("attention", {"mixing": matrix}, mixer.merge((matrix @ v[0])[None]), mask=allowed)
 
 
 def retention_mixing(mixer: MultiScaleRetention, x: torch.Tensor) -> Mixing:
@@ -150,7 +211,7 @@ def retention_mixing(mixer: MultiScaleRetention, x: torch.Tensor) -> Mixing:
     # Only m ≤ n is exponentiated: γ^(negative distance) overflows for long sequences.
     decay = torch.where(distance >= 0, gamma[:, None, None] ** distance.clamp(min=0), 0.0)
     matrix = (q[0] @ k[0].transpose(-2, -1)) * decay
-    return Mixing("retention", {"mixing": matrix}, mixer.gated_output(x, (matrix @ v[0])[None]))
+    return Mixing("retention", {"mixing": matrix}, mixer.gated_output(x, (matrix @ v[0])[None]), mask=distance >= 0)
 
 
 def rwkv_mixing(mixer: SpatialMix, x: torch.Tensor, layout: TokenLayout) -> Mixing:
@@ -167,7 +228,8 @@ def rwkv_mixing(mixer: SpatialMix, x: torch.Tensor, layout: TokenLayout) -> Mixi
     logits = torch.where(torch.eye(length, dtype=torch.bool, device=x.device), self_logits, logits)
     matrix = logits.softmax(dim=-1)
     wkv = torch.einsum("cti,ic->tc", matrix, v[0])
-    return Mixing("rwkv", {"mixing": matrix}, mixer.output(torch.sigmoid(r) * wkv[None]))
+    return Mixing("rwkv", {"mixing": matrix}, mixer.output(torch.sigmoid(r) * wkv[None]),
+                  shift_shares=q_shift_shares(mixer), grid=layout.grid)
 
 
 def mamba_branch_matrix(branch: MambaBranch, x: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,6 +369,12 @@ def rollout(layer_matrices: list[torch.Tensor]) -> torch.Tensor:
     return result
 
 
+def mask_rollout(layers: list[Mixing]) -> torch.Tensor:
+    """``rollout`` of the layers' ``structure``: where a rollout's mass goes from the mixers' masks
+    alone, whatever the input."""
+    return rollout([layer.structure() for layer in layers])
+
+
 def receptive_field(matrix: torch.Tensor) -> torch.Tensor:
     """(L,) share of a non-negative (L, L) matrix's mass at each distance |i − j| = 0..L−1."""
     length = matrix.shape[-1]
@@ -337,9 +405,12 @@ def _patch_tokens(cfg: ModelConfig, layout: TokenLayout, length: int) -> torch.T
 
 
 def _relevance_map(matrix: torch.Tensor, readout: torch.Tensor, patch_tokens: torch.Tensor,
-                   grid: tuple[int, int]) -> torch.Tensor:
+                   grid: tuple[int, int], structure: torch.Tensor) -> torch.Tensor:
+    """The readout's row of the rollout ``matrix`` over that of the masks' rollout ``structure``,
+    on the patch tokens, summing to 1; a token the readout cannot reach at all gets 0."""
     row = readout.to(matrix) @ matrix
-    patches = row[patch_tokens]
+    expected = readout.to(matrix) @ structure.to(matrix)
+    patches = torch.where(expected > 0, row / expected.clamp(min=torch.finfo(matrix.dtype).tiny), 0.0)[patch_tokens]
     return (patches / patches.sum()).reshape(grid)
 
 
@@ -390,6 +461,7 @@ def inspect_model(model: EffvizModel, image: torch.Tensor | None = None, audio: 
         patch_tokens = _patch_tokens(cfg, layout, length).to(tokens.device)
         grid = layout.grid if layout.grid is not None else (1, len(patch_tokens))
         plain, gradient = rollout(means), rollout(weighted)
+        structure = mask_rollout(layers)
         fields = torch.stack([receptive_field(m[patch_tokens][:, patch_tokens]) for m in means])
     for layer in layers:
         layer.matrices = {name: m.detach() for name, m in layer.matrices.items()}
@@ -398,8 +470,8 @@ def inspect_model(model: EffvizModel, image: torch.Tensor | None = None, audio: 
     return Inspection(
         layers=layers, logits=logits.detach(), target=target, label=label, grid=tuple(grid),
         patch_tokens=patch_tokens, readout=readout, rollout=plain, gradient_rollout=gradient,
-        rollout_map=_relevance_map(plain, readout, patch_tokens, grid),
-        gradient_map=_relevance_map(gradient, readout, patch_tokens, grid),
+        rollout_map=_relevance_map(plain, readout, patch_tokens, grid, structure),
+        gradient_map=_relevance_map(gradient, readout, patch_tokens, grid, structure),
         receptive_fields=fields,
     )
 
