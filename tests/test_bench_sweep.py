@@ -68,10 +68,10 @@ def test_tiny_sweep_gives_well_formed_records(spawned):
             assert p.tokens == plan_input(p.model, axis, x).tokens
             assert p.latency_ms > 0 and p.peak_mem_mib >= 0
             assert p.latency_ms == min(p.latency_runs_ms) <= p.latency_p20_ms <= p.latency_p80_ms
-            # Every run: wall ms, CPU ms, disturbed. The statistics come from the undisturbed runs'
-            # wall times or, when the redos left too few (a busy test machine), from all runs' CPU
-            # times (one thread), and the reason says so.
-            assert all(len(run) == 3 for run in p.all_runs)
+            # Every run: wall ms, CPU ms, disturbed, minor page faults. The statistics come from the
+            # undisturbed runs' wall times or, when the redos left too few (a busy test machine),
+            # from all runs' CPU times (one thread), and the reason says so.
+            assert all(len(run) == 4 and run[3] >= 0 for run in p.all_runs)
             assert p.disturbed_runs == sum(run[2] for run in p.all_runs)
             if p.reason.startswith("unstable"):
                 assert p.latency_basis == "cpu" and p.latency_runs_ms == [run[1] for run in p.all_runs]

@@ -99,7 +99,7 @@ def test_statistics_and_checks():
     assert is_disturbed(wall_s=1.0, cpu_s=0.5, margin=0.1) and not is_disturbed(1.0, 0.95, 0.1)
     timing_ = Timing((Run(10, 10, False), Run(30, 10, True), Run(12, 12, False)), unstable=False)
     assert timing_.used_ms == [10, 12] and timing_.min_ms == 10 and timing_.disturbed == 1
-    assert timing_.to_dict()["all_runs"][1] == [30, 10, True]
+    assert timing_.to_dict()["all_runs"][1] == [30, 10, True, -1]  # page faults not counted here
     for bad in (dict(budget_s=-1), dict(min_runs=0), dict(min_runs=5, max_runs=4), dict(margin=1.5), dict(max_redos=-1)):
         with pytest.raises(ValueError):
             TimingPolicy(**bad)
@@ -113,3 +113,49 @@ def test_calibration_reports_the_spread_of_a_fixed_workload():
     assert calibration["min_ms"] <= calibration["p80_ms"] <= calibration["max_ms"]
     assert calibration["spread"] >= 0 and 0 <= calibration["disturbed"] <= 9
     assert "machine noise" in timing.describe_calibration(calibration)
+
+
+# A child that allocates, fills and frees a 64 MiB buffer per call, as a forward does with its
+# activations, and prints the minor page faults of its 2nd-5th calls (the 1st warms up).
+FAULTS_CHILD = """
+import resource, torch
+def call():
+    torch.ones(16 * 2**20).sum()
+call()
+counts = []
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    call()
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(counts))
+"""
+
+
+def faults_in_child(extra: dict[str, str]) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF") and not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", FAULTS_CHILD], env=env | extra, capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
+@pytest.mark.skipif(timing.steady_allocator_env() == {}, reason="jemalloc is not installed (Debian: libjemalloc2)")
+def test_timing_children_reuse_freed_buffers_where_glibc_faults_them_in_again():
+    """Why timing children preload jemalloc: with glibc each call faults in (nearly) all of its
+    big buffer again (64 MiB: 16,384 pages of 4 KiB per call); with jemalloc kept from giving
+    memory back, (almost) never once warm."""
+    glibc, steady = faults_in_child({}), faults_in_child(timing.steady_allocator_env({}))
+    assert glibc > 16_000, glibc  # 4 calls: at least one whole buffer faulted in again
+    assert steady < 200, steady
+
+
+def test_the_preload_goes_ahead_of_an_existing_one_and_reports_name_the_allocator():
+    env = timing.steady_allocator_env({"LD_PRELOAD": "libother.so"})
+    if env:
+        assert env["LD_PRELOAD"].endswith(":libother.so") and "jemalloc" in env["LD_PRELOAD"]
+        assert env["MALLOC_CONF"] == timing.JEMALLOC_CONF and "jemalloc" in timing.describe_allocator()
+    else:
+        assert timing.describe_allocator().startswith("glibc")
+
+
+def test_each_run_counts_its_page_faults():
+    run = timing.time_once(lambda: bytearray(8 * 2**20), TimingPolicy())
+    assert run.faults >= 0 if sys.platform.startswith("linux") else run.faults == -1

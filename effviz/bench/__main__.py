@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dtype", choices=list(DTYPES), default="float32", help="input dtype (math is fp32)")
     k.add_argument("--json", type=Path, metavar="PATH", help="also write all numbers to this JSON file")
 
-    from .sweep import AXES, DTYPES as SWEEP_DTYPES, INTERLEAVE
+    from .sweep import ALLOCATORS, AXES, DTYPES as SWEEP_DTYPES, INTERLEAVE
 
     s = commands.add_parser(
         "sweep",
@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models: the models of one size take turns, size after size; all: every model at every "
                    "size takes turns in one child, so that a machine whose speed drifts slows every size alike "
                    "(steadier exponents; every point is held in memory at once) (default: %(default)s)")
+    s.add_argument("--allocator", choices=list(ALLOCATORS), default="steady",
+                   help="steady: time with jemalloc keeping freed memory mapped, as a warm serving process runs "
+                   "(no page faults once warm; glibc where jemalloc is not installed); glibc: a plain Python "
+                   "process's malloc, whose big buffers are faulted in again by every run (default: %(default)s)")
     s.add_argument("--fit-range", type=_number_range, metavar="LOW,HIGH",
                    help="also fit exponents over the points with LOW <= x <= HIGH (axis units)")
     s.add_argument("--json", type=Path, metavar="PATH", help="also write every point and the summary to this JSON file")
@@ -365,7 +369,7 @@ def _sweep_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             models=tuple(args.models), axis=args.axis, values=tuple(args.values),
             device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=args.dtype,
             batch=args.batch, budget_s=args.budget, min_runs=args.min_runs, max_runs=args.max_runs,
-            timeout_s=args.timeout, threads=args.threads, interleave=args.interleave,
+            timeout_s=args.timeout, threads=args.threads, interleave=args.interleave, allocator=args.allocator,
         )
     except ValueError as err:
         parser.error(str(err))

@@ -10,7 +10,8 @@ A sweep runs every model of a ``SweepSpec`` at every value of one axis:
 
 Each point (one value of the axis) runs in fresh child processes (this module run as a script),
 one point at a time. One timing child builds every model of the point and times their forwards
-with normal malloc and the shared protocol of ``effviz.bench.timing``: one warm-up each, then
+with an allocator that keeps what it frees (``timing.steady_allocator_env``: jemalloc, no page
+faults once warm) and the shared protocol of ``effviz.bench.timing``: one warm-up each, then
 rounds of one forward per model (A B C A B C ...), so that a busy spell of the machine hits all
 of them alike, as many rounds as the time budget allows; a run that waited for the CPU (wall
 time over CPU time) is flagged and run again. The headline latency is the minimum of a model's
@@ -54,7 +55,10 @@ from effviz.bench.devices import bench_device
 from effviz.bench.fit import Cost, Crossover, Exponent, crossover, fit_exponent, upper_half
 from effviz.bench.kernels import _processor_name
 from effviz.bench.memory import MALLOC_ENV, peak_of_call_mib
-from effviz.bench.timing import TimingPolicy, calibrate, describe_calibration, measure_interleaved, time_once
+from effviz.bench.timing import (
+    TimingPolicy, calibrate, describe_allocator, describe_calibration, measure_interleaved, steady_allocator_env,
+    time_once,
+)
 from effviz.kernels import native
 from effviz.kernels.dispatch import pick
 from effviz.models import EffvizModel, ModelConfig, architecture_config
@@ -72,6 +76,7 @@ STATUSES = ("ok", "oom", "timeout", "skipped", "error")
 # speed drifts over minutes slows every size alike and the exponents, which compare sizes, hold
 # still; the points come at the end, and every model at every size is held in memory at once.
 INTERLEAVE = ("models", "all")
+ALLOCATORS = ("steady", "glibc")
 FRAMES_PER_SECOND = 100  # Kaldi fbank, 10 ms frame shift
 KERNEL_OPS = ("selective_scan", "bi_wkv", "retention", "rms_norm", "causal_conv1d")
 MIB = 2**20
@@ -199,7 +204,9 @@ class SweepSpec:
     warm-up forward over ``timeout_s / (1 + min_runs + max_redos)`` counts as a timeout: its
     timed runs and redos could not fit. ``threads`` defaults to this process's torch thread
     count; with one, a run that waited for the CPU is told apart exactly. ``interleave`` (an
-    ``INTERLEAVE`` key) says which points take turns. Invalid specs raise ValueError on
+    ``INTERLEAVE`` key) says which points take turns. ``allocator``: "steady" times with
+    ``timing.steady_allocator_env`` (jemalloc where installed), "glibc" with the plain malloc of
+    a Python process, to see what the allocator costs. Invalid specs raise ValueError on
     construction, before anything runs.
     """
 
@@ -215,6 +222,7 @@ class SweepSpec:
     timeout_s: float = 120.0
     threads: int | None = None
     interleave: str = "models"
+    allocator: str = "steady"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(dict.fromkeys(self.models)))
@@ -235,6 +243,8 @@ class SweepSpec:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.interleave not in INTERLEAVE:
             raise ValueError(f"unknown interleave {self.interleave!r}; choose one of {', '.join(INTERLEAVE)}")
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(f"unknown allocator {self.allocator!r}; choose one of {', '.join(ALLOCATORS)}")
         device = bench_device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda asked for, but torch sees no CUDA GPU here")
@@ -395,9 +405,11 @@ def _run_child(spec: SweepSpec, request: dict[str, Any], timeout_s: float, stop:
     """Run this module as a child that measures what ``request`` says; kill it on timeout or stop."""
     request = {**request, "axis": spec.axis, "device": spec.device, "dtype": spec.dtype, "batch": spec.batch,
                "threads": spec.resolved_threads()}
-    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}  # latency: normal malloc
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     if request["mode"] == "memory":
         env.update(MALLOC_ENV)
+    elif spec.allocator == "steady":
+        env.update(steady_allocator_env(env))
     env["OMP_NUM_THREADS"] = str(request["threads"])
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -785,6 +797,7 @@ def sweep_environment(spec: SweepSpec) -> dict[str, Any]:
         "max_runs": spec.max_runs,
         "timeout_s": spec.timeout_s,
         "interleave": spec.interleave,
+        "allocator": describe_allocator() if spec.allocator == "steady" else "glibc malloc (--allocator glibc)",
         "memory_available_mib": available_memory_mib(spec.device),
         "calibration": calibrate(),
     }
@@ -917,6 +930,7 @@ def describe_protocol(env: dict[str, Any]) -> str:
         "and is run again; a point still short of undisturbed runs after 5 redos says \"unstable\" and takes "
         + ("the CPU times of all its runs (with one thread, each run without its waiting)" if threads == 1
            else "the wall times of all its runs")
+        + (f"; allocator: {env['allocator']}" if env.get("allocator") else "")
     )
 
 
@@ -933,17 +947,24 @@ def format_environment(env: dict[str, Any]) -> str:
     )
 
 
+def _median_faults(point: PointResult) -> str:
+    """The median minor page faults of a point's timed runs, or "—" where none were counted."""
+    faults = [run[3] for run in point.all_runs or [] if len(run) > 3 and run[3] >= 0]
+    return "—" if not faults else f"{sorted(faults)[len(faults) // 2]:,}"
+
+
 def format_report(env: dict[str, Any], points: Sequence[PointResult], summary: dict[str, Any], unit: str) -> str:
     """Markdown: environment, one row per point, exponents, crossovers."""
     lines = [format_environment(env),
-             "| model | x | tokens | input | latency ms (min) | p20-p80 ms | runs (redone) | peak MiB | status | reason |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | x | tokens | input | latency ms (min) | p20-p80 ms | runs (redone) | page faults per run | "
+             "peak MiB | status | reason |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         spread = "—" if p.latency_p20_ms is None else f"{_fmt(p.latency_p20_ms)}-{_fmt(p.latency_p80_ms)}"
         runs = "—" if not p.latency_runs_ms else f"{len(p.latency_runs_ms)} ({p.disturbed_runs})"
         lines.append(
             f"| {p.model} | {p.x:g} {unit} | {p.tokens} | {p.inputs} | {_fmt(p.latency_ms)} | {spread} | {runs} | "
-            f"{_fmt(p.peak_mem_mib)} | {p.status} | {p.reason} |"
+            f"{_median_faults(p)} | {_fmt(p.peak_mem_mib)} | {p.status} | {p.reason} |"
         )
     fit_range = next((f["fit_range"] for f in summary["fits"] if f["fit_range"]), None)
     header = ["model", "mixer", "latency exponent", "memory exponent"]

@@ -17,13 +17,58 @@ shared machine.
   from their wall times otherwise.
 - ``calibrate`` times a fixed pure-Python workload a few times: its spread is the machine's
   noise, reported before a sweep.
+- The child processes that time run with jemalloc preloaded and told never to hand memory back
+  (``steady_allocator_env``), as a serving process runs once warm: each forward reuses the
+  buffers of the one before. With glibc's malloc, a big buffer is mapped afresh by (nearly)
+  every call and every page of it faulted in again: a DeiT-Ti forward with eager attention at
+  896 px took about a million minor page faults and 2-3 s of system time, more than half its
+  CPU time, and what that costs moves with the host's memory from minute to minute. glibc's own
+  knobs do not fix it (an aligned allocation rarely fits the hole the last one left, so the heap
+  grows every other call). Without jemalloc (Debian: ``libjemalloc2``) the children keep glibc,
+  and reports say so. Each run records its minor page faults (``Run.faults``), so a report
+  shows whether the timed code ran in steady state.
 """
 from __future__ import annotations
 
+import ctypes.util
+import functools
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+
+try:
+    import resource
+except ImportError:  # not a Unix: page faults are not counted
+    resource = None
+
+# jemalloc's settings for timing: never return freed pages to the OS (no decay to "dirty" or
+# "muzzy" pages), so the next run finds them mapped and resident.
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+@functools.cache
+def _jemalloc() -> str | None:
+    return ctypes.util.find_library("jemalloc") if os.name == "posix" else None
+
+
+def steady_allocator_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables a timing child adds to ``environ`` (default ``os.environ``): jemalloc
+    preloaded (ahead of any other preload) with ``JEMALLOC_CONF``; none where it is not installed."""
+    library = _jemalloc()
+    if library is None:
+        return {}
+    preload = (environ if environ is not None else os.environ).get("LD_PRELOAD")
+    return {"LD_PRELOAD": library + (f":{preload}" if preload else ""), "MALLOC_CONF": JEMALLOC_CONF}
+
+
+def describe_allocator() -> str:
+    """What the timing children allocate with, for reports and the JSON."""
+    library = _jemalloc()
+    if library is None:
+        return "glibc malloc (jemalloc not installed: big buffers are faulted in again by every run)"
+    return f"jemalloc ({library}, {JEMALLOC_CONF}: freed buffers stay mapped for the next run)"
 
 
 @dataclass(frozen=True)
@@ -59,11 +104,13 @@ class TimingPolicy:
 
 @dataclass(frozen=True)
 class Run:
-    """One timed call: wall and CPU time in ms, and whether it waited for the CPU."""
+    """One timed call: wall and CPU time in ms, whether it waited for the CPU, and the minor
+    page faults this process took meanwhile (-1 where they are not counted)."""
 
     wall_ms: float
     cpu_ms: float
     disturbed: bool
+    faults: int = -1
 
 
 def percentile(values: list[float] | tuple[float, ...], q: float) -> float:
@@ -114,7 +161,7 @@ class Timing:
         return {
             "min_ms": self.min_ms, "p20_ms": self.p20_ms, "p80_ms": self.p80_ms,
             "runs_ms": self.used_ms, "disturbed": self.disturbed, "unstable": self.unstable, "basis": self.basis,
-            "all_runs": [[r.wall_ms, r.cpu_ms, r.disturbed] for r in self.runs],
+            "all_runs": [[r.wall_ms, r.cpu_ms, r.disturbed, r.faults] for r in self.runs],
         }
 
 
@@ -125,13 +172,19 @@ def is_disturbed(wall_s: float, cpu_s: float, margin: float) -> bool:
 
 def time_once(fn: Callable[[], Any], policy: TimingPolicy, sync: Callable[[], None] | None = None) -> Run:
     """Run ``fn`` once (``sync`` after it, e.g. a CUDA synchronize); its wall and CPU time."""
+    faults0 = _minor_faults()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     fn()
     if sync is not None:
         sync()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     disturbed = policy.check_cpu and is_disturbed(wall, cpu, policy.margin)
-    return Run(wall * 1e3, cpu * 1e3, disturbed)
+    faults = -1 if faults0 < 0 else _minor_faults() - faults0
+    return Run(wall * 1e3, cpu * 1e3, disturbed, faults)
+
+
+def _minor_faults() -> int:
+    return -1 if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def measure_interleaved(
