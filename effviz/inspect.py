@@ -42,8 +42,8 @@ Over a whole model (``inspect_model``), for one input and one class:
   the picture, or (mel bands, time steps) of a sound. The division is there for causal mixers:
   under a causal mask the first token is read by every row and reads only itself, so a rollout
   of row-normalised causal matrices piles its mass onto the first tokens whatever the input
-  (a causal ViR's maps would peak on its first patch wherever the evidence is). Divided by what the mask alone
-  gives, a map shows what the input adds to the structure. For full attention the masks' rollout
+  (a causal ViR's maps would peak on its first patch wherever the evidence is). Divided by what
+  the mask alone gives, a map shows what the input adds to the structure. For full attention the masks' rollout
   is uniform over the patches and changes nothing; for a sliding window, Vim's two triangles
   (through their convs) and Vision-RWKV's Q-shift it is not, and the division takes out what
   their edges do the same way.
