@@ -1,9 +1,9 @@
 """Does relevance find the one patch that carries the evidence? The bundled CIFAR models, a gray
 32x32 picture with one 8x8 patch at each of the 16 cells of the token grid, two kinds of patch:
 
-- "noise": random colours, relevance of the predicted
-  class. Beside it, how much the patch moves that class's log-probability from the plain gray
-  picture's: near 0 means the prediction does not come from the patch at all.
+- "noise": random colours, relevance of the predicted class. Beside it, how much the patch moves
+  that class's log-probability from the plain gray picture's: near 0 means the prediction does
+  not come from the patch at all.
 - "informative": the same patch after Adam steps on its pixels towards the class the plain gray
   picture makes least likely, until that class's log-probability is ``GAIN`` (1 nat) above the
   plain picture's (at most ``MAX_STEPS``), so that class's evidence can only come from the patch;
@@ -97,7 +97,8 @@ def check(model_id: str) -> dict:
         with torch.no_grad():
             logp = model(image=noisy)[0].log_softmax(-1)
         predicted = int(logp.argmax())
-        cases = {"noise": (noisy, predicted), "informative": (informative(model, noisy, cell, least_likely, float(gray_logp[least_likely])), least_likely)}
+        made = informative(model, noisy, cell, least_likely, float(gray_logp[least_likely]))
+        cases = {"noise": (noisy, predicted), "informative": (made, least_likely)}
         for kind, (image, target) in cases.items():
             result, chefer = inspect_with_chefer(model, image, target)
             with torch.no_grad():

@@ -21,7 +21,7 @@ shared machine.
   (``steady_allocator_env``), as a serving process runs once warm: each forward reuses the
   buffers of the one before. With glibc's malloc, a big buffer is mapped afresh by (nearly)
   every call and every page of it faulted in again: a DeiT-Ti forward with eager attention at
-  896 px took about a million minor page faults and 2-3 s of system time, more than half its
+  896 px takes about a million minor page faults and 2-3 s of system time, more than half its
   CPU time, and what that costs moves with the host's memory from minute to minute. glibc's own
   knobs do not fix it (an aligned allocation rarely fits the hole the last one left, so the heap
   grows every other call). Without jemalloc (Debian: ``libjemalloc2``) the children keep glibc,

@@ -5,8 +5,7 @@ An utterance strings 1-15 digit clips (each cut to its spoken part) with random 
 them and silence around them. For training it is then corrupted as a visitor's microphone and
 room would: per digit, speed (x0.9-1.1) and level (+-6 dB); over the whole utterance, a room
 (reverberation), a microphone EQ or a telephone band, and on 40% of them coloured noise at 5-40
-dB SNR. Test
-utterances stay clean, so their error rate measures the speaker, not the corruption.
+dB SNR. Test utterances stay clean, so their error rate measures the speaker, not the corruption.
 
 Because the utterances are built here, where each digit ends is known to the sample: training
 uses it as an alignment (see ``effviz.train_transcriber``).
@@ -70,8 +69,8 @@ def _corrupt(wave: torch.Tensor, rate: int, gen: torch.Generator, rirs: list[tor
         wave = equalise(wave, rate, telephone_band(wave.shape[0], rate))
     elif chance(gen, 0.5):
         wave = equalise(wave, rate, random_eq(wave.shape[0], rate, gen))
-    # Noise on fewer than half: the others keep the recordings' own floor, which a clean recording
-    # of a new speaker has too; with noise on 80% the models read an unseen speaker worse.
+    # Noise on fewer than half: the others keep the recordings' own floor, as a clean recording of
+    # a new speaker does, so the models do not learn to expect added noise under every voice.
     if chance(gen, 0.4):
         wave = add_noise(wave, uniform(gen, 5, 40), gen, colour=float(torch.randint(3, (), generator=gen)))
     return wave * 10 ** (uniform(gen, -10, 6) / 20)
