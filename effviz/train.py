@@ -27,7 +27,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -490,17 +490,20 @@ def architecture_notes(model: EffvizModel) -> dict:
 
 
 def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume: bool = False,
-          out_dir: Path | None = None, limit_batches: int | None = None, test_speaker: str | None = None) -> dict:
-    """Train ``model_id`` by its modality's recipe; returns its card. ``test_speaker`` (speech
-    models) leaves that FSDD speaker out of training and reports accuracy on it: one fold of the
-    leave-one-speaker-out cross-validation (``python -m effviz.train cv``)."""
+          out_dir: Path | None = None, limit_batches: int | None = None, test_speaker: str | None = None,
+          seed: int | None = None) -> dict:
+    """Train ``model_id`` by its modality's recipe (``epochs`` and ``seed`` override the recipe's);
+    returns its card. ``test_speaker`` (speech models) leaves that FSDD speaker out of training and
+    reports accuracy on it: one fold of the leave-one-speaker-out cross-validation
+    (``docs/speech_cv.py``). The seed draws the split, the speech bank's corruptions, the
+    initialisation and the batches."""
     if model_id not in BUNDLED_RECIPES:
         raise ValueError(f"unknown bundled model {model_id!r}; choose from {', '.join(BUNDLED_RECIPES)}")
     cfg = BUNDLED_RECIPES[model_id]()
     task_name = task_of(cfg)
-    recipe = RECIPES[task_name]
-    if epochs is not None:
-        recipe.epochs = epochs
+    default = RECIPES[task_name]
+    recipe = replace(default, epochs=default.epochs if epochs is None else epochs,
+                     seed=default.seed if seed is None else seed)
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
     task = _task(task_name, cfg, data, recipe.seed, test_speaker)
@@ -517,7 +520,8 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
         for (decays, is_fresh), params in sorted(groups.items())
     ], lr=recipe.lr)
     gen = torch.Generator().manual_seed(recipe.seed)
-    run_dir = RUNS_DIR / (f"{model_id}-without-{test_speaker}" if test_speaker else model_id)
+    run_dir = RUNS_DIR / ((f"{model_id}-without-{test_speaker}" if test_speaker else model_id)
+                          + (f"-seed{recipe.seed}" if recipe.seed != default.seed else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, elapsed, history = 0, 0.0, []
     if resume and (run_dir / "last.pt").exists():
@@ -806,13 +810,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from runs/<id>/last.pt")
     parser.add_argument("--out", type=Path, help="output folder (default weights/<id>)")
     parser.add_argument("--test-speaker", help="speech models: leave this FSDD speaker out and test on it")
+    parser.add_argument("--seed", type=int, help="override the recipe's seed (0): another split, bank, initialisation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     data = data_files(args.data)
     card = train(args.model_id, data, epochs=args.epochs, resume=args.resume, out_dir=args.out,
-                 limit_batches=args.limit_batches, test_speaker=args.test_speaker)
+                 limit_batches=args.limit_batches, test_speaker=args.test_speaker, seed=args.seed)
     print(json.dumps(card["metrics"], indent=2))
 
 

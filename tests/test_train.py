@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import json
 import zipfile
 from pathlib import Path
@@ -106,6 +107,21 @@ def test_resume_continues_from_the_last_epoch(tiny_setup):
     resumed = train.train("aum-fsdd", data, epochs=3, resume=True, out_dir=out)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert resumed["history"][:2] == first["history"]  # not retrained
+
+
+def test_a_seed_override_is_its_own_run_and_leaves_the_recipe_alone(tiny_setup):
+    data, out = tiny_setup
+    default = train.train("aum-fsdd", data, out_dir=out / "seed0", test_speaker="theo", limit_batches=1)
+    other = train.train("aum-fsdd", data, out_dir=out / "seed1", test_speaker="theo", limit_batches=1, seed=1)
+    assert (default["recipe"]["seed"], other["recipe"]["seed"]) == (0, 1)
+    assert train.RECIPES["audio"].seed == 0 and train.RECIPES["audio"].epochs == 2
+    runs = out.parents[1] / "runs"
+    assert (runs / "aum-fsdd-without-theo" / "last.pt").is_file()
+    assert (runs / "aum-fsdd-without-theo-seed1" / "last.pt").is_file()  # --resume never mixes seeds
+    banks = sorted(p.name for p in (Path(os.environ["EFFVIZ_CACHE"]) / "speech-bank").iterdir())
+    assert len(banks) == 2  # another seed corrupts the clips afresh
+    assert not torch.equal(EffvizModel.from_pretrained(str(out / "seed0")).head.weight,
+                           EffvizModel.from_pretrained(str(out / "seed1")).head.weight)
 
 
 def _save(folder: Path, cfg) -> EffvizModel:
