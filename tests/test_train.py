@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import json
 import zipfile
 from pathlib import Path
@@ -118,8 +117,7 @@ def test_a_seed_override_is_its_own_run_and_leaves_the_recipe_alone(tiny_setup):
     runs = out.parents[1] / "runs"
     assert (runs / "aum-fsdd-without-theo" / "last.pt").is_file()
     assert (runs / "aum-fsdd-without-theo-seed1" / "last.pt").is_file()  # --resume never mixes seeds
-    banks = sorted(p.name for p in (Path(os.environ["EFFVIZ_CACHE"]) / "speech-bank").iterdir())
-    assert len(banks) == 2  # another seed corrupts the clips afresh
+    assert len(list((train._cache_root() / "speech-bank").iterdir())) == 2  # another seed corrupts the clips afresh
     assert not torch.equal(EffvizModel.from_pretrained(str(out / "seed0")).head.weight,
                            EffvizModel.from_pretrained(str(out / "seed1")).head.weight)
 
