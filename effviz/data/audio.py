@@ -241,7 +241,8 @@ def fbank(waveform: torch.Tensor, pre: AudioPreprocess) -> torch.Tensor:
     """Normalised log-mel filterbank ``(frames, pre.mel_bins)`` of a mono waveform at
     ``pre.sample_rate``, computed as AST computes it.
 
-    The clip's mean is removed, Kaldi fbank features are taken (Hanning window, 25 ms every
+    The clip's mean is removed, the samples are multiplied by ``pre.wave_scale``, Kaldi fbank
+    features are taken (Hanning window, 25 ms every
     10 ms, no dither, HTK-compatible), and normalised as ``(x - fbank_mean) / (2 * fbank_std)``.
     Then the frames are framed as ``pre.padding`` says:
     - "centre": padded at the end up to a multiple of ``pre.frame_multiple`` with the clip's
@@ -261,7 +262,7 @@ def fbank(waveform: torch.Tensor, pre: AudioPreprocess) -> torch.Tensor:
         )
     waveform = waveform.float()
     features = kaldi.fbank(
-        (waveform - waveform.mean()).unsqueeze(0),
+        ((waveform - waveform.mean()) * pre.wave_scale).unsqueeze(0),
         htk_compat=True,
         use_energy=False,
         window_type="hanning",

@@ -5,6 +5,8 @@ Models differ only in their ``ModelConfig``: which mixer, where the class token 
 Vim middle, ViR last, VRWKV none + mean pooling), norm kind, and channel mixer.
 """
 
+import math
+
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
@@ -30,6 +32,20 @@ def speech_mean_normalise(frames: torch.Tensor, fbank_std: float) -> torch.Tenso
     """
     speech = speech_frames(frames, fbank_std).to(frames.dtype).unsqueeze(-1)
     return frames - (frames * speech).sum(1, keepdim=True) / speech.sum(1, keepdim=True)
+
+
+def level_floor(frames: torch.Tensor, fbank_std: float, floor_db: float) -> torch.Tensor:
+    """Fbank ``frames`` (batch, frames, mel bins), normalised as ``effviz.data.audio.fbank`` does,
+    with every bin raised to ``floor_db`` dB under the clip's loudest bin.
+
+    What lies further down is the recording's noise floor, digital silence or a resampler's
+    leakage, which differ between microphones and pipelines and set no word apart; a floor tied to
+    the clip's own level is the same for a quiet and a loud take of the same word, so the model
+    does not learn the level. (The loudest bin, not the loudest frame's mean: one of the 128 mel
+    triangles at 16 kHz holds no FFT bin and stays at the fbank's floor whatever the gain.)
+    """
+    floor = frames.amax((-2, -1)) - floor_db / 10 * math.log(10) / (2 * fbank_std)
+    return torch.maximum(frames, floor[:, None, None])
 
 
 def speech_frames(frames: torch.Tensor, fbank_std: float) -> torch.Tensor:
@@ -154,8 +170,11 @@ class EffvizModel(nn.Module, PyTorchModelHubMixin, library_name="effviz"):
                 nn.init.trunc_normal_(p, std=0.02)
 
     def audio_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """(batch, frames, mel) fbank frames as the audio tokenizer receives them: mean-normalised
-        over the clip's speech when the recipe says so (``audio_cmn``)."""
+        """(batch, frames, mel) fbank frames as the audio tokenizer receives them: floored under the
+        clip's loudest bin (``audio_floor_db``) and mean-normalised over its speech (``audio_cmn``)
+        when the recipe says so."""
+        if self.config.audio_floor_db:
+            frames = level_floor(frames, self.config.fbank_std, self.config.audio_floor_db)
         return speech_mean_normalise(frames, self.config.fbank_std) if self.config.audio_cmn else frames
 
     def tokens(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None):

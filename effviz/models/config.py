@@ -92,12 +92,17 @@ class ModelConfig:
     sample_rate: int = 16000
     fbank_mean: float = 0.0
     fbank_std: float = 1.0
+    # Samples are multiplied by this before the fbank (releases.AudioPreprocess.wave_scale).
+    fbank_wave_scale: float = 1.0
     min_audio_seconds: float = 0.0  # shorter clips are zero-padded to this (the trained clip length)
     # Bandwidth of the training audio (FSDD is recorded at 8 kHz: nothing above 4 kHz), 0 = full band.
     # Wider inputs are band-limited to it, so a 44.1 kHz microphone take reads as training data did.
     audio_band_hz: float = 0.0
     # Subtract each mel bin's mean over the clip's speech frames (backbone.speech_mean_normalise).
     audio_cmn: bool = False
+    # Every fbank bin raised to at least this many dB under the clip's loudest bin, before the mean
+    # normalisation (backbone.level_floor); 0 = no floor.
+    audio_floor_db: float = 0.0
     modality_embed: bool = False  # learned per-modality embedding (multimodal early fusion)
     # A causal language model (effviz.models.language) reads text the same way: causal mixers, no
     # class token, no position embedding, a next-token head on every token.

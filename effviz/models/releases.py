@@ -65,6 +65,11 @@ class AudioPreprocess:
         end up to ``max_frames`` and then normalised (AST's code and HF's ASTFeatureExtractor).
     max_frames: longer inputs are cut to this many frames (0: never cut).
     band_hz: the training audio's bandwidth; a wider input is band-limited to it (0: full band).
+    wave_scale: the waveform (samples in [-1, 1]) is multiplied by this before the fbank: 1 is
+        AST's convention (its code and HF's extractor), 32768 Kaldi's own (16-bit sample units).
+        The fbank floors power at float32 eps, i.e. log(eps) ~ -15.9; at scale 1 that floor is only
+        ~28 dB under an average spoken frame, so the quiet bins of a quiet recording sit on it and a
+        gain change moves them on and off it. At 32768 it is ~90 dB lower and never reached by sound.
     speech_only: the model was trained on tight clips of one spoken word, ``min_seconds`` long:
         the spoken part of an input is found (energy-based) and framed the same way, the loudest
         ``min_seconds`` of it when it is longer, so silence around a take and a long recording
@@ -81,6 +86,7 @@ class AudioPreprocess:
     frame_multiple: int = 1
     band_hz: float = 0.0
     speech_only: bool = False
+    wave_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.padding not in ("centre", "end"):
@@ -119,7 +125,7 @@ class Preprocess:
             audio = AudioPreprocess(
                 sample_rate=cfg.sample_rate, mel_bins=cfg.mel_bins, fbank_mean=cfg.fbank_mean,
                 fbank_std=cfg.fbank_std, min_seconds=cfg.min_audio_seconds, frame_multiple=cfg.audio_patch_size,
-                band_hz=cfg.audio_band_hz, speech_only=cfg.min_audio_seconds > 0,
+                band_hz=cfg.audio_band_hz, speech_only=cfg.min_audio_seconds > 0, wave_scale=cfg.fbank_wave_scale,
             )
         return cls(image, audio)
 

@@ -87,6 +87,8 @@ def model_view(model_id: str, samples: np.ndarray, sample_rate: int) -> tuple[np
     steps = [f"{frames.shape[1] * FRAME_SHIFT_MS / 1000:.2f} s at {pre.sample_rate / 1000:g} kHz"]
     if pre.band_hz:
         steps.append(f"band-limited to {pre.band_hz / 1000:g} kHz")
+    if cfg.audio_floor_db:
+        steps.append(f"floored {cfg.audio_floor_db:g} dB under the loudest bin")
     if cfg.audio_cmn:
         steps.append("each bin's mean over the speech removed")
     return frames[0].T.numpy(), f"what {model_id} reads: {', '.join(steps)}"

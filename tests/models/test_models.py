@@ -331,7 +331,9 @@ def test_speech_mean_normalisation_removes_a_fixed_filter_and_ignores_silence():
     cfg = BUNDLED_RECIPES["ast-fsdd"]()
     assert cfg.audio_cmn
     model = EffvizModel(cfg).eval()
-    speech = torch.randn(1, 104, cfg.mel_bins) * 0.2 + 0.5
+    # Every bin within the recipe's level floor of the loudest one (1.2 of 1.7 here), as speech is:
+    # what falls under the floor is raised to it, and a filter is then removed only above it.
+    speech = torch.randn(1, 104, cfg.mel_bins).clamp(-4, 4) * 0.1 + 0.5
     coloured = speech + torch.linspace(-0.5, 0.3, cfg.mel_bins)
     silence = torch.full((1, 40, cfg.mel_bins), -1.5)
     with torch.no_grad():
@@ -341,6 +343,31 @@ def test_speech_mean_normalisation_removes_a_fixed_filter_and_ignores_silence():
         torch.testing.assert_close(padded[:, :104], speech_mean_normalise(speech, cfg.fbank_std), rtol=0, atol=1e-6)
         model.config.audio_cmn = False
         assert (model.tokens(audio=coloured)[0] - plain).abs().max() > 0.1
+
+
+def test_a_quiet_take_reads_as_a_loud_one_with_16_bit_units_and_a_level_floor():
+    """The speech recipe's fbank of 16-bit sample units, floored 75 dB under the loudest bin and
+    mean-normalised: the same word 50 dB quieter, after digital silence, gives the model the same
+    features. With AST's [-1, 1] samples and the fbank's own floor it does not: the quiet take's
+    weak bins and its silence sit on log(eps), which a gain change does not move."""
+    from effviz.data.audio import fbank
+    from effviz.models.releases import Preprocess
+
+    cfg = BUNDLED_RECIPES["audio-rwkv-fsdd"]()
+    assert cfg.fbank_wave_scale == 2**15 and cfg.audio_floor_db == 75
+    gen = torch.Generator().manual_seed(0)
+    t = torch.arange(8000) / 16000
+    vowel = sum(torch.sin(2 * math.pi * 140 * k * t) / k for k in range(1, 25)) * torch.sin(math.pi * t / t[-1])
+    word = torch.cat([torch.zeros(4000), 0.3 * vowel + 0.003 * torch.randn(8000, generator=gen), torch.zeros(4000)])
+
+    def features(config, gain: float) -> torch.Tensor:
+        model = EffvizModel(config).eval()
+        frames = fbank(word * gain, Preprocess.from_config(config).audio).unsqueeze(0)
+        return model.audio_features(frames)
+
+    torch.testing.assert_close(features(cfg, 10 ** (-50 / 20)), features(cfg, 1.0), rtol=0, atol=1e-4)
+    cfg.fbank_wave_scale, cfg.audio_floor_db, cfg.fbank_mean = 1.0, 0.0, -9.4
+    assert (features(cfg, 10 ** (-50 / 20)) - features(cfg, 1.0)).abs().max() > 0.5
 
 
 def test_the_running_speech_mean_streams_forgets_its_prior_and_skips_leading_silence():
