@@ -43,13 +43,13 @@ def frame_geometry(rate: int) -> tuple[int, int]:
 def causal_fbank(waveform: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """Normalised log-mel frames (frames, mel_bins) of a mono waveform at ``cfg.sample_rate``: Kaldi
     fbank of the samples times ``cfg.fbank_wave_scale`` (Hanning, 25 ms every 10 ms, no dither;
-    each frame's own DC offset removed), then ``(x - fbank_mean) / (2 * fbank_std)``. Every frame depends on its own 25 ms only; a waveform
-    shorter than one window has no frame."""
+    each frame's own DC offset removed), then ``(x - fbank_mean) / (2 * fbank_std)``. Every frame
+    depends on its own 25 ms only; a waveform shorter than one window has no frame."""
     window, _ = frame_geometry(cfg.sample_rate)
     if waveform.shape[0] < window:
         return waveform.new_zeros(0, cfg.mel_bins)
-    features = kaldi.fbank(waveform.float().unsqueeze(0) * cfg.fbank_wave_scale, htk_compat=True, use_energy=False,
-                           window_type="hanning", num_mel_bins=cfg.mel_bins, dither=0.0,
+    features = kaldi.fbank(waveform.float().unsqueeze(0) * cfg.fbank_wave_scale, htk_compat=True,
+                           use_energy=False, window_type="hanning", num_mel_bins=cfg.mel_bins, dither=0.0,
                            frame_length=FRAME_LENGTH_MS, frame_shift=FRAME_SHIFT_MS,
                            sample_frequency=cfg.sample_rate)
     return (features - cfg.fbank_mean) / (2 * cfg.fbank_std)

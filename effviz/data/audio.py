@@ -242,8 +242,8 @@ def fbank(waveform: torch.Tensor, pre: AudioPreprocess) -> torch.Tensor:
     ``pre.sample_rate``, computed as AST computes it.
 
     The clip's mean is removed, the samples are multiplied by ``pre.wave_scale``, Kaldi fbank
-    features are taken (Hanning window, 25 ms every
-    10 ms, no dither, HTK-compatible), and normalised as ``(x - fbank_mean) / (2 * fbank_std)``.
+    features are taken (Hanning window, 25 ms every 10 ms, no dither, HTK-compatible), and
+    normalised as ``(x - fbank_mean) / (2 * fbank_std)``.
     Then the frames are framed as ``pre.padding`` says:
     - "centre": padded at the end up to a multiple of ``pre.frame_multiple`` with the clip's
       smallest value, i.e. its quietest level, so that padding reads as silence rather than as
