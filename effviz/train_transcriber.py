@@ -89,7 +89,8 @@ class ConnectedDigitsTask:
         test_voices = [u for u in synthetic_speech.test_utterances() if u.digit is not None]
         self.voice_clips = [(spoken_part(self._resampled(u.waveform), rate), u.digit) for u in test_voices]
         self.seed, self.bank_utterances = seed, bank_utterances
-        framing = [cfg.sample_rate, cfg.mel_bins, cfg.fbank_wave_scale, cfg.fbank_mean, cfg.fbank_std]  # what the features depend on
+        # What the features depend on.
+        framing = [cfg.sample_rate, cfg.mel_bins, cfg.fbank_wave_scale, cfg.fbank_mean, cfg.fbank_std]
         key = hashlib.sha256(json.dumps([framing, fsdd, test_speaker, seed, bank_utterances, len(self.train_clips),
                                          _source_hash()]).encode()).hexdigest()[:16]
         self.bank_path = _cache_root() / "connected-digits" / f"{key}.pt"

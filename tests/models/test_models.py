@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from effviz.data.audio import fbank
 from effviz.models import ARCHITECTURES, EffvizModel, create_model
 from effviz.models.backbone import PRIOR_SPEECH_FRAMES, running_speech_mean_normalise, speech_mean_normalise
 from effviz.models.registry import BUNDLED_RECIPES
+from effviz.models.releases import Preprocess
 from effviz.models.layers import PatchTokenizer, TokenLayout
 from effviz.models.mixers import retention as retention_module
 from effviz.models.mixers.retention import MultiScaleRetention
@@ -331,8 +333,8 @@ def test_speech_mean_normalisation_removes_a_fixed_filter_and_ignores_silence():
     cfg = BUNDLED_RECIPES["ast-fsdd"]()
     assert cfg.audio_cmn
     model = EffvizModel(cfg).eval()
-    # Every bin within the recipe's level floor of the loudest one (1.2 of 1.7 here), as speech is:
-    # what falls under the floor is raised to it, and a filter is then removed only above it.
+    # Every bin within the recipe's level floor of the loudest one (at most 1.6 of its 1.73 here), as
+    # in speech: what falls under the floor is raised to it, and a filter is removed only above it.
     speech = torch.randn(1, 104, cfg.mel_bins).clamp(-4, 4) * 0.1 + 0.5
     coloured = speech + torch.linspace(-0.5, 0.3, cfg.mel_bins)
     silence = torch.full((1, 40, cfg.mel_bins), -1.5)
@@ -350,9 +352,6 @@ def test_a_quiet_take_reads_as_a_loud_one_with_16_bit_units_and_a_level_floor():
     mean-normalised: the same word 50 dB quieter, after digital silence, gives the model the same
     features. With AST's [-1, 1] samples and the fbank's own floor it does not: the quiet take's
     weak bins and its silence sit on log(eps), which a gain change does not move."""
-    from effviz.data.audio import fbank
-    from effviz.models.releases import Preprocess
-
     cfg = BUNDLED_RECIPES["audio-rwkv-fsdd"]()
     assert cfg.fbank_wave_scale == 2**15 and cfg.audio_floor_db == 75
     gen = torch.Generator().manual_seed(0)
