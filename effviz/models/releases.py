@@ -125,7 +125,8 @@ class Preprocess:
             audio = AudioPreprocess(
                 sample_rate=cfg.sample_rate, mel_bins=cfg.mel_bins, fbank_mean=cfg.fbank_mean,
                 fbank_std=cfg.fbank_std, min_seconds=cfg.min_audio_seconds, frame_multiple=cfg.audio_patch_size,
-                band_hz=cfg.audio_band_hz, speech_only=cfg.min_audio_seconds > 0, wave_scale=cfg.fbank_wave_scale,
+                band_hz=cfg.audio_band_hz, speech_only=cfg.min_audio_seconds > 0,
+                wave_scale=cfg.fbank_wave_scale,
             )
         return cls(image, audio)
 
