@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -222,13 +223,16 @@ class FsddTask:
         cache, or computed (~half a minute) and cached."""
         path = _cache_root() / "speech-bank" / self.bank_key / f"{variant}.pt"
         if path.is_file():
+            os.utime(path.parent)  # recently used: evict_stale_banks keeps it
             return torch.load(path, weights_only=True)
         gen = torch.Generator().manual_seed(self.seed * 1000 + variant)
         length = self.augment.length
         rows = [self.augment.corrupt(w, gen) for w, _ in self.bank_clips]
         rows += [self.augment.corrupt(no_digit_sound(length, self.rate, gen), gen) for _ in range(self.bank_sounds)]
         bank = torch.stack(rows).half()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True)
+            evict_stale_banks(path.parent.parent, keep=path.parent)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         torch.save(bank, partial)
         os.replace(partial, path)
@@ -329,6 +333,37 @@ def calibrate_saved(folder: Path, data: dict[str, str]) -> dict:
 
 def _cache_root() -> Path:
     return Path(os.environ.get("EFFVIZ_CACHE") or Path.home() / ".cache" / "effviz")
+
+
+# A bank of corrupted training features (a speech bank is ~3.5 GB, a connected-digits one ~0.2 GB)
+# is keyed by everything its contents depend on, the data file's mtime included, so recipes, seeds
+# and fresh copies of the data each make a new one: without eviction they fill a disk.
+BANK_CACHE_BYTES = int(float(os.environ.get("EFFVIZ_BANK_CACHE_GB", "16")) * 2**30)
+BANK_IN_USE_SECONDS = 3600  # a bank touched this recently may be in use by another process
+
+
+def _disk_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def evict_stale_banks(folder: Path, keep: Path, budget: int = BANK_CACHE_BYTES) -> list[Path]:
+    """Delete the least recently used banks (files or folders) in ``folder``, by modification time,
+    which reading a bank refreshes: the most recent are kept while they fit in ``budget`` bytes
+    beside ``keep`` (the bank being written), every older one is deleted, except any touched in the
+    last ``BANK_IN_USE_SECONDS``. Returns the deleted paths."""
+    now, total, deleted = time.time(), _disk_size(keep) if keep.exists() else 0, []
+    entries = sorted((p for p in folder.iterdir() if p != keep), key=lambda p: p.stat().st_mtime, reverse=True)
+    for i, entry in enumerate(entries):
+        total += _disk_size(entry)
+        if total > budget and now - entry.stat().st_mtime > BANK_IN_USE_SECONDS:
+            for stale in entries[i:]:
+                if now - stale.stat().st_mtime > BANK_IN_USE_SECONDS:
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+                    deleted.append(stale)
+            break
+    if deleted:
+        log.info("deleted %d stale bank(s) in %s (EFFVIZ_BANK_CACHE_GB)", len(deleted), folder)
+    return deleted
 
 
 def _bank_key(cfg: ModelConfig, fsdd: str, clips: int, voices: list[str], sounds: int, seed: int) -> str:

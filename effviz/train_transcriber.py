@@ -44,7 +44,7 @@ from .models.config import ModelConfig
 from .models.registry import TRANSCRIBER_RECIPES
 from .models.transcriber import Transcriber
 from .streaming import TRANSCRIBERS_DIR, causal_fbank, frame_geometry, transcribe_waveform
-from .train import RUNS_DIR, _cache_root, data_files, fsdd_waves
+from .train import RUNS_DIR, _cache_root, data_files, evict_stale_banks, fsdd_waves
 
 TEST_SPEAKER = "theo"
 BANK_UTTERANCES = 4000
@@ -107,6 +107,7 @@ class ConnectedDigitsTask:
         training utterance: cached on disk."""
         if self._bank is None:
             if self.bank_path.is_file():
+                os.utime(self.bank_path)  # recently used: evict_stale_banks keeps it
                 saved = torch.load(self.bank_path, weights_only=True)
                 self._bank = saved["features"], saved["digits"], saved["ends"]
             else:
@@ -119,6 +120,7 @@ class ConnectedDigitsTask:
                     digits.append(labels)
                     ends.append(label_ends)
                 self.bank_path.parent.mkdir(parents=True, exist_ok=True)
+                evict_stale_banks(self.bank_path.parent, keep=self.bank_path)
                 partial = self.bank_path.with_name(f"{self.bank_path.name}.{os.getpid()}.partial")
                 torch.save({"features": features, "digits": digits, "ends": ends}, partial)
                 os.replace(partial, self.bank_path)

@@ -122,6 +122,27 @@ def test_a_seed_override_is_its_own_run_and_leaves_the_recipe_alone(tiny_setup):
                            EffvizModel.from_pretrained(str(out / "seed1")).head.weight)
 
 
+def test_stale_banks_are_evicted_least_recently_used_first_and_in_use_ones_never(tmp_path):
+    import os
+    import time
+
+    now = time.time()
+    for name, kib, hours_ago in (("new", 4, 0), ("fresh", 4, 0.5), ("older", 4, 2), ("oldest", 4, 3)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.pt").write_bytes(bytes(kib * 1024))
+        os.utime(tmp_path / name, (now - hours_ago * 3600,) * 2)
+    (tmp_path / "file-bank.pt").write_bytes(bytes(4 * 1024))  # a connected-digits bank is one file
+    os.utime(tmp_path / "file-bank.pt", (now - 1.5 * 3600,) * 2)
+
+    # Room for two banks beside the new one: the one used half an hour ago stays whatever the
+    # budget (another process may be reading it), then the most recent fit, the older go.
+    deleted = train.evict_stale_banks(tmp_path, keep=tmp_path / "new", budget=12 * 1024)
+    assert sorted(p.name for p in deleted) == ["older", "oldest"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file-bank.pt", "fresh", "new"]
+    assert train.evict_stale_banks(tmp_path, keep=tmp_path / "new", budget=0) == [tmp_path / "file-bank.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "new"]
+
+
 def _save(folder: Path, cfg) -> EffvizModel:
     torch.manual_seed(1)
     model = EffvizModel(cfg)
