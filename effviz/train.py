@@ -231,7 +231,7 @@ class FsddTask:
         rows += [self.augment.corrupt(no_digit_sound(length, self.rate, gen), gen) for _ in range(self.bank_sounds)]
         bank = torch.stack(rows).half()
         if not path.parent.is_dir():
-            path.parent.mkdir(parents=True)
+            path.parent.mkdir(parents=True, exist_ok=True)  # another process may make it at the same time
             evict_stale_banks(path.parent.parent, keep=path.parent)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         torch.save(bank, partial)
