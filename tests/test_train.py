@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -123,9 +125,6 @@ def test_a_seed_override_is_its_own_run_and_leaves_the_recipe_alone(tiny_setup):
 
 
 def test_stale_banks_are_evicted_least_recently_used_first_and_in_use_ones_never(tmp_path):
-    import os
-    import time
-
     now = time.time()
     for name, kib, hours_ago in (("new", 4, 0), ("fresh", 4, 0.5), ("older", 4, 2), ("oldest", 4, 3)):
         (tmp_path / name).mkdir()
