@@ -124,6 +124,21 @@ def test_a_seed_override_is_its_own_run_and_leaves_the_recipe_alone(tiny_setup):
                            EffvizModel.from_pretrained(str(out / "seed1")).head.weight)
 
 
+def test_a_fresh_copy_of_the_data_finds_its_bank_and_other_data_makes_another(tiny_setup, tmp_path):
+    data, _ = tiny_setup
+    copy = tmp_path / "elsewhere" / "fsdd.zip"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(data["fsdd"]).read_bytes())
+    os.utime(copy, (1e9, 1e9))  # another modification time, as a fresh copy of ../shared has
+    other = tmp_path / "other.zip"  # other recordings
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("recordings/0_jackson_0.wav", b"RIFF")
+    cfg = registry.BUNDLED_RECIPES["aum-fsdd"]()
+    key = lambda fsdd: train._bank_key(cfg, str(fsdd), 20, ["tone"], 1, 0)  # noqa: E731
+    assert key(copy) == key(data["fsdd"])
+    assert key(other) != key(data["fsdd"])
+
+
 def test_stale_banks_are_evicted_least_recently_used_first_and_in_use_ones_never(tmp_path):
     now = time.time()
     for name, kib, hours_ago in (("new", 4, 0), ("fresh", 4, 0.5), ("older", 4, 2), ("oldest", 4, 3)):
