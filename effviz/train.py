@@ -336,8 +336,8 @@ def _cache_root() -> Path:
 
 
 # A bank of corrupted training features (a speech bank is ~3.5 GB, a connected-digits one ~0.2 GB)
-# is keyed by everything its contents depend on, the data file's mtime included, so recipes, seeds
-# and fresh copies of the data each make a new one: without eviction they fill a disk.
+# is keyed by everything its contents depend on, so every recipe, seed and fold that a developer
+# tries makes a new one: without eviction they fill a disk.
 BANK_CACHE_BYTES = int(float(os.environ.get("EFFVIZ_BANK_CACHE_GB", "16")) * 2**30)
 BANK_IN_USE_SECONDS = 3600  # a bank touched this recently may be in use by another process
 
