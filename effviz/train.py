@@ -37,6 +37,7 @@ import torch.nn.functional as F
 import torchaudio
 from tqdm import tqdm
 
+from .convert.loading import file_sha256
 from .data import synthetic_speech
 from .data.audio import fbank, fit_length
 from .data.datasets import load_cifar10, load_fsdd, load_mnist
@@ -353,33 +354,22 @@ def evict_stale_banks(folder: Path, keep: Path, budget: int = BANK_CACHE_BYTES) 
     last ``BANK_IN_USE_SECONDS``. Returns the deleted paths."""
     now, total, deleted = time.time(), _disk_size(keep) if keep.exists() else 0, []
     entries = sorted((p for p in folder.iterdir() if p != keep), key=lambda p: p.stat().st_mtime, reverse=True)
-    for i, entry in enumerate(entries):
+    for entry in entries:  # newest first: once the total is over budget, it stays over
         total += _disk_size(entry)
         if total > budget and now - entry.stat().st_mtime > BANK_IN_USE_SECONDS:
-            for stale in entries[i:]:
-                if now - stale.stat().st_mtime > BANK_IN_USE_SECONDS:
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-                    deleted.append(stale)
-            break
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            deleted.append(entry)
     if deleted:
         log.info("deleted %d stale bank(s) in %s (EFFVIZ_BANK_CACHE_GB)", len(deleted), folder)
     return deleted
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a data file's bytes (~0.1 s for FSDD's zip): what a bank built from it depends on.
-    Not its path or modification time: a fresh copy of the same data must find its bank again."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _bank_key(cfg: ModelConfig, fsdd: str, clips: int, voices: list[str], sounds: int, seed: int) -> str:
-    """What the bank's contents depend on: the data, the features, the augmentation's code."""
+    """What the bank's contents depend on: the data (its bytes, not its path or modification time,
+    so that a fresh copy of the same data finds its bank again), the features, the augmentation's
+    code."""
     source = (Path(__file__).parent / "data" / "speech_augment.py").read_bytes()
-    described = json.dumps([file_digest(fsdd), clips, voices, sounds, seed,
+    described = json.dumps([file_sha256(Path(fsdd)), clips, voices, sounds, seed,
                             asdict(Preprocess.from_config(cfg).audio), cfg.min_audio_seconds,
                             hashlib.sha256(source).hexdigest()])
     return hashlib.sha256(described.encode()).hexdigest()[:16]

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from .convert.loading import file_sha256
 from .data import synthetic_speech
 from .data.connected_digits import connected_utterance, digit_error_rate, spoken_part
 from .data.speech_augment import room_impulse_responses, spec_augment
@@ -44,7 +45,7 @@ from .models.config import ModelConfig
 from .models.registry import TRANSCRIBER_RECIPES
 from .models.transcriber import Transcriber
 from .streaming import TRANSCRIBERS_DIR, causal_fbank, frame_geometry, transcribe_waveform
-from .train import RUNS_DIR, _cache_root, data_files, evict_stale_banks, file_digest, fsdd_waves
+from .train import RUNS_DIR, _cache_root, data_files, evict_stale_banks, fsdd_waves
 
 TEST_SPEAKER = "theo"
 BANK_UTTERANCES = 4000
@@ -92,7 +93,7 @@ class ConnectedDigitsTask:
         # What the features depend on.
         framing = [cfg.sample_rate, cfg.mel_bins, cfg.fbank_wave_scale, cfg.fbank_mean, cfg.fbank_std]
         voices = [v.label for v in synthetic_speech.TRAIN_VOICES]
-        key = hashlib.sha256(json.dumps([framing, file_digest(fsdd), test_speaker, voices, seed, bank_utterances,
+        key = hashlib.sha256(json.dumps([framing, file_sha256(Path(fsdd)), test_speaker, voices, seed, bank_utterances,
                                          len(self.train_clips), _source_hash()]).encode()).hexdigest()[:16]
         self.bank_path = _cache_root() / "connected-digits" / f"{key}.pt"
         self.data_note = (f"connected strings of 1-15 digits from {len(fsdd_clips)} FSDD clips of the speakers but "
