@@ -378,7 +378,7 @@ def _bank_key(cfg: ModelConfig, fsdd: str, clips: int, voices: list[str], sounds
 class DigitsAVTask:
     """MNIST digits + FSDD speech paired by label; modality dropout for robustness to missing input."""
 
-    def __init__(self, cfg: ModelConfig, data: dict[str, str], seed: int):
+    def __init__(self, cfg: ModelConfig, data: dict[str, str], seed: int, test_speaker: str = VAL_SPEAKER):
         images, labels = load_mnist(data["mnist"])
         order = np.random.default_rng(seed).permutation(len(images))
         val, train = order[:1000], order[1000:]
@@ -387,7 +387,7 @@ class DigitsAVTask:
         self.train_img_y = torch.from_numpy(labels[train])
         self.val_img = self._normalise(torch.from_numpy(images[val]))
         self.val_img_y = torch.from_numpy(labels[val])
-        self.speech = FsddTask(cfg, data, seed, test_speaker=VAL_SPEAKER)
+        self.speech = FsddTask(cfg, data, seed, test_speaker=test_speaker)
         self.data_note = (f"MNIST (8k npz): {len(train)} train / {len(val)} held-out images; "
                           + self.speech.data_note)
 
@@ -525,11 +525,12 @@ def architecture_notes(model: EffvizModel) -> dict:
 
 def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume: bool = False,
           out_dir: Path | None = None, limit_batches: int | None = None, test_speaker: str | None = None,
-          seed: int | None = None) -> dict:
+          seed: int | None = None, warm_from: Path | None = None) -> dict:
     """Train ``model_id`` by its modality's recipe (``epochs`` and ``seed`` override the recipe's);
-    returns its card. ``test_speaker`` (speech models) leaves that FSDD speaker out of training and
-    reports accuracy on it: one fold of the leave-one-speaker-out cross-validation
-    (``docs/speech_cv.py``). The seed draws the split, the speech bank's corruptions, the
+    returns its card. ``test_speaker`` (speech and audio-visual models; the latter default to
+    ``VAL_SPEAKER``) leaves that FSDD speaker out of training and reports accuracy on it: one fold
+    of the leave-one-speaker-out cross-validation (``docs/speech_cv.py``), where an audio-visual
+    model starts from its speech model's fold of the same speaker (``warm_from``). The seed draws the split, the speech bank's corruptions, the
     initialisation and the batches."""
     if model_id not in BUNDLED_RECIPES:
         raise ValueError(f"unknown bundled model {model_id!r}; choose from {', '.join(BUNDLED_RECIPES)}")
@@ -542,7 +543,7 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
     random.seed(recipe.seed)
     task = _task(task_name, cfg, data, recipe.seed, test_speaker)
     model = EffvizModel(cfg)
-    source = warm_start(model, model_id)  # a resumed run then overwrites it with its checkpoint
+    source = warm_start(model, model_id, warm_from)  # a resumed run then overwrites it with its checkpoint
     fresh = set(source["fresh"]) if source else set()
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
@@ -651,30 +652,43 @@ def evaluate_saved(model_id: str, data: dict[str, str]) -> dict[str, dict[str, f
     return {name: {"card": reported.get(name), "measured": value} for name, value in measured.items()}
 
 
-def warm_start(model: EffvizModel, model_id: str) -> dict | None:
-    """Load the weights of ``WARM_START[model_id]`` (from weights/) into every matching parameter.
-    Refuses a source with a parameter the model lacks or shapes that differ: the architectures
-    must agree everywhere but in what the multimodal model adds. Returns the source's id, the
-    sha256 of its weights and the names of the parameters left fresh; None without a source."""
+def warm_start(model: EffvizModel, model_id: str, folder: Path | None = None) -> dict | None:
+    """Load the weights of ``WARM_START[model_id]`` into every matching parameter: the bundled ones
+    (weights/), or those saved in ``folder`` (a cross-validation fold of that speech model, whose
+    card must name it). Refuses a source with a parameter the model lacks or shapes that differ:
+    the architectures must agree everywhere but in what the multimodal model adds. Returns the
+    source's id, the sha256 of its weights and the names of the parameters left fresh; None without
+    a source."""
     source = WARM_START.get(model_id)
     if source is None:
+        if folder is not None:
+            raise ValueError(f"{model_id} is trained from scratch; it takes no warm start")
         return None
-    from .api import load_model
+    if folder is None:
+        from .api import load_model
 
-    state = load_model(source).state_dict()
+        state = load_model(source).state_dict()
+        folder = weight_folders()[source]
+    else:
+        card = json.loads((folder / "card.json").read_text()) if (folder / "card.json").is_file() else {}
+        if card.get("model_id") != source:
+            raise ValueError(f"{model_id} starts from {source}; {folder} holds {card.get('model_id') or 'no card'}")
+        state = EffvizModel.from_pretrained(str(folder)).state_dict()
     own = model.state_dict()
     foreign = [k for k in state if k not in own or own[k].shape != state[k].shape]
     if foreign:
         raise ValueError(f"cannot start {model_id} from {source}: no matching parameter for {foreign}")
     missing = model.load_state_dict(state, strict=False).missing_keys
-    log.info("%s starts from %s; new parameters: %s", model_id, source, ", ".join(missing))
-    sha = hashlib.sha256((weight_folders()[source] / "model.safetensors").read_bytes()).hexdigest()
+    log.info("%s starts from %s (%s); new parameters: %s", model_id, source, folder, ", ".join(missing))
+    sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     return {"model": source, "sha256": sha, "fresh": missing}
 
 
 def _task(task_name: str, cfg: ModelConfig, data: dict[str, str], seed: int, test_speaker: str | None):
     if task_name == "audio":
         return FsddTask(cfg, data, seed, test_speaker)
+    if task_name == "audio-visual":
+        return DigitsAVTask(cfg, data, seed, test_speaker or VAL_SPEAKER)
     if test_speaker is not None:
         raise ValueError(f"a test speaker applies to speech models only, not to {task_name} models")
     return TASKS[task_name](cfg, data, seed)
@@ -843,7 +857,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--resume", action="store_true", help="continue from runs/<id>/last.pt")
     parser.add_argument("--out", type=Path, help="output folder (default weights/<id>)")
-    parser.add_argument("--test-speaker", help="speech models: leave this FSDD speaker out and test on it")
+    parser.add_argument("--test-speaker", help="speech and audio-visual models: leave this FSDD speaker out and "
+                        f"test on it (audio-visual models leave out {VAL_SPEAKER!r} by default)")
+    parser.add_argument("--warm-start", type=Path, metavar="DIR",
+                        help="audio-visual models: start from the speech model saved in DIR (a cross-validation "
+                             "fold) instead of the bundled one")
     parser.add_argument("--seed", type=int, help="override the recipe's seed (0): another split, bank, initialisation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -851,7 +869,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     data = data_files(args.data)
     card = train(args.model_id, data, epochs=args.epochs, resume=args.resume, out_dir=args.out,
-                 limit_batches=args.limit_batches, test_speaker=args.test_speaker, seed=args.seed)
+                 limit_batches=args.limit_batches, test_speaker=args.test_speaker, seed=args.seed,
+                 warm_from=args.warm_start)
     print(json.dumps(card["metrics"], indent=2))
 
 
