@@ -299,3 +299,13 @@ def test_a_variants_card_sets_it_beside_its_siblings_fold_for_fold():
     assert "| `ast-moe-fsdd` | attention blocks with 2 of 8 MLP experts | 2.00 M | 90.0% | 70.0% | **80.0%** | 70.0% |" in text
     assert "| `ast-fsdd` | attention | 0.55 M | 80.0% | 60.0% | **70.0%** | 60.0% |" in text
     assert train._siblings({"model_id": "ast-fsdd"}) == ""
+
+
+def test_an_audio_visual_card_shows_its_speech_alone_fold_for_fold():
+    folds = {s: {"audio_only": a, "image_only": 0.97, "both": b, "noisy_audio_only": 0.6, "noisy_both": 0.95,
+                 "noisy_image_only": 0.8} for s, a, b in (("george", 0.84, 0.99), ("nicolas", 0.71, 0.98))}
+    cv = {"mean": 0.775, "worst": 0.71, "worst_speaker": "nicolas", "mean_both": 0.985, "worst_both": 0.98,
+          "folds": folds, "command": "python docs/speech_cv.py --data ../shared/data --train"}
+    text = train._cross_validation(cv)
+    assert "speech alone\n**mean 77.5%, worst 71.0%** (nicolas); both inputs mean\n98.5%, worst 98.0%" in text
+    assert "| nicolas | 71.0% | 97.0% | 98.0% | 60.0% | 95.0% |" in text
