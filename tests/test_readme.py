@@ -23,6 +23,9 @@ def table_row(card: dict) -> str:
             accuracy += f"; 5 folds: mean {cv['mean']:.1%}, worst {cv['worst']:.1%}"
     else:
         accuracy = ", ".join(f"{name} {metrics[name]:.1%}" for name in AV_METRICS)
+        if card.get("cross_validation"):
+            cv = card["cross_validation"]
+            accuracy += f"; 5 folds, audio_only: mean {cv['mean']:.1%}, worst {cv['worst']:.1%}"
     source = card.get("initialised_from")
     source = source["model"] if isinstance(source, dict) else source  # older cards store the id only
     threads = card["threads"]
