@@ -200,7 +200,10 @@ def test_audio_visual_card_says_whether_fusion_beats_the_better_single_input():
     assert "trained by" in text and "from scratch" not in text and "`weights/aum-fsdd` (sha256 `abababababab…`" in text
 
 
-def test_audio_visual_training_records_its_source_and_speeds_up_only_fresh_parameters(tmp_path, monkeypatch):
+@pytest.fixture
+def av_data(tmp_path, monkeypatch) -> dict[str, str]:
+    """A tiny av-mamba-digits and a one-epoch recipe, a private weights/ and runs/, and the data:
+    the tiny FSDD zip and 1,016 random MNIST-shaped digits."""
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
     monkeypatch.setattr(train, "RUNS_DIR", tmp_path / "runs")
     monkeypatch.setitem(registry.BUNDLED_RECIPES, "av-mamba-digits", lambda: tiny("av-mamba-digits"))
@@ -208,12 +211,15 @@ def test_audio_visual_training_records_its_source_and_speeds_up_only_fresh_param
                                                               warmup_epochs=1, label_smoothing=0.1,
                                                               fresh_lr_scale=4.0))
     (tmp_path / "weights").mkdir()
-    speech = _save(tmp_path / "weights" / "aum-fsdd", tiny("aum-fsdd")).state_dict()
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "mnist.npz", images=rng.integers(0, 256, (1016, 28, 28), dtype=np.uint8),
              labels=np.arange(1016) % 10)
-    data = {"fsdd": str(tiny_fsdd(tmp_path / "fsdd.zip")), "mnist": str(tmp_path / "mnist.npz")}
-    card = train.train("av-mamba-digits", data, out_dir=tmp_path / "out", limit_batches=2)
+    return {"fsdd": str(tiny_fsdd(tmp_path / "fsdd.zip")), "mnist": str(tmp_path / "mnist.npz")}
+
+
+def test_audio_visual_training_records_its_source_and_speeds_up_only_fresh_parameters(tmp_path, av_data):
+    speech = _save(tmp_path / "weights" / "aum-fsdd", tiny("aum-fsdd")).state_dict()
+    card = train.train("av-mamba-digits", av_data, out_dir=tmp_path / "out", limit_batches=2)
     source_sha = hashlib.sha256((tmp_path / "weights" / "aum-fsdd" / "model.safetensors").read_bytes()).hexdigest()
     assert card["initialised_from"] == {"model": "aum-fsdd", "sha256": source_sha}
     assert {"both", "image_only", "audio_only", "noisy_both"} <= set(card["metrics"])
@@ -228,24 +234,13 @@ def test_audio_visual_training_records_its_source_and_speeds_up_only_fresh_param
     assert sorted(scale_of.values()).count(1.0) == len(names) - len(fresh_names)
 
 
-def test_an_audio_visual_fold_tests_on_its_speaker_and_starts_from_that_speakers_speech_fold(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
-    monkeypatch.setattr(train, "RUNS_DIR", tmp_path / "runs")
-    monkeypatch.setitem(registry.BUNDLED_RECIPES, "av-mamba-digits", lambda: tiny("av-mamba-digits"))
-    monkeypatch.setitem(train.RECIPES, "audio-visual", Recipe(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05,
-                                                              warmup_epochs=1, label_smoothing=0.1,
-                                                              fresh_lr_scale=4.0))
-    (tmp_path / "weights").mkdir()
+def test_an_audio_visual_fold_tests_on_its_speaker_and_starts_from_that_speakers_speech_fold(tmp_path, av_data):
     _save(tmp_path / "weights" / "aum-fsdd", tiny("aum-fsdd"))  # the bundled source, not to be used
     fold = tmp_path / "cv" / "aum-fsdd" / "jackson"
     torch.manual_seed(3)
     EffvizModel(tiny("aum-fsdd")).save_pretrained(fold)
     (fold / "card.json").write_text(json.dumps({"model_id": "aum-fsdd", "test_speaker": "jackson"}))
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "mnist.npz", images=rng.integers(0, 256, (1016, 28, 28), dtype=np.uint8),
-             labels=np.arange(1016) % 10)
-    data = {"fsdd": str(tiny_fsdd(tmp_path / "fsdd.zip")), "mnist": str(tmp_path / "mnist.npz")}
-    card = train.train("av-mamba-digits", data, out_dir=tmp_path / "out", limit_batches=1, test_speaker="jackson",
+    card = train.train("av-mamba-digits", av_data, out_dir=tmp_path / "out", limit_batches=1, test_speaker="jackson",
                        warm_from=fold)
     fold_sha = hashlib.sha256((fold / "model.safetensors").read_bytes()).hexdigest()
     assert card["initialised_from"] == {"model": "aum-fsdd", "sha256": fold_sha}
