@@ -530,8 +530,8 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
     returns its card. ``test_speaker`` (speech and audio-visual models; the latter default to
     ``VAL_SPEAKER``) leaves that FSDD speaker out of training and reports accuracy on it: one fold
     of the leave-one-speaker-out cross-validation (``docs/speech_cv.py``), where an audio-visual
-    model starts from its speech model's fold of the same speaker (``warm_from``). The seed draws the split, the speech bank's corruptions, the
-    initialisation and the batches."""
+    model starts from its speech model's fold of the same speaker (``warm_from``). The seed draws
+    the split, the speech bank's corruptions, the initialisation and the batches."""
     if model_id not in BUNDLED_RECIPES:
         raise ValueError(f"unknown bundled model {model_id!r}; choose from {', '.join(BUNDLED_RECIPES)}")
     cfg = BUNDLED_RECIPES[model_id]()
@@ -690,7 +690,7 @@ def _task(task_name: str, cfg: ModelConfig, data: dict[str, str], seed: int, tes
     if task_name == "audio-visual":
         return DigitsAVTask(cfg, data, seed, test_speaker or VAL_SPEAKER)
     if test_speaker is not None:
-        raise ValueError(f"a test speaker applies to speech models only, not to {task_name} models")
+        raise ValueError(f"a test speaker applies to speech and audio-visual models only, not to {task_name} models")
     return TASKS[task_name](cfg, data, seed)
 
 

@@ -304,3 +304,8 @@ def test_an_audio_visual_card_shows_its_speech_alone_fold_for_fold():
     text = train._cross_validation(cv)
     assert "speech alone\n**mean 77.5%, worst 71.0%** (nicolas); both inputs mean\n98.5%, worst 98.0%" in text
     assert "| nicolas | 71.0% | 97.0% | 98.0% | 60.0% | 95.0% |" in text
+
+
+def test_a_test_speaker_is_refused_for_an_image_model():
+    with pytest.raises(ValueError, match="speech and audio-visual models only, not to image models"):
+        train._task("image", RECIPES["vim-cifar"](), {}, 0, "jackson")
