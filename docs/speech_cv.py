@@ -125,7 +125,8 @@ def main() -> None:
             todo = [(m, s) for s in speakers for m in models if fold_card(m, s) is None]
             with ThreadPoolExecutor(args.jobs) as pool:
                 list(pool.map(lambda job: train_fold(*job, args.data), todo))
-    for m in (m for m in args.models if m in SPEECH_MODELS):  # a fold calibrated by another rule: calibrate it by this one
+    # A speech fold whose "no digit" calibration used another rule is calibrated by this one.
+    for m in (m for m in args.models if m in SPEECH_MODELS):
         for s in speakers:
             card = fold_card(m, s)
             if card is not None and "max_cost" not in card.get("no_digit_calibration", {}):
@@ -142,7 +143,8 @@ def main() -> None:
     done = {m: r for m, r in results.items() if r is not None}
     saved = REPO / "docs" / "speech-cv.json"
     everything = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **done}
-    saved.write_text(json.dumps({m: everything[m] for m in SPEECH_MODELS + AV_MODELS if m in everything}, indent=2) + "\n")
+    ordered = {m: everything[m] for m in SPEECH_MODELS + AV_MODELS if m in everything}
+    saved.write_text(json.dumps(ordered, indent=2) + "\n")
     folders = weight_folders()
     for m in args.models:  # the bundled model: the fold without VAL_SPEAKER, with the table
         if m not in done:
