@@ -378,7 +378,7 @@ def _bank_key(cfg: ModelConfig, fsdd: str, clips: int, voices: list[str], sounds
 class DigitsAVTask:
     """MNIST digits + FSDD speech paired by label; modality dropout for robustness to missing input."""
 
-    def __init__(self, cfg: ModelConfig, data: dict[str, str], seed: int, test_speaker: str = VAL_SPEAKER):
+    def __init__(self, cfg: ModelConfig, data: dict[str, str], seed: int, test_speaker: str):
         images, labels = load_mnist(data["mnist"])
         order = np.random.default_rng(seed).permutation(len(images))
         val, train = order[:1000], order[1000:]
@@ -736,8 +736,6 @@ def _cross_validation(cv: dict | None) -> str:
     if not cv:
         return ""
     folds = cv["folds"]
-    if "audio_only" in next(iter(folds.values())):
-        return _av_cross_validation(cv)
     rows = "\n".join(f"| {s} | {100 * f['speaker']:.1f}% | {100 * f['synthetic_voices']:.1f}% | "
                      f"{100 * f['no_digit_words']:.1f}% | {100 * f['no_digit_sounds']:.1f}% |" for s, f in folds.items())
     return f"""## Leave-one-speaker-out cross-validation
@@ -754,8 +752,10 @@ Were "no digit" not an answer, the mean would be {100 * cv['mean_speaker_digits_
 """
 
 
-def _av_cross_validation(cv: dict) -> str:
+def _av_cross_validation(cv: dict | None) -> str:
     """An audio-visual model's folds: each from its speech model's fold of the same left-out speaker."""
+    if not cv:
+        return ""
     rows = "\n".join(f"| {s} | " + " | ".join(f"{100 * f[k]:.1f}%" for k in ("audio_only", "image_only", "both",
                                                                           "noisy_audio_only", "noisy_both")) + " |"
                      for s, f in cv["folds"].items())
@@ -820,6 +820,8 @@ def render_card(card: dict) -> str:
             f"script), then trained on the data above; fresh parameters at {r.get('fresh_lr_scale', 1.0)}x the learning rate |"
             if source else "")
     how = "trained" if source else "trained from scratch"
+    cv_table = _av_cross_validation if card["task"] == "audio-visual" else _cross_validation
+    cross_validation = cv_table(card.get("cross_validation"))
     return f"""# {card['model_id']}
 
 Bundled effviz model ({card['task']}, **{card.get('mixers', card['mixer'] + ' token mixer')}**), {how} by
@@ -839,7 +841,7 @@ Bundled effviz model ({card['task']}, **{card.get('mixers', card['mixer'] + ' to
 |---|---|---|
 {metric_lines}
 
-{_fusion_line(m) if card['task'] == 'audio-visual' else ''}{_calibration(card)}{_cross_validation(card.get('cross_validation'))}{_siblings(card)}## What limits it
+{_fusion_line(m) if card['task'] == 'audio-visual' else ''}{_calibration(card)}{cross_validation}{_siblings(card)}## What limits it
 
 {RECIPE_LIMITS[card['task']]}
 

@@ -301,7 +301,7 @@ def test_an_audio_visual_card_shows_its_speech_alone_fold_for_fold():
                  "noisy_image_only": 0.8} for s, a, b in (("george", 0.84, 0.99), ("nicolas", 0.71, 0.98))}
     cv = {"mean": 0.775, "worst": 0.71, "worst_speaker": "nicolas", "mean_both": 0.985, "worst_both": 0.98,
           "folds": folds, "command": "python docs/speech_cv.py --data ../shared/data --train"}
-    text = train._cross_validation(cv)
+    text = train._av_cross_validation(cv)
     assert "speech alone\n**mean 77.5%, worst 71.0%** (nicolas); both inputs mean\n98.5%, worst 98.0%" in text
     assert "| nicolas | 71.0% | 97.0% | 98.0% | 60.0% | 95.0% |" in text
 
