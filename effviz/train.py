@@ -62,6 +62,9 @@ class Recipe:
     warmup_epochs: float
     label_smoothing: float
     seed: int = 0
+    # The epochs split into this many equal cosine cycles, each with its warmup (SGDR-style warm
+    # restarts; AdamW's moments carry over).
+    cycles: int = 1
     # Learning rate multiplier for parameters a warm start leaves fresh (see WARM_START).
     fresh_lr_scale: float = 1.0
 
@@ -525,8 +528,8 @@ def architecture_notes(model: EffvizModel) -> dict:
 
 def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume: bool = False,
           out_dir: Path | None = None, limit_batches: int | None = None, test_speaker: str | None = None,
-          seed: int | None = None, warm_from: Path | None = None) -> dict:
-    """Train ``model_id`` by its modality's recipe (``epochs`` and ``seed`` override the recipe's);
+          seed: int | None = None, warm_from: Path | None = None, cycles: int | None = None) -> dict:
+    """Train ``model_id`` by its modality's recipe (``epochs``, ``cycles`` and ``seed`` override the recipe's);
     returns its card. ``test_speaker`` (speech and audio-visual models; the latter default to
     ``VAL_SPEAKER``) leaves that FSDD speaker out of training and reports accuracy on it: one fold
     of the leave-one-speaker-out cross-validation (``docs/speech_cv.py``), where an audio-visual
@@ -538,7 +541,10 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
     task_name = task_of(cfg)
     default = RECIPES[task_name]
     recipe = replace(default, epochs=default.epochs if epochs is None else epochs,
+                     cycles=default.cycles if cycles is None else cycles,
                      seed=default.seed if seed is None else seed)
+    if not 1 <= recipe.cycles <= recipe.epochs:
+        raise ValueError(f"{recipe.cycles} learning-rate cycles do not fit in {recipe.epochs} epochs")
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
     task = _task(task_name, cfg, data, recipe.seed, test_speaker)
@@ -570,13 +576,6 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
     steps_per_epoch = sum(1 for _ in range(0, _train_size(task) - recipe.batch_size + 1, recipe.batch_size))
     if limit_batches:
         steps_per_epoch = min(steps_per_epoch, limit_batches)
-    total_steps = steps_per_epoch * recipe.epochs
-    warmup = int(recipe.warmup_epochs * steps_per_epoch)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return recipe.lr * (step + 1) / warmup
-        return recipe.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
@@ -589,7 +588,7 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
             if limit_batches and i >= limit_batches:
                 break
             for group in opt.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + i) * group["lr_scale"]
+                group["lr"] = learning_rate(recipe, epoch * steps_per_epoch + i, steps_per_epoch) * group["lr_scale"]
             logits = model(**inputs)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -634,6 +633,19 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
     }
     save_bundled(model, card, out_dir or WEIGHTS_DIR / model_id)
     return card
+
+
+def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """The rate at optimiser step ``step``: the epochs split into ``recipe.cycles`` equal cycles,
+    each a linear warmup of ``recipe.warmup_epochs`` then a cosine decay to zero."""
+    cycle_steps = steps_per_epoch * recipe.epochs / recipe.cycles
+    cycle = min(int(step // cycle_steps), recipe.cycles - 1)
+    start, end = round(cycle * cycle_steps), round((cycle + 1) * cycle_steps)
+    step -= start
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return recipe.lr * (step + 1) / warmup
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, end - start - warmup)))
 
 
 def evaluate_saved(model_id: str, data: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -833,7 +845,7 @@ Bundled effviz model ({card['task']}, **{card.get('mixers', card['mixer'] + ' to
 | forward FLOPs (one input at training size; matmuls+convs) | {card['forward_flops'] / 1e6:.1f} M |
 | training time | {card['train_seconds'] / 60:.1f} min on {counted(card['threads'], 'CPU thread')} |
 | data | {card['data']} |{warm}
-| recipe | {r['epochs']} epochs, AdamW lr {r['lr']} wd {r['weight_decay']}, batch {r['batch_size']}, warmup {r['warmup_epochs']} epochs + cosine, label smoothing {r['label_smoothing']}, seed {r['seed']} |
+| recipe | {r['epochs']} epochs, AdamW lr {r['lr']} wd {r['weight_decay']}, batch {r['batch_size']}, {_schedule(r)}, label smoothing {r['label_smoothing']}, seed {r['seed']} |
 
 ## Accuracy (last epoch)
 
@@ -847,6 +859,14 @@ Bundled effviz model ({card['task']}, **{card.get('mixers', card['mixer'] + ' to
 
 sha256 of model.safetensors: `{card['sha256']}`
 """
+
+
+def _schedule(recipe: dict) -> str:
+    cycles = recipe.get("cycles", 1)
+    if cycles == 1:
+        return f"warmup {recipe['warmup_epochs']} epochs + cosine"
+    return (f"{cycles} cosine cycles of {recipe['epochs'] / cycles:g} epochs, each after a {recipe['warmup_epochs']}-epoch "
+            "warmup")
 
 
 def _fusion_line(metrics: dict) -> str:
@@ -877,6 +897,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_id", choices=sorted(BUNDLED_RECIPES))
     parser.add_argument("--data", default="../shared/data", help="folder holding the data files")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (for quick runs)")
+    parser.add_argument("--cycles", type=int, help="override the recipe's number of cosine learning-rate cycles")
     parser.add_argument("--limit-batches", type=int, help="stop each epoch after this many batches (smoke runs)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--resume", action="store_true", help="continue from runs/<id>/last.pt")
@@ -894,7 +915,7 @@ def main(argv: list[str] | None = None) -> None:
     data = data_files(args.data)
     card = train(args.model_id, data, epochs=args.epochs, resume=args.resume, out_dir=args.out,
                  limit_batches=args.limit_batches, test_speaker=args.test_speaker, seed=args.seed,
-                 warm_from=args.warm_start)
+                 warm_from=args.warm_start, cycles=args.cycles)
     print(json.dumps(card["metrics"], indent=2))
 
 

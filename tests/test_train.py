@@ -124,6 +124,25 @@ def test_a_seed_override_is_its_own_run_and_leaves_the_recipe_alone(tiny_setup):
                            EffvizModel.from_pretrained(str(out / "seed1")).head.weight)
 
 
+def test_the_learning_rate_warms_up_then_decays_once_per_cycle():
+    one = Recipe(epochs=4, batch_size=1, lr=1.0, weight_decay=0, warmup_epochs=1, label_smoothing=0)
+    two = Recipe(epochs=4, batch_size=1, lr=1.0, weight_decay=0, warmup_epochs=1, label_smoothing=0, cycles=2)
+    steps = 10  # per epoch
+    rates = [train.learning_rate(one, s, steps) for s in range(40)]
+    assert rates[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert rates[10] == 1.0 and all(a > b for a, b in zip(rates[10:], rates[11:])) and rates[-1] < 0.01
+    restarted = [train.learning_rate(two, s, steps) for s in range(40)]
+    assert restarted[20:] == restarted[:20]  # the second cycle is the first again
+    assert restarted[19] < 0.03 and max(restarted) == 1.0
+    assert restarted[10] == 1.0 and all(a > b for a, b in zip(restarted[10:20], restarted[11:20]))
+
+
+def test_more_cycles_than_epochs_is_refused(tiny_setup):
+    data, out = tiny_setup
+    with pytest.raises(ValueError, match="3 learning-rate cycles do not fit in 2 epochs"):
+        train.train("aum-fsdd", data, out_dir=out, cycles=3)
+
+
 def test_a_fresh_copy_of_the_data_finds_its_bank_and_other_data_makes_another(tiny_setup, tmp_path):
     data, _ = tiny_setup
     copy = tmp_path / "elsewhere" / "fsdd.zip"
