@@ -44,3 +44,11 @@ def test_bundled_models_table_matches_the_cards():
     section = readme[readme.index("<!-- bundled-models -->"):readme.index("<!-- /bundled-models -->")]
     table = section[section.index("| id |"):].strip()
     assert table == expected, f"README's bundled-models table is stale; it should read:\n{expected}"
+
+
+def test_every_bundled_cards_readme_is_rendered_from_its_card_json():
+    from effviz.train import render_card
+
+    for card_path in sorted((ROOT / "weights").glob("*/card.json")):
+        readme = card_path.with_name("README.md").read_text()
+        assert readme == render_card(json.loads(card_path.read_text())), f"{card_path.parent.name}: re-render its README.md"
