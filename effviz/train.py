@@ -77,7 +77,8 @@ RECIPES = {
                            fresh_lr_scale=4.0),
 }
 # Speech: two 16-epoch cosine cycles. The restart lifts every mixer's cross-validated mean by more
-# than a seed moves it; 32 epochs as one cycle, or 16 as two, do less (docs/speech-ablations.json).
+# than a seed moves it; 32 epochs as one cycle (attention) or 16 as two (RWKV) do less
+# (docs/speech-ablations.json).
 # Audio-visual models start from the bundled speech model with the same mixer: same blocks, audio
 # tokenizer and digit head, so only the image tokenizer and the modality embeddings start fresh.
 # Speech is the slow modality to learn on a CPU (30 epochs alone); images then come in a few.
@@ -568,8 +569,14 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
                           + (f"-seed{recipe.seed}" if recipe.seed != default.seed else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, elapsed, history = 0, 0.0, []
+    # A checkpoint resumes only under the schedule it was trained by (more epochs aside): a run of
+    # another recipe left in run_dir would otherwise be continued as if it were this one.
+    schedule = json.dumps({k: v for k, v in asdict(recipe).items() if k != "epochs"}, sort_keys=True)
     if resume and (run_dir / "last.pt").exists():
         state = torch.load(run_dir / "last.pt", weights_only=True)
+        if state.get("recipe", schedule) != schedule:
+            raise ValueError(f"{run_dir / 'last.pt'} was trained by another recipe ({state['recipe']}); "
+                             "move it away or train without --resume")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
@@ -607,7 +614,7 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
                         "train_acc": correct / max(seen, 1), **scores(model, task), "seconds": round(elapsed)})
         log.info("%s epoch %d: %s", model_id, epoch + 1, history[-1])
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                    "epoch": epoch + 1, "elapsed": elapsed, "history": json.dumps(history)},
+                    "epoch": epoch + 1, "elapsed": elapsed, "history": json.dumps(history), "recipe": schedule},
                    run_dir / "last.pt")
 
     metrics = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds")}

@@ -110,6 +110,13 @@ def test_resume_continues_from_the_last_epoch(tiny_setup):
     assert resumed["history"][:2] == first["history"]  # not retrained
 
 
+def test_resume_refuses_a_checkpoint_of_another_schedule(tiny_setup):
+    data, out = tiny_setup
+    train.train("aum-fsdd", data, out_dir=out)
+    with pytest.raises(ValueError, match="trained by another recipe"):
+        train.train("aum-fsdd", data, resume=True, out_dir=out, cycles=2)
+
+
 def test_a_seed_override_is_its_own_run_and_leaves_the_recipe_alone(tiny_setup):
     data, out = tiny_setup
     default = train.train("aum-fsdd", data, out_dir=out / "seed0", test_speaker="theo", limit_batches=1)
