@@ -569,8 +569,8 @@ def train(model_id: str, data: dict[str, str], epochs: int | None = None, resume
                           + (f"-seed{recipe.seed}" if recipe.seed != default.seed else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, elapsed, history = 0, 0.0, []
-    # A checkpoint resumes only under the schedule it was trained by (more epochs aside): a run of
-    # another recipe left in run_dir would otherwise be continued as if it were this one.
+    # The checkpoint carries its schedule (all but the epochs, which a resume may extend), so that
+    # --resume never continues another recipe's run as if it were this one.
     schedule = json.dumps({k: v for k, v in asdict(recipe).items() if k != "epochs"}, sort_keys=True)
     if resume and (run_dir / "last.pt").exists():
         state = torch.load(run_dir / "last.pt", weights_only=True)
